@@ -1,0 +1,87 @@
+"""Device, dtype and process-group set-up: CUDA when present, else DeepSpeed's CPU accelerator."""
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def has_cuda() -> bool:
+    return torch.cuda.is_available()
+
+
+def configure_accelerator() -> None:
+    """Point DeepSpeed at the CPU accelerator on machines without CUDA (must run before importing it)."""
+    if not has_cuda():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def default_dtype_name() -> str:
+    """bf16 on GPUs; fp32 on CPU, where bf16 matrix products are ~100x slower."""
+    return "bf16" if has_cuda() else "fp32"
+
+
+def resolve_dtype(name: str | None) -> torch.dtype:
+    name = name or default_dtype_name()
+    if name not in DTYPES:
+        raise ValueError(f"--dtype {name!r} is not one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ensure_dist_env() -> None:
+    """Give a plain ``python main.py`` run the variables the ``deepspeed`` launcher would set."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return
+    os.environ.update(
+        {
+            "RANK": "0",
+            "LOCAL_RANK": "0",
+            "WORLD_SIZE": "1",
+            "MASTER_ADDR": os.environ.get("MASTER_ADDR", "127.0.0.1"),
+            "MASTER_PORT": os.environ.get("MASTER_PORT", str(_free_port())),
+        }
+    )
+
+
+def init_distributed() -> None:
+    """Start DeepSpeed's process group (NCCL on GPUs, gloo on CPU) once."""
+    configure_accelerator()
+    ensure_dist_env()
+    import deepspeed
+
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if has_cuda() else "gloo")
+    if has_cuda():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def local_device() -> torch.device:
+    if has_cuda():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def world_size() -> int:
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
