@@ -1,0 +1,66 @@
+"""Batch collation: every batch is padded to its own longest sequence, never to ``--max_seq_len``."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+def pad_sequences(
+    seqs: Sequence[Sequence[int]], pad_id: int, *, left: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask for ``seqs``, padded on the right (or left) to the longest."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        if not len(seq):
+            continue
+        span = slice(width - len(seq), width) if left else slice(0, len(seq))
+        ids[row, span] = torch.as_tensor(seq, dtype=torch.long)
+        mask[row, span] = 1
+    return ids, mask
+
+
+@dataclass
+class SFTCollator:
+    """Step 1: labels copy the ids, with padding and (unless ``train_on_prompt``) the prompt masked out."""
+
+    pad_id: int
+    train_on_prompt: bool = False
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        ids, mask = pad_sequences([r["input_ids"] for r in rows], self.pad_id)
+        labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+        if not self.train_on_prompt:
+            for row, r in enumerate(rows):
+                labels[row, : r["prompt_len"]] = IGNORE_INDEX
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+@dataclass
+class PairCollator:
+    """Step 2: the chosen rows, then the rejected rows, in one batch so one forward pass scores both."""
+
+    pad_id: int
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        seqs = [r["chosen_ids"] for r in rows] + [r["rejected_ids"] for r in rows]
+        ids, mask = pad_sequences(seqs, self.pad_id)
+        batch = {"input_ids": ids, "attention_mask": mask, "margin": torch.tensor([r["margin"] for r in rows])}
+        return batch
+
+
+@dataclass
+class PromptCollator:
+    """Step 3: prompts left-padded so generation continues every row from the same position."""
+
+    pad_id: int
+
+    def __call__(self, rows: list[dict]) -> dict:
+        ids, mask = pad_sequences([r["prompt_ids"] for r in rows], self.pad_id, left=True)
+        return {"input_ids": ids, "attention_mask": mask, "prompt": [r["prompt"] for r in rows],
+                "task": [r["task"] for r in rows]}

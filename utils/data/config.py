@@ -1,0 +1,21 @@
+"""The data settings of a run, parsed once from the command line."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from chatrlhf.utils.data.options import SourceOptions
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    data_path: tuple[str, ...] = ("synthetic/tasks",)
+    data_split: str = "2,4,4"
+    sft_only_data_path: tuple[str, ...] = ()
+    data_output_path: str = "/tmp/data_files/"
+    seed: int = 1234
+    max_seq_len: int = 512
+    max_prompt_seq_len: int = 256
+    skip_bad_records: bool = False
+    strict_data: bool = False
+    eval_fraction: float = 0.1
+    source: SourceOptions = field(default_factory=SourceOptions)

@@ -1,0 +1,55 @@
+"""Content hashes that key the caches: data sources, tokenizers and settings."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+FULL_HASH_LIMIT = 256 * 1024 * 1024
+
+
+def hash_text(*parts: object) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:20]
+
+
+def _file_digest(path: str) -> str:
+    """Content hash of a file; very large files are keyed by size and mtime instead."""
+    stat = os.stat(path)
+    if stat.st_size > FULL_HASH_LIMIT:
+        return f"{stat.st_size}:{stat.st_mtime_ns}"
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def path_fingerprint(path: str) -> str:
+    """What a local source's data is: the content of its file, or of every file in its folder."""
+    if os.path.isfile(path):
+        return _file_digest(path)
+    entries = []
+    for root, _, files in sorted(os.walk(path)):
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            entries.append((os.path.relpath(full, path), _file_digest(full)))
+    return hash_text(entries)
+
+
+def source_fingerprint(name: str, seed: int) -> str:
+    """Local paths by content; hub names and the synthetic set by name and seed."""
+    if os.path.exists(name):
+        return hash_text("path", path_fingerprint(name))
+    if name == "local/jsonfile" and os.path.isdir("data"):
+        return hash_text("jsonfile", path_fingerprint("data"))
+    return hash_text("named", name, seed)
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    body = backend.to_str() if backend is not None else sorted(tokenizer.get_vocab().items())
+    return hash_text(body, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.bos_token_id)

@@ -1,0 +1,184 @@
+"""Tokenised per-step datasets, built once with ``datasets`` and cached under ``--data_output_path``.
+
+The cache key hashes everything that changes the result: the sources' content, the split, seed,
+lengths, templates and the tokenizer. With several processes rank 0 builds and the others wait.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+
+import datasets
+
+from chatrlhf.utils import device
+from chatrlhf.utils.data.config import DataConfig
+from chatrlhf.utils.data.fingerprint import hash_text, source_fingerprint, tokenizer_fingerprint
+from chatrlhf.utils.data.partitions import StepRecords, step_records
+from chatrlhf.utils.data.records import Record
+from chatrlhf.utils.data.splitting import parse_source_spec
+
+CACHE_VERSION = 1
+TOKENIZE_BATCH = 512
+
+
+@dataclass
+class StepData:
+    train: datasets.Dataset
+    eval: datasets.Dataset
+    info: dict = field(default_factory=dict)
+
+
+def prompt_prefix_ids(tokenizer) -> list[int]:
+    """The BOS a tokenizer puts in front of a text by default (LLaMA does, OPT's ``</s>``), or nothing."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return []
+    probe = tokenizer("a")["input_ids"]
+    return [bos] if probe and probe[0] == bos else []
+
+
+def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    ids: list[list[int]] = []
+    for start in range(0, len(texts), TOKENIZE_BATCH):
+        ids.extend(tokenizer(texts[start : start + TOKENIZE_BATCH], add_special_tokens=False)["input_ids"])
+    return ids
+
+
+def _join(prompt: list[int], response: list[int], eos: int | None, max_len: int) -> list[int]:
+    """prompt + response + eos, with the response cut (and the eos dropped) when over ``max_len``."""
+    tail = response + ([eos] if eos is not None else [])
+    return (prompt + tail)[:max_len]
+
+
+def _meta_columns(records: list[Record]) -> dict[str, list]:
+    return {
+        "task": [str(r.meta.get("task", "")) for r in records],
+        "mistake": [str(r.meta.get("mistake", "")) for r in records],
+    }
+
+
+def _build_step1(records: list[Record], tokenizer, cfg: DataConfig, dropped: dict) -> dict[str, list]:
+    prefix = prompt_prefix_ids(tokenizer)
+    prompts = _encode(tokenizer, [r.prompt for r in records])
+    responses = _encode(tokenizer, [r.chosen for r in records])
+    out: dict[str, list] = {"input_ids": [], "prompt_len": []}
+    for prompt, response in zip(prompts, responses):
+        prompt = prefix + prompt
+        if len(prompt) >= cfg.max_seq_len:
+            dropped["prompt longer than --max_seq_len"] = dropped.get("prompt longer than --max_seq_len", 0) + 1
+            continue
+        out["input_ids"].append(_join(prompt, response, tokenizer.eos_token_id, cfg.max_seq_len))
+        out["prompt_len"].append(len(prompt))
+    return out
+
+
+def _build_step2(records: list[Record], tokenizer, cfg: DataConfig, dropped: dict) -> dict[str, list]:
+    prefix = prompt_prefix_ids(tokenizer)
+    prompts = _encode(tokenizer, [r.prompt for r in records])
+    chosen = _encode(tokenizer, [r.chosen for r in records])
+    rejected = _encode(tokenizer, [r.rejected or "" for r in records])
+    meta = _meta_columns(records)
+    out: dict[str, list] = {"chosen_ids": [], "rejected_ids": [], "margin": [], "task": [], "mistake": []}
+    eos = tokenizer.eos_token_id
+    for i, (prompt, good, bad) in enumerate(zip(prompts, chosen, rejected)):
+        prompt = prefix + prompt
+        if len(prompt) >= cfg.max_seq_len:
+            dropped["prompt longer than --max_seq_len"] = dropped.get("prompt longer than --max_seq_len", 0) + 1
+            continue
+        good_ids, bad_ids = _join(prompt, good, eos, cfg.max_seq_len), _join(prompt, bad, eos, cfg.max_seq_len)
+        if good_ids == bad_ids:
+            dropped["identical after truncation"] = dropped.get("identical after truncation", 0) + 1
+            continue
+        out["chosen_ids"].append(good_ids)
+        out["rejected_ids"].append(bad_ids)
+        out["margin"].append(float(records[i].meta.get("margin", 0.0)))
+        out["task"].append(meta["task"][i])
+        out["mistake"].append(meta["mistake"][i])
+    return out
+
+
+def _build_step3(records: list[Record], tokenizer, cfg: DataConfig, dropped: dict) -> dict[str, list]:
+    prefix = prompt_prefix_ids(tokenizer)
+    prompts = _encode(tokenizer, [r.prompt for r in records])
+    meta = _meta_columns(records)
+    out: dict[str, list] = {"prompt_ids": [], "prompt": [], "chosen": [], "task": []}
+    for i, ids in enumerate(prompts):
+        ids = prefix + ids
+        if len(ids) > cfg.max_prompt_seq_len:
+            dropped["prompt longer than --max_prompt_seq_len"] = (
+                dropped.get("prompt longer than --max_prompt_seq_len", 0) + 1
+            )
+            continue
+        out["prompt_ids"].append(ids)
+        out["prompt"].append(records[i].prompt)
+        out["chosen"].append(records[i].chosen)
+        out["task"].append(meta["task"][i])
+    return out
+
+
+BUILDERS = {1: _build_step1, 2: _build_step2, 3: _build_step3}
+
+
+def cache_key(cfg: DataConfig, step: int, tokenizer) -> str:
+    sources = [(spec, source_fingerprint(parse_source_spec(spec)[0], cfg.seed)) for spec in cfg.data_path]
+    sft_only = [(spec, source_fingerprint(spec, cfg.seed)) for spec in cfg.sft_only_data_path]
+    unkeyed = {"data_path", "sft_only_data_path", "data_output_path"}
+    settings = {k: v for k, v in asdict(cfg).items() if k not in unkeyed}
+    if step != 3:
+        settings.pop("max_prompt_seq_len")
+    else:
+        settings.pop("max_seq_len")
+    return hash_text(CACHE_VERSION, step, sources, sft_only, settings, tokenizer_fingerprint(tokenizer))
+
+
+def _build(cfg: DataConfig, step: int, tokenizer, records: StepRecords | None) -> StepData:
+    records = records or step_records(cfg, step)
+    dropped_train: dict[str, int] = {}
+    dropped_eval: dict[str, int] = {}
+    train = datasets.Dataset.from_dict(BUILDERS[step](records.train, tokenizer, cfg, dropped_train))
+    evals = datasets.Dataset.from_dict(BUILDERS[step](records.eval, tokenizer, cfg, dropped_eval))
+    info = {
+        "counts": {name: list(pair) for name, pair in records.counts.items()},
+        "drops": [report.summary() for report in records.reports],
+        "dropped_by_length": {"train": dropped_train, "eval": dropped_eval},
+        "num_train": len(train),
+        "num_eval": len(evals),
+    }
+    return StepData(train, evals, info)
+
+
+def _save(data: StepData, target: str) -> None:
+    """Write to a temporary folder and rename it into place, so a half-written cache is never read."""
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".building-", dir=parent)
+    datasets.DatasetDict({"train": data.train, "eval": data.eval}).save_to_disk(staging)
+    with open(os.path.join(staging, "chatrlhf_info.json"), "w") as handle:
+        json.dump(data.info, handle, indent=1)
+    try:
+        os.replace(staging, target)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _load(target: str) -> StepData:
+    loaded = datasets.load_from_disk(target)
+    with open(os.path.join(target, "chatrlhf_info.json")) as handle:
+        info = json.load(handle)
+    return StepData(loaded["train"], loaded["eval"], info)
+
+
+def build_step_data(cfg: DataConfig, step: int, tokenizer, *, records: StepRecords | None = None) -> StepData:
+    """The tokenised train and eval sets of ``step``, from the cache when nothing that changes them changed."""
+    key = cache_key(cfg, step, tokenizer)
+    target = os.path.join(cfg.data_output_path, f"step{step}_{key}")
+    hit = os.path.isdir(target)
+    if device.is_main_process() and not hit:
+        _save(_build(cfg, step, tokenizer, records), target)
+    device.barrier()
+    data = _load(target)
+    data.info.update(cache_dir=target, cache_hit=hit)
+    return data
