@@ -1,0 +1,145 @@
+"""Command-line flags shared by the steps (DeepSpeed-Chat's names and defaults) and their typed configs.
+
+Flags are parsed once here at the edge; the library below takes the dataclasses built from them.
+"""
+from __future__ import annotations
+
+import argparse
+
+from chatrlhf.training.config import EngineSettings, LoopSettings, LoraSettings, OptimSettings
+from chatrlhf.training.optim import SCHEDULERS
+from chatrlhf.utils.data.config import DataConfig
+from chatrlhf.utils.data.options import PROMPT_TEMPLATES, ColumnMap, SourceOptions
+from chatrlhf.utils.device import DTYPES, default_dtype_name
+
+
+def add_data_args(parser: argparse.ArgumentParser, *, sft_only: bool = True) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument("--data_path", nargs="*", default=["synthetic/tasks"],
+                       help="Sources: a DeepSpeed-Chat dataset name, local/jsonfile, a file or folder path, or "
+                            "synthetic/tasks; NAME:WEIGHT weights a source in the blend.")
+    group.add_argument("--data_split", type=str, default="2,4,4",
+                       help="Comma-separated shares of each source for steps 1, 2 and 3.")
+    if sft_only:
+        group.add_argument("--sft_only_data_path", nargs="*", default=[], help="Sources used by step 1 only.")
+    group.add_argument("--data_output_path", type=str, default="/tmp/data_files/",
+                       help="Where tokenised datasets are cached (keyed by a hash of what changes them).")
+    group.add_argument("--prompt_template", choices=PROMPT_TEMPLATES, default="hh",
+                       help="How a bare instruction becomes a prompt.")
+    group.add_argument("--prompt_column", default=None, help="Column holding the prompt.")
+    group.add_argument("--response_column", default=None, help="Column holding the response (SFT sources).")
+    group.add_argument("--chosen_column", default=None, help="Column holding the preferred response.")
+    group.add_argument("--rejected_column", default=None, help="Column holding the rejected response.")
+    group.add_argument("--skip_bad_records", action="store_true", help="Skip and count broken records.")
+    group.add_argument("--strict_data", action="store_true", help="Fail on unusable records instead of dropping.")
+
+
+def add_model_args(parser: argparse.ArgumentParser, *, eot: bool = True) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model_name_or_path", type=str, default="tiny-opt",
+                       help="A Hugging Face name or directory, or a preset: tiny-opt, tiny-llama, smollm2-135m.")
+    group.add_argument("--dropout", type=float, default=None, help="Override every dropout of the model.")
+    group.add_argument("--add_eot_token", action="store_true", help="Add --eot_token as a special end token.")
+    if eot:
+        group.add_argument("--eot_token", type=str, default="<|endoftext|>")
+
+
+def add_training_args(parser: argparse.ArgumentParser, *, learning_rate: float) -> None:
+    group = parser.add_argument_group("training")
+    group.add_argument("--per_device_train_batch_size", type=int, default=16)
+    group.add_argument("--per_device_eval_batch_size", type=int, default=16)
+    group.add_argument("--max_seq_len", type=int, default=512)
+    group.add_argument("--learning_rate", type=float, default=learning_rate)
+    group.add_argument("--weight_decay", type=float, default=0.0)
+    group.add_argument("--num_train_epochs", type=int, default=1)
+    group.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    group.add_argument("--lr_scheduler_type", type=str, default="cosine", choices=SCHEDULERS)
+    group.add_argument("--num_warmup_steps", type=int, default=0)
+    group.add_argument("--output_dir", type=str, default=None, help="Where the model is saved.")
+    group.add_argument("--seed", type=int, default=1234)
+    group.add_argument("--local_rank", type=int, default=-1, help="Set by the deepspeed launcher.")
+    group.add_argument("--gradient_checkpointing", action="store_true")
+    group.add_argument("--offload", action="store_true", help="ZeRO-Offload: optimizer (and ZeRO-3 params) on CPU.")
+    group.add_argument("--dtype", type=str, default=None, choices=list(DTYPES),
+                       help="Training precision; default bf16 on GPUs and fp32 on CPU.")
+    group.add_argument("--zero_stage", type=int, default=0, choices=[0, 1, 2, 3])
+    group.add_argument("--lora_dim", type=int, default=0)
+    group.add_argument("--lora_module_name", type=str, default="decoder.layers.")
+    group.add_argument("--only_optimize_lora", action="store_true")
+    group.add_argument("--lora_learning_rate", type=float, default=5e-4)
+    group.add_argument("--compute_fp32_loss", action="store_true")
+    group.add_argument("--enable_tensorboard", action="store_true")
+    group.add_argument("--tensorboard_path", type=str, default=None)
+    group.add_argument("--max_steps", type=int, default=0, help="Stop after this many optimizer steps (0: no cap).")
+    group.add_argument("--eval_interval", type=int, default=0, help="Evaluate every N optimizer steps (0: per epoch).")
+    group.add_argument("--eval_iters", type=int, default=0, help="Evaluate on at most N batches (0: all).")
+    group.add_argument("--save_interval", type=int, default=0, help="Checkpoint every N optimizer steps.")
+    group.add_argument("--log_interval", type=int, default=10, help="Log train metrics every N optimizer steps.")
+
+
+def add_deepspeed_args(parser: argparse.ArgumentParser) -> None:
+    import deepspeed
+
+    deepspeed.add_config_arguments(parser)
+
+
+def data_config(args: argparse.Namespace, *, max_prompt_seq_len: int = 256) -> DataConfig:
+    columns = ColumnMap(args.prompt_column, args.response_column, args.chosen_column, args.rejected_column)
+    return DataConfig(
+        data_path=tuple(args.data_path),
+        data_split=args.data_split,
+        sft_only_data_path=tuple(getattr(args, "sft_only_data_path", ()) or ()),
+        data_output_path=args.data_output_path,
+        seed=args.seed,
+        max_seq_len=getattr(args, "max_seq_len", 512),
+        max_prompt_seq_len=max_prompt_seq_len,
+        skip_bad_records=args.skip_bad_records,
+        strict_data=args.strict_data,
+        source=SourceOptions(seed=args.seed, skip_bad_records=args.skip_bad_records,
+                             prompt_template=args.prompt_template, columns=columns),
+    )
+
+
+def lora_settings(args: argparse.Namespace) -> LoraSettings:
+    return LoraSettings(args.lora_dim, args.lora_module_name, args.only_optimize_lora, args.lora_learning_rate)
+
+
+def optim_settings(args: argparse.Namespace) -> OptimSettings:
+    return OptimSettings(
+        learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
+        lr_scheduler_type=args.lr_scheduler_type,
+        num_warmup_steps=args.num_warmup_steps,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+    )
+
+
+def engine_settings(args: argparse.Namespace, job_name: str) -> EngineSettings:
+    return EngineSettings(
+        zero_stage=args.zero_stage,
+        offload=args.offload,
+        dtype=args.dtype or default_dtype_name(),
+        gradient_checkpointing=args.gradient_checkpointing,
+        micro_batch_size=args.per_device_train_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        compute_fp32_loss=args.compute_fp32_loss,
+        deepspeed_config=getattr(args, "deepspeed_config", None),
+        enable_tensorboard=args.enable_tensorboard,
+        tensorboard_path=args.tensorboard_path or f"{job_name}_tensorboard",
+        job_name=job_name,
+    )
+
+
+def loop_settings(args: argparse.Namespace, output_dir: str) -> LoopSettings:
+    return LoopSettings(
+        output_dir=output_dir,
+        num_train_epochs=args.num_train_epochs,
+        max_steps=args.max_steps,
+        eval_interval=args.eval_interval,
+        eval_iters=args.eval_iters,
+        save_interval=args.save_interval,
+        log_interval=args.log_interval,
+        print_loss=getattr(args, "print_loss", False),
+        seed=args.seed,
+        per_device_eval_batch_size=args.per_device_eval_batch_size,
+    )

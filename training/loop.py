@@ -1,0 +1,178 @@
+"""The training loop steps 1 and 2 share: epochs, gradient accumulation, evaluation, logging, saving.
+
+A step supplies a ``StepTask``: how to compute the loss of a batch and how to evaluate. The loop
+counts optimizer steps (``--max_steps``, ``--eval_interval`` and ``--save_interval`` are in those).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from chatrlhf.training.config import LoopSettings
+from chatrlhf.training.metrics_log import MetricsLogger, Throughput, format_metrics, print_rank0
+from chatrlhf.utils import device
+
+
+class StepTask(Protocol):
+    def loss(self, engine, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss to back-propagate and the figures to log for one micro-batch."""
+
+    def evaluate(self, engine, batches: list[dict]) -> dict[str, float]:
+        """Metrics over held-out batches (already limited to ``--eval_iters``)."""
+
+    def count_tokens(self, batch: dict) -> tuple[int, int]:
+        """Non-pad tokens and samples in a micro-batch, for the throughput line."""
+
+
+@dataclass
+class TrainResult:
+    steps: int = 0
+    history: list[dict] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)
+
+
+def make_loader(dataset: Dataset, batch_size: int, collate: Callable, *, shuffle: bool, seed: int) -> DataLoader:
+    sampler = DistributedSampler(
+        dataset, num_replicas=device.world_size(), rank=device.rank(), shuffle=shuffle, seed=seed, drop_last=False
+    )
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate)
+
+
+def to_device(batch: dict, target: torch.device) -> dict:
+    return {k: v.to(target) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def optimizer_steps_per_epoch(num_batches: int, gradient_accumulation_steps: int) -> int:
+    return max(num_batches // gradient_accumulation_steps, 1)
+
+
+def total_optimizer_steps(num_batches: int, gradient_accumulation_steps: int, loop: LoopSettings) -> int:
+    per_epoch = optimizer_steps_per_epoch(num_batches, gradient_accumulation_steps)
+    total = per_epoch * loop.num_train_epochs
+    return min(total, loop.max_steps) if loop.max_steps > 0 else total
+
+
+class Trainer:
+    """Runs ``task`` on ``engine`` over the train loader, evaluating and logging as ``loop`` says."""
+
+    def __init__(
+        self,
+        engine,
+        task: StepTask,
+        train_loader: DataLoader,
+        eval_loader: DataLoader,
+        loop: LoopSettings,
+        logger: MetricsLogger,
+        num_params: int,
+    ) -> None:
+        self.engine = engine
+        self.task = task
+        self.train_loader = train_loader
+        self.eval_loader = eval_loader
+        self.loop = loop
+        self.logger = logger
+        self.throughput = Throughput(num_params)
+        self.target = device.local_device()
+        self.result = TrainResult()
+        self.total_steps = total_optimizer_steps(len(train_loader), engine.gradient_accumulation_steps(), loop)
+
+    def evaluate(self, label: str) -> dict[str, float]:
+        batches = []
+        for index, batch in enumerate(self.eval_loader):
+            if self.loop.eval_iters and index >= self.loop.eval_iters:
+                break
+            batches.append(to_device(batch, self.target))
+        self.engine.eval()
+        with torch.no_grad():
+            metrics = self.task.evaluate(self.engine, batches)
+        self.engine.train()
+        metrics = {k: _mean_over_ranks(v) for k, v in metrics.items()}
+        print_rank0(f"[eval {label}] step {self.result.steps}: {format_metrics(metrics)}")
+        self.logger.scalars("eval", metrics, self.result.steps)
+        self.result.evals.append({"step": self.result.steps, "label": label, **metrics})
+        return metrics
+
+    def _progress(self):
+        from tqdm import tqdm
+
+        return tqdm(total=self.total_steps, disable=not device.is_main_process(), desc="train", dynamic_ncols=True)
+
+    def train(self, on_save: Callable[[int], None] | None = None) -> TrainResult:
+        self.evaluate("start")
+        self.engine.train()
+        bar = self._progress()
+        done = False
+        window: dict[str, list[float]] = {}
+        for epoch in range(self.loop.num_train_epochs):
+            self.train_loader.sampler.set_epoch(epoch)
+            for batch in self.train_loader:
+                batch = to_device(batch, self.target)
+                loss, stats = self.task.loss(self.engine, batch)
+                self.engine.backward(loss)
+                self.engine.step()
+                tokens, samples = self.task.count_tokens(batch)
+                self.throughput.add(tokens, samples)
+                for key, value in {"loss": float(loss.detach()), **stats}.items():
+                    window.setdefault(key, []).append(value)
+                if not self.engine.is_gradient_accumulation_boundary():
+                    continue
+                self.result.steps += 1
+                bar.update(1)
+                step = self.result.steps
+                if self.loop.print_loss:
+                    print_rank0(f"epoch {epoch} step {step} loss {float(loss.detach()):.4f}")
+                if step % self.loop.log_interval == 0 or step == self.total_steps:
+                    self._log(window, epoch)
+                    window = {}
+                if self.loop.eval_interval and step % self.loop.eval_interval == 0:
+                    self.evaluate(f"step {step}")
+                if on_save and self.loop.save_interval and step % self.loop.save_interval == 0:
+                    on_save(step)
+                if step >= self.total_steps:
+                    done = True
+                    break
+            if window:
+                self._log(window, epoch)
+                window = {}
+            self.evaluate(f"epoch {epoch + 1}")
+            if done:
+                break
+        bar.close()
+        return self.result
+
+    def _log(self, window: dict[str, list[float]], epoch: int) -> None:
+        values = {k: _mean_over_ranks(sum(v) / len(v)) for k, v in window.items()}
+        values["lr"] = float(self.engine.get_lr()[0])
+        values.update(self.throughput.report())
+        if "loss" in values:
+            values["perplexity"] = math.exp(min(values["loss"], 50.0))
+        self.logger.scalars("train", values, self.result.steps)
+        self.result.history.append({"step": self.result.steps, "epoch": epoch, **values})
+        print_rank0(f"[train] epoch {epoch} step {self.result.steps}/{self.total_steps}: {format_metrics(values)}")
+
+
+def _mean_over_ranks(value: float) -> float:
+    if device.world_size() == 1:
+        return float(value)
+    tensor = torch.tensor([float(value)], dtype=torch.float64)
+    torch.distributed.all_reduce(tensor)
+    return float(tensor.item() / device.world_size())
+
+
+def write_metrics(output_dir: str, result: TrainResult, extra: dict | None = None) -> None:
+    """``metrics.json`` beside the model: the logged history and evaluations, for reports."""
+    if not device.is_main_process():
+        return
+    os.makedirs(output_dir, exist_ok=True)
+    payload = {"steps": result.steps, "history": result.history, "evals": result.evals, **(extra or {})}
+    tmp = os.path.join(output_dir, ".metrics.json.tmp")
+    with open(tmp, "w") as handle:
+        json.dump(payload, handle, indent=1)
+    os.replace(tmp, os.path.join(output_dir, "metrics.json"))

@@ -1,0 +1,69 @@
+"""Console and TensorBoard logging, and the throughput line (tokens/s, samples/s, TFLOP/s)."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+from chatrlhf.utils import device
+
+
+def print_rank0(*args: object) -> None:
+    if device.is_main_process():
+        print(*args, flush=True)
+
+
+class MetricsLogger:
+    """Scalars to TensorBoard (rank 0, when enabled) and a compact line to the console."""
+
+    def __init__(self, enabled: bool, log_dir: str, job_name: str) -> None:
+        self.writer = None
+        if enabled and device.is_main_process():
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(os.path.join(log_dir, job_name))
+
+    def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
+        if self.writer is None:
+            return
+        for key, value in values.items():
+            self.writer.add_scalar(f"{prefix}/{key}", value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def format_metrics(values: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+
+
+@dataclass
+class Throughput:
+    """Tokens and samples since the last report, and the FLOP rate at 6 FLOPs per parameter per token."""
+
+    num_params: int
+    tokens: int = 0
+    samples: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    def add(self, tokens: int, samples: int) -> None:
+        self.tokens += tokens
+        self.samples += samples
+
+    def report(self) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        world = device.world_size()
+        figures = {
+            "tokens_per_s": self.tokens * world / elapsed,
+            "samples_per_s": self.samples * world / elapsed,
+            "tflops": 6 * self.num_params * self.tokens * world / elapsed / 1e12,
+        }
+        self.tokens, self.samples, self.started = 0, 0, time.perf_counter()
+        return figures
+
+
+def console_is_tty() -> bool:
+    return sys.stderr.isatty()

@@ -1,0 +1,114 @@
+"""Saving a trained model as a standard Hugging Face directory, atomically.
+
+The weights are gathered first under ZeRO-3 and LoRA adapters are merged in; the directory is
+written under a temporary name and renamed into place, so a crash mid-save never leaves a
+half-written model where a good one was.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from chatrlhf.training.lora import base_model, merged_state_dict
+from chatrlhf.utils import device
+
+
+def gathered_state_dict(model: nn.Module, zero_stage: int) -> dict[str, torch.Tensor]:
+    """The full state dict on rank 0 (empty elsewhere), gathering ZeRO-3 partitions one tensor at a time."""
+    if zero_stage != 3:
+        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()} if device.is_main_process() else {}
+    import deepspeed
+
+    state: dict[str, torch.Tensor] = {}
+    for name, param in model.named_parameters():
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+            if device.is_main_process():
+                state[name] = param.detach().cpu().clone()
+    if device.is_main_process():
+        for name, buffer in model.named_buffers():
+            state.setdefault(name, buffer.detach().cpu().clone())
+    return state
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".index.json", ".pt")
+RENAME_EXCHANGE = 2
+AT_FDCWD = -100
+
+
+def _exchange(first: str, second: str) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2``); False where the system cannot."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        call = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    return call(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), RENAME_EXCHANGE) == 0
+
+
+def replace_dir(staging: str, target: str) -> None:
+    """Put a finished ``staging`` folder at ``target``; the old ``target`` stays whole until the swap.
+
+    What else lives in ``target`` (a ``training.log`` being written, checkpoints, TensorBoard logs) is
+    moved into ``staging`` first (same inode, so open log files keep writing), old weights are not.
+    """
+    if not os.path.exists(target):
+        os.replace(staging, target)
+        return
+    written = set(os.listdir(staging))
+    for name in os.listdir(target):
+        if name not in written and not name.endswith(WEIGHT_SUFFIXES):
+            os.replace(os.path.join(target, name), os.path.join(staging, name))
+    if _exchange(staging, target):
+        shutil.rmtree(staging, ignore_errors=True)
+        return
+    backup = f"{target}.old-{os.getpid()}"
+    os.replace(target, backup)
+    os.replace(staging, target)
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def atomic_dir(target: str, write: Callable[[str], None]) -> None:
+    """Run ``write(folder)`` on a temporary folder beside ``target`` and rename it into place."""
+    parent = os.path.dirname(os.path.abspath(target))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-", dir=parent)
+    try:
+        write(staging)
+        replace_dir(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def save_hf_model(
+    model: nn.Module,
+    tokenizer,
+    output_dir: str,
+    *,
+    zero_stage: int = 0,
+    extra_json: dict[str, dict] | None = None,
+) -> None:
+    """Write ``model`` (the engine's module) as a Hugging Face directory that ``from_pretrained`` loads."""
+    state = gathered_state_dict(model, zero_stage)
+    if device.is_main_process():
+        hf_model = base_model(model)
+        merged = merged_state_dict(model, state)
+
+        def write(folder: str) -> None:
+            hf_model.save_pretrained(folder, state_dict=merged, safe_serialization=True)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(folder)
+            for name, content in (extra_json or {}).items():
+                with open(os.path.join(folder, name), "w") as handle:
+                    json.dump(content, handle, indent=1)
+
+        atomic_dir(output_dir, write)
+    device.barrier()
