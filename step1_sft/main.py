@@ -1,0 +1,38 @@
+"""Step 1: supervised fine-tuning of a causal LM on prompt/response data, on DeepSpeed.
+
+Runs as ``deepspeed step1_sft/main.py ...``, ``python step1_sft/main.py ...`` or ``chatrlhf sft ...``
+and accepts DeepSpeed-Chat's step-1 flags with the same meaning.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from chatrlhf.utils.device import configure_accelerator
+
+configure_accelerator()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from chatrlhf.training import cli_args
+
+    parser = argparse.ArgumentParser(prog="chatrlhf sft", description=__doc__.splitlines()[0])
+    cli_args.add_data_args(parser)
+    cli_args.add_model_args(parser)
+    cli_args.add_training_args(parser, learning_rate=1e-3)
+    parser.add_argument("--train_on_prompt", action="store_true", help="Put the prompt tokens in the loss too.")
+    parser.add_argument("--print_loss", action="store_true", help="Print the loss of every step.")
+    cli_args.add_deepspeed_args(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from chatrlhf.step1_sft.run import SFTRun
+
+    SFTRun.from_args(args).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Step 1's run: a causal LM, the SFT collator and loss, saved as a Hugging Face directory."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from chatrlhf.training import cli_args
+from chatrlhf.training.lora import apply_lora
+from chatrlhf.training.run_setup import require_output_dir
+from chatrlhf.training.saving import save_hf_model
+from chatrlhf.training.step_runner import ModelSettings, StepRun
+from chatrlhf.utils.data.collators import SFTCollator
+from chatrlhf.utils.data.tokenized import StepData
+
+
+@dataclass
+class SFTRun(StepRun):
+    train_on_prompt: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> SFTRun:
+        output_dir = require_output_dir(args.output_dir, "step 1")
+        return cls(
+            step=1,
+            data=cli_args.data_config(args),
+            model=ModelSettings(args.model_name_or_path, args.dropout, args.add_eot_token, args.eot_token),
+            engine=cli_args.engine_settings(args, "step1_model"),
+            optim=cli_args.optim_settings(args),
+            lora=cli_args.lora_settings(args),
+            loop=cli_args.loop_settings(args, output_dir),
+            train_on_prompt=args.train_on_prompt,
+        )
+
+    def build_model(self, path: str, tokenizer):
+        from chatrlhf.utils.model.loading import load_causal_lm
+
+        model = load_causal_lm(path, tokenizer, self.model_options())
+        return apply_lora(model, self.lora) if self.lora.enabled else model
+
+    def collator(self, tokenizer) -> SFTCollator:
+        return SFTCollator(tokenizer.pad_token_id, self.train_on_prompt)
+
+    def task(self):
+        from chatrlhf.step1_sft.sft_task import SFTTask
+
+        return SFTTask(self.engine.compute_fp32_loss)
+
+    def save(self, engine, tokenizer, data: StepData) -> None:
+        save_hf_model(engine.module, tokenizer, self.loop.output_dir, zero_stage=self.engine.zero_stage)

@@ -1,0 +1,104 @@
+"""What steps 1 and 2 share around the loop: process group, model, data, engine, training and the save."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from chatrlhf.training.config import EngineSettings, LoopSettings, LoraSettings, OptimSettings
+from chatrlhf.training.engine import init_train_engine
+from chatrlhf.training.loop import Trainer, make_loader, total_optimizer_steps, write_metrics
+from chatrlhf.training.metrics_log import MetricsLogger, print_rank0
+from chatrlhf.training.run_setup import resolve_model, set_seed
+from chatrlhf.utils import device
+from chatrlhf.utils.data.config import DataConfig
+from chatrlhf.utils.data.tokenized import StepData, build_step_data
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    name_or_path: str = "tiny-opt"
+    dropout: float | None = None
+    add_eot_token: bool = False
+    eot_token: str = "<|endoftext|>"
+
+
+@dataclass
+class StepRun:
+    """One training step's settings; subclasses say which model, data, collator and task they use."""
+
+    step: int
+    data: DataConfig
+    model: ModelSettings
+    engine: EngineSettings
+    optim: OptimSettings
+    lora: LoraSettings
+    loop: LoopSettings
+    info: dict = field(default_factory=dict)
+
+    def model_options(self):
+        from chatrlhf.utils.device import resolve_dtype
+        from chatrlhf.utils.model.loading import ModelOptions
+
+        return ModelOptions(
+            dropout=self.model.dropout,
+            dtype=resolve_dtype(self.engine.dtype),
+            add_eot_token=self.model.add_eot_token,
+            eot_token=self.model.eot_token,
+        )
+
+    def load_tokenizer(self, path: str):
+        from chatrlhf.utils.model.loading import load_tokenizer
+
+        return load_tokenizer(path, self.model_options())
+
+    def build_model(self, path: str, tokenizer):
+        raise NotImplementedError
+
+    def collator(self, tokenizer):
+        raise NotImplementedError
+
+    def task(self):
+        raise NotImplementedError
+
+    def save(self, engine, tokenizer, data: StepData) -> None:
+        raise NotImplementedError
+
+    def run(self) -> dict:
+        started = time.perf_counter()
+        device.init_distributed()
+        set_seed(self.loop.seed)
+        path = resolve_model(self.model.name_or_path, self.data)
+        tokenizer = self.load_tokenizer(path)
+        data = build_step_data(self.data, self.step, tokenizer)
+        self._report_data(data)
+        model = self.build_model(path, tokenizer)
+        collate = self.collator(tokenizer)
+        train_loader = make_loader(data.train, self.engine.micro_batch_size, collate, shuffle=True, seed=self.loop.seed)
+        eval_loader = make_loader(
+            data.eval, self.loop.per_device_eval_batch_size, collate, shuffle=False, seed=self.loop.seed
+        )
+        steps = total_optimizer_steps(len(train_loader), self.engine.gradient_accumulation_steps, self.loop)
+        engine = init_train_engine(model, self.engine, self.optim, self.lora, steps)
+        logger = MetricsLogger(self.engine.enable_tensorboard, self.engine.tensorboard_path, self.engine.job_name)
+        num_params = sum(p.numel() for p in model.parameters())
+        trainer = Trainer(engine, self.task(), train_loader, eval_loader, self.loop, logger, num_params)
+        result = trainer.train()
+        self.save(engine, tokenizer, data)
+        logger.close()
+        elapsed = time.perf_counter() - started
+        summary = {"wall_time_s": elapsed, "data": data.info, **self.info}
+        write_metrics(self.loop.output_dir, result, summary)
+        print_rank0(f"saved the model to {self.loop.output_dir} ({result.steps} steps, {elapsed:.1f} s)")
+        return {"result": result, **summary}
+
+    def _report_data(self, data: StepData) -> None:
+        info = data.info
+        print_rank0(
+            f"step {self.step} data: {info['num_train']} train / {info['num_eval']} eval samples"
+            f" ({'cached' if info.get('cache_hit') else 'built'} at {info['cache_dir']})"
+        )
+        for line in info.get("drops", []):
+            print_rank0(f"  dropped: {line}")
+        for split, reasons in info.get("dropped_by_length", {}).items():
+            for reason, count in reasons.items():
+                print_rank0(f"  dropped ({split}): {reason}: {count}")
