@@ -1,6 +1,8 @@
 """Resolve a ``--data_path`` entry to a source and turn its samples into validated records."""
 from __future__ import annotations
 
+import os
+
 from chatrlhf.utils.data.errors import SKIP_HINT, DataError
 from chatrlhf.utils.data.options import SourceOptions, UnusableSample
 from chatrlhf.utils.data.raw_datasets import PromptRawDataset
@@ -17,7 +19,7 @@ def open_source(name: str, *, seed: int, options: SourceOptions, output_path: st
 
     if name == SYNTHETIC_NAME:
         return SyntheticTasks(output_path, seed, 0, name, options)
-    hub_class = find_hub_source(name)
+    hub_class = None if os.path.isfile(name) else find_hub_source(name)
     if hub_class is not None:
         return hub_class(output_path, seed, 0, name, options)
     local = open_local_source(name, seed, options)
