@@ -32,19 +32,37 @@ class StepRecords:
     reports: list[DropReport] = field(default_factory=list)
 
 
+def _by_prompt(records: list[Record]) -> list[list[int]]:
+    """Record indices grouped by prompt (first appearance order), so duplicates always travel together."""
+    groups: dict[str, list[int]] = {}
+    for index, record in enumerate(records):
+        groups.setdefault(record.prompt, []).append(index)
+    return list(groups.values())
+
+
 def _carve_eval(records: list[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
-    """A seeded held-out slice for sources that ship no eval split."""
-    order = np.random.RandomState(seed + 7).permutation(len(records))
-    num_eval = int(round(len(records) * fraction))
-    held = set(order[:num_eval].tolist())
+    """A seeded held-out slice, by prompt, for sources that ship no eval split."""
+    groups = _by_prompt(records)
+    order = np.random.RandomState(seed + 7).permutation(len(groups))
+    held = {i for g in order[: int(round(len(groups) * fraction))] for i in groups[g]}
     train = [r for i, r in enumerate(records) if i not in held]
     return train, [records[i] for i in sorted(held)]
 
 
-def load_source_records(spec: str, cfg: DataConfig, *, sft_only: bool = False) -> SourceRecords:
+def _drop_seen(evals: list[Record], train: list[Record], report: DropReport) -> list[Record]:
+    """Eval records whose prompt also appears in train would flatter the evaluation: drop and count them."""
+    seen = {r.prompt for r in train}
+    kept = [r for r in evals if r.prompt not in seen]
+    for record in evals:
+        if record.prompt in seen:
+            report.drop("eval prompt also in train", record.origin)
+    return kept
+
+
+def load_source_records(spec: str, cfg: DataConfig, *, sft_only: bool = False, tokenizer=None) -> SourceRecords:
     """Validate one source; partitions are cut from this list so they agree across the three steps."""
     name, weight = parse_source_spec(spec)
-    raw = open_source(name, seed=cfg.seed, options=cfg.source, output_path=cfg.data_output_path)
+    raw = open_source(name, seed=cfg.seed, options=cfg.source, output_path=cfg.data_output_path, tokenizer=tokenizer)
     flags = dict(skip_bad_records=cfg.skip_bad_records, strict_data=cfg.strict_data)
     train, report = to_records(raw, "train", **flags)
     has_eval = raw.get_eval_data() is not None
@@ -53,29 +71,34 @@ def load_source_records(spec: str, cfg: DataConfig, *, sft_only: bool = False) -
         report.dropped.update(eval_report.dropped)
         report.skipped_broken += eval_report.skipped_broken
         report.examples.extend(eval_report.examples[: DropReport.MAX_EXAMPLES - len(report.examples)])
+        evals = _drop_seen(evals, train, report)
     else:
         train, evals = _carve_eval(train, cfg.eval_fraction, cfg.seed)
     return SourceRecords(name, weight, train, evals, report, sft_only)
 
 
-def iter_sources(cfg: DataConfig) -> Iterator[SourceRecords]:
+def iter_sources(cfg: DataConfig, tokenizer=None) -> Iterator[SourceRecords]:
     for spec in cfg.data_path:
-        yield load_source_records(spec, cfg)
+        yield load_source_records(spec, cfg, tokenizer=tokenizer)
     for spec in cfg.sft_only_data_path:
-        yield load_source_records(spec, cfg, sft_only=True)
+        yield load_source_records(spec, cfg, sft_only=True, tokenizer=tokenizer)
 
 
 def _take(records: list[Record], step: int, fractions: list[float], weight: float, seed: int) -> list[Record]:
-    part = split_indices(len(records), fractions, seed)[step - 1]
-    chosen = part[weighted_take(len(part), weight, seed + step)] if len(part) else part
+    """The step's share of a source's prompts (all records of a prompt together), weighted for the blend."""
+    groups = _by_prompt(records)
+    part = [i for g in split_indices(len(groups), fractions, seed)[step - 1] for i in groups[g]]
+    chosen = [part[i] for i in weighted_take(len(part), weight, seed + step)] if part else []
     return [records[i] for i in chosen]
 
 
-def step_records(cfg: DataConfig, step: int, sources: list[SourceRecords] | None = None) -> StepRecords:
+def step_records(
+    cfg: DataConfig, step: int, sources: list[SourceRecords] | None = None, tokenizer=None
+) -> StepRecords:
     """The blended train and eval records of ``step`` (1, 2 or 3)."""
     fractions = parse_data_split(cfg.data_split)
     if sources is None:
-        sources = [s for s in iter_sources(cfg) if step == 1 or not s.sft_only]
+        sources = [s for s in iter_sources(cfg, tokenizer) if step == 1 or not s.sft_only]
     result = StepRecords([], [])
     for src in sources:
         if src.sft_only:

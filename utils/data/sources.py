@@ -11,18 +11,23 @@ from chatrlhf.utils.data.records import DropReport, Record
 SYNTHETIC_NAME = "synthetic/tasks"
 
 
-def open_source(name: str, *, seed: int, options: SourceOptions, output_path: str = "") -> PromptRawDataset:
-    """The source for one ``--data_path`` entry: the synthetic set, a local file or folder, or a hub dataset."""
+def open_source(
+    name: str, *, seed: int, options: SourceOptions, output_path: str = "", tokenizer=None
+) -> PromptRawDataset:
+    """The source for one ``--data_path`` entry: the synthetic set, a local file or folder, or a hub dataset.
+
+    ``tokenizer`` is needed only by ``--prompt_template model`` (the model's own chat template).
+    """
     from chatrlhf.utils.data.hub_sources import HUB_SOURCES, find_hub_source
     from chatrlhf.utils.data.local_sources import open_local_source
     from chatrlhf.utils.data.synthetic_tasks import SyntheticTasks
 
     if name == SYNTHETIC_NAME:
-        return SyntheticTasks(output_path, seed, 0, name, options)
+        return SyntheticTasks(output_path, seed, 0, name, options, tokenizer=tokenizer)
     hub_class = None if os.path.isfile(name) else find_hub_source(name)
     if hub_class is not None:
         return hub_class(output_path, seed, 0, name, options)
-    local = open_local_source(name, seed, options)
+    local = open_local_source(name, seed, options, tokenizer)
     if local is not None:
         return local
     known = ", ".join([SYNTHETIC_NAME, "local/jsonfile", *sorted(HUB_SOURCES)])

@@ -135,7 +135,7 @@ def cache_key(cfg: DataConfig, step: int, tokenizer) -> str:
 
 
 def _build(cfg: DataConfig, step: int, tokenizer, records: StepRecords | None) -> StepData:
-    records = records or step_records(cfg, step)
+    records = records or step_records(cfg, step, tokenizer=tokenizer)
     dropped_train: dict[str, int] = {}
     dropped_eval: dict[str, int] = {}
     train = datasets.Dataset.from_dict(BUILDERS[step](records.train, tokenizer, cfg, dropped_train))

@@ -1,0 +1,267 @@
+"""``synthetic/tasks``: the embedded default data set, five small tasks whose answers can be checked.
+
+Every answer can be recomputed from its prompt, so a policy's accuracy is measured exactly (``score``),
+and every rejected answer carries a known kind of mistake, so a reward model's errors can be broken
+down by task and by mistake. Nothing is downloaded: the set is built from ``words.txt`` and the seed.
+"""
+from __future__ import annotations
+
+import itertools
+import random
+import re
+from collections.abc import Iterator, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from chatrlhf.utils.data.options import SourceOptions
+from chatrlhf.utils.data.raw_datasets import PromptRawDataset
+from chatrlhf.utils.data.templates import apply_prompt_template, check_template, fit_response
+
+TASKS = ("add", "reverse", "upper", "count", "sort")
+MISTAKES = ("off_by_n", "swapped_letters", "wrong_order", "repeated", "truncated")
+DEGENERATE = ("repeated", "truncated")
+TASK_MISTAKES = {
+    "add": ("off_by_n",),
+    "reverse": ("swapped_letters",),
+    "upper": ("swapped_letters",),
+    "count": ("off_by_n",),
+    "sort": ("wrong_order", "off_by_n"),
+}
+# Share of rejected answers that are degenerate text rather than a plausible wrong answer.
+DEGENERATE_RATE = 0.2
+END_TOKENS = ("</s>", "<|endoftext|>", "<|im_end|>", "<eos>")
+MAX_ADDEND = 50
+MAX_SORTED = 99
+
+WORDS_FILE = Path(__file__).with_name("words.txt")
+_WORD = re.compile(r"[a-z]{3,8}")
+
+_QUESTIONS = {
+    "add": "What is {} plus {}?",
+    "reverse": "Reverse the word {}.",
+    "upper": "Write {} in capital letters.",
+    "count": "How many letters are in {}?",
+    "sort": "Sort these numbers: {}, {}, {}.",
+}
+_PATTERNS = {
+    "add": re.compile(r"What is (\d+) plus (\d+)\?"),
+    "reverse": re.compile(r"Reverse the word ([a-z]+)\."),
+    "upper": re.compile(r"Write ([a-z]+) in capital letters\."),
+    "count": re.compile(r"How many letters are in ([a-z]+)\?"),
+    "sort": re.compile(r"Sort these numbers: (\d+), (\d+), (\d+)\."),
+}
+
+Args = tuple[Any, ...]
+
+
+@lru_cache(maxsize=1)
+def load_words() -> tuple[str, ...]:
+    """The word list of the word tasks: distinct lowercase words of 3 to 8 letters."""
+    words = tuple(line.strip() for line in WORDS_FILE.read_text(encoding="utf-8").splitlines() if line.strip())
+    bad = [w for w in words if not _WORD.fullmatch(w)]
+    if bad or len(set(words)) != len(words):
+        raise ValueError(f"{WORDS_FILE} must hold distinct words of 3-8 letters a-z, one per line; bad: {bad[:5]}")
+    return words
+
+
+def _solve(task: str, args: Args) -> Any:
+    if task == "add":
+        return args[0] + args[1]
+    if task == "reverse":
+        return args[0][::-1]
+    if task == "upper":
+        return args[0].upper()
+    if task == "count":
+        return len(args[0])
+    return tuple(sorted(args))
+
+
+def _format(task: str, args: Args, result: Any) -> str:
+    """The answer sentence for ``result``, right or wrong, so mistakes keep the format of right answers."""
+    if task == "add":
+        return f"{args[0]} plus {args[1]} is {result}."
+    if task == "reverse":
+        return f"{args[0]} reversed is {result}."
+    if task == "upper":
+        return f"{args[0]} in capital letters is {result}."
+    if task == "count":
+        return f"{args[0]} has {result} letters."
+    return "In order: {}, {}, {}.".format(*result)
+
+
+def _parse(prompt: str) -> tuple[str, Args]:
+    """The task and arguments of the last task question in ``prompt``, whatever template wraps it."""
+    found = [(m.end(), task, m) for task, pattern in _PATTERNS.items() for m in pattern.finditer(prompt)]
+    if not found:
+        raise ValueError(f"not a synthetic/tasks prompt: {prompt!r}")
+    _, task, match = max(found, key=lambda item: item[0])
+    args = tuple(int(g) if g.isdigit() else g for g in match.groups())
+    return task, args
+
+
+def answer(prompt: str) -> str:
+    """The right answer to a synthetic prompt (with or without its chat wrapping), without a leading space."""
+    task, args = _parse(prompt)
+    return _format(task, args, _solve(task, args))
+
+
+def clean_response(response: str) -> str:
+    """A generated response reduced to its answer: cut at an end-of-text token or a next Human turn."""
+    cut = len(response)
+    for stop in (*END_TOKENS, "\n\nHuman:"):
+        position = response.find(stop)
+        if position != -1:
+            cut = min(cut, position)
+    return response[:cut].strip()
+
+
+def score(prompt: str, response: str) -> int:
+    """1 if ``response`` is exactly the right answer to ``prompt`` (after ``clean_response``), else 0."""
+    return int(clean_response(response) == answer(prompt))
+
+
+def _off_by_n(value: int, rng: random.Random, high: int | None = None) -> int:
+    """``value`` moved by 1 to 3, kept within [0, high] so the mistake stays plausible."""
+    step = rng.randint(1, 3)
+    wrong = value + rng.choice((-1, 1)) * step
+    if wrong < 0 or (high is not None and wrong > high):
+        wrong = value - step if wrong > value else value + step
+    return wrong
+
+
+def _swap_letters(word: str, rng: random.Random) -> str:
+    """``word`` with two adjacent distinct letters swapped, so it really changes."""
+    spots = [i for i in range(len(word) - 1) if word[i] != word[i + 1]]
+    i = rng.choice(spots)
+    return word[:i] + word[i + 1] + word[i] + word[i + 2 :]
+
+
+def _wrong_answer(task: str, args: Args, mistake: str, rng: random.Random) -> str:
+    right = _solve(task, args)
+    if mistake == "off_by_n" and task == "sort":
+        spot = rng.randrange(3)
+        values = list(right)
+        values[spot] = _off_by_n(values[spot], rng, MAX_SORTED)
+        return _format(task, args, tuple(values))
+    if mistake == "off_by_n":
+        return _format(task, args, _off_by_n(right, rng))
+    if mistake == "swapped_letters":
+        return _format(task, args, _swap_letters(right, rng))
+    if mistake == "wrong_order":
+        orders = [p for p in itertools.permutations(right) if p != right]
+        return _format(task, args, rng.choice(orders))
+    text = _format(task, args, right)
+    if mistake == "repeated":
+        words = text.split(" ")
+        spot = rng.randrange(len(words) - 1)
+        # More words than the right answer has, so the loop can never spell it out.
+        repeats = len(words) - spot + rng.randint(1, 3)
+        return " ".join(words[: spot + 1] + [words[spot]] * repeats)
+    return text[: rng.randint(len(text) // 3, len(text) - 2)].rstrip()
+
+
+def _items(task: str, rng: random.Random, words: Sequence[str]) -> Iterator[Args]:
+    """Distinct arguments of ``task`` in a seeded random order, until its question space runs out."""
+    if task == "add":
+        pairs = [(x, y) for x in range(MAX_ADDEND + 1) for y in range(MAX_ADDEND + 1)]
+        rng.shuffle(pairs)
+        yield from pairs
+    elif task == "sort":
+        seen: set[Args] = set()
+        while len(seen) < (MAX_SORTED + 1) * MAX_SORTED * (MAX_SORTED - 1):
+            triple = tuple(rng.sample(range(MAX_SORTED + 1), 3))
+            if triple not in seen:
+                seen.add(triple)
+                yield triple
+    else:
+        shuffled = list(words)
+        rng.shuffle(shuffled)
+        yield from ((w,) for w in shuffled)
+
+
+def capacity(words: Sequence[str] | None = None) -> int:
+    """How many distinct prompts the tasks can make."""
+    num_words = len(load_words() if words is None else words)
+    return (MAX_ADDEND + 1) ** 2 + 3 * num_words + (MAX_SORTED + 1) * MAX_SORTED * (MAX_SORTED - 1)
+
+
+def _samples(seed: int, template: str = "hh", tokenizer: Any = None) -> Iterator[dict]:
+    """The endless-until-exhausted stream of distinct samples of ``seed``, tasks taken round-robin.
+
+    Eval is the head of this stream and train the part after it, so the held-out prompts of a seed
+    do not depend on how many training samples are asked for.
+    """
+    rng = random.Random(seed)
+    words = load_words()
+    active = [(task, _items(task, rng, words)) for task in TASKS]
+    while active:
+        for entry in list(active):
+            task, items = entry
+            args = next(items, None)
+            if args is None:
+                active.remove(entry)
+                continue
+            if rng.random() < DEGENERATE_RATE:
+                mistake = rng.choice(DEGENERATE)
+            else:
+                mistake = rng.choice(TASK_MISTAKES[task])
+            prompt = apply_prompt_template(_QUESTIONS[task].format(*args), template, tokenizer=tokenizer)
+            yield {
+                "prompt": prompt,
+                "chosen": fit_response(prompt, _format(task, args, _solve(task, args))),
+                "rejected": fit_response(prompt, _wrong_answer(task, args, mistake, rng)),
+                "task": task,
+                "mistake": mistake,
+            }
+
+
+def held_out_prompts(seed: int, n: int) -> list[str]:
+    """The first ``n`` eval prompts of ``seed``: unseen in training by any set built with ``num_eval >= n``."""
+    return [sample["prompt"] for sample in itertools.islice(_samples(seed), n)]
+
+
+class SyntheticTasks(PromptRawDataset):
+    """Preference pairs over the five tasks; deterministic per seed, train and eval share no prompt."""
+
+    dataset_name = "synthetic/tasks"
+    dataset_name_clean = "synthetic_tasks"
+
+    def __init__(
+        self,
+        output_path: str,
+        seed: int,
+        local_rank: int,
+        dataset_name: str = "synthetic/tasks",
+        options: SourceOptions | None = None,
+        num_train: int = 4000,
+        num_eval: int = 400,
+        tokenizer: Any = None,
+    ) -> None:
+        super().__init__(output_path, seed, local_rank, dataset_name)
+        template = options.prompt_template if options is not None else "hh"
+        check_template(template, tokenizer)
+        if num_train < 0 or num_eval < 0 or num_train + num_eval > capacity():
+            raise ValueError(f"synthetic/tasks makes 0 to {capacity()} distinct prompts; asked {num_train}+{num_eval}")
+        samples = list(itertools.islice(_samples(seed, template, tokenizer), num_eval + num_train))
+        self.eval_samples = samples[:num_eval]
+        self.train_samples = samples[num_eval:]
+
+    def get_train_data(self) -> list[dict]:
+        return self.train_samples
+
+    def get_eval_data(self) -> list[dict]:
+        return self.eval_samples
+
+    def get_prompt(self, sample: dict) -> str:
+        return sample["prompt"]
+
+    def get_chosen(self, sample: dict) -> str:
+        return sample["chosen"]
+
+    def get_rejected(self, sample: dict) -> str:
+        return sample["rejected"]
+
+    def sample_meta(self, sample: dict) -> dict:
+        """The task and the kind of mistake in the rejected answer, for accuracy per task and per kind."""
+        return {"task": sample["task"], "mistake": sample["mistake"]}
