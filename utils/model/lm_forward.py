@@ -1,0 +1,48 @@
+"""Forward passes that compute the LM head only where it is needed.
+
+The vocabulary projection is a large share of a small model's compute; a completion-only loss
+needs it on the response tokens alone, and PPO on the answer tokens alone.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from chatrlhf.training.lora import base_model
+
+
+def split_lm(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    """The backbone (token ids -> final hidden states) and the output head, when the family exposes them."""
+    hf = base_model(model)
+    backbone = getattr(hf, getattr(hf, "base_model_prefix", ""), None)
+    head = hf.get_output_embeddings() if hasattr(hf, "get_output_embeddings") else None
+    if backbone is None or head is None or backbone is hf:
+        return None
+    return backbone, head
+
+
+def causal_lm_loss(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    fp32_loss: bool = False,
+) -> tuple[torch.Tensor, int]:
+    """Mean next-token cross-entropy over the labelled positions, and how many there were."""
+    targets = labels[:, 1:]
+    keep = targets != -100
+    count = int(keep.sum())
+    parts = split_lm(model)
+    if parts is None:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1][keep]
+    else:
+        backbone, head = parts
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
+        logits = head(hidden[:, :-1][keep])
+    if fp32_loss:
+        logits = logits.float()
+    if count == 0:
+        return logits.sum() * 0.0, 0
+    return F.cross_entropy(logits, targets[keep]), count
