@@ -1,0 +1,263 @@
+"""``chatrlhf memory``: agreement with DeepSpeed's ZeRO estimators, sanity of the breakdown, config reading, CLI."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+
+import pytest
+
+from chatrlhf.cli import main as cli_main
+from chatrlhf.utils.activation_memory import training_activation_bytes
+from chatrlhf.utils.memory_estimator import (
+    BASELINE_PROCESS_BYTES,
+    RunSettings,
+    cpu_process_bytes,
+    estimate_memory,
+    main,
+)
+from chatrlhf.utils.model.presets import preset_config
+from chatrlhf.utils.model_specs import KNOWN_MODELS, ModelSpec, ModelSpecError, load_model_spec
+from chatrlhf.utils.zero_memory import Placement
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before the agreement test imports deepspeed
+OPT_1_3B = KNOWN_MODELS["opt-1.3b"]
+
+
+@pytest.mark.parametrize(
+    ("name", "gpus_per_node", "num_nodes", "stage", "offload"),
+    [
+        ("opt-1.3b", 8, 1, 2, False),
+        ("opt-1.3b", 8, 1, 2, True),
+        ("opt-1.3b", 8, 1, 3, False),
+        ("opt-1.3b", 8, 1, 3, True),
+        ("opt-350m", 1, 1, 2, True),
+        ("opt-13b", 2, 1, 2, True),
+        ("llama-2-7b", 4, 2, 3, True),
+        ("llama-2-70b", 8, 4, 3, False),
+        ("smollm2-135m", 1, 1, 3, True),
+    ],
+)
+def test_model_states_agree_with_deepspeed(
+    name: str, gpus_per_node: int, num_nodes: int, stage: int, offload: bool
+) -> None:
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+    spec = load_model_spec(name)
+    run = RunSettings(step=1, gpus_per_node=gpus_per_node, num_nodes=num_nodes, zero_stage=stage, offload=offload)
+    states = estimate_memory(spec, run).model_states
+    params = spec.params()
+    if stage == 2:
+        cpu, gpu = estimate_zero2_model_states_mem_needs(
+            params, num_gpus_per_node=gpus_per_node, num_nodes=num_nodes, cpu_offload=offload
+        )
+    else:
+        cpu, gpu, _ = estimate_zero3_model_states_mem_needs(
+            params, spec.largest_layer_params(), num_gpus_per_node=gpus_per_node, num_nodes=num_nodes,
+            cpu_offload=offload, cpu_offload_params=offload, zero_init=True,
+        )
+    assert states.gpu == pytest.approx(gpu, rel=0.01)
+    assert states.cpu == pytest.approx(cpu, rel=0.01)
+
+
+@pytest.mark.parametrize("name", ["tiny-opt", "tiny-llama", "opt-350m", "smollm2-135m"])
+def test_parameter_counts_match_transformers(name: str) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, OPTConfig
+
+    spec = load_model_spec(name)
+    if spec.family == "opt":
+        config = OPTConfig(
+            hidden_size=spec.hidden_size, num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
+            ffn_dim=spec.ffn_dim, word_embed_proj_dim=spec.embed_dim, do_layer_norm_before=spec.final_layer_norm,
+            vocab_size=spec.vocab_size, max_position_embeddings=spec.max_positions,
+        )
+    else:
+        config = LlamaConfig(
+            hidden_size=spec.hidden_size, num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
+            num_key_value_heads=spec.kv_heads, intermediate_size=spec.ffn_dim, vocab_size=spec.vocab_size,
+            max_position_embeddings=spec.max_positions, tie_word_embeddings=spec.tie_embeddings,
+        )
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    total = sum({id(p): p.numel() for p in model.parameters()}.values())
+    largest = max(sum(p.numel() for p in module.parameters(recurse=False)) for module in model.modules())
+    assert spec.params() == total
+    assert spec.largest_layer_params() == largest
+
+
+@pytest.mark.parametrize("name", ["tiny-opt", "tiny-llama"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_activation_formula_matches_tensors_saved_for_backward(name: str, attention: str) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    table = load_model_spec(name)
+    family_fields = {
+        "opt": {"ffn_dim": table.ffn_dim, "dropout": 0.1},  # exercise the dropout masks too
+        "llama": {"intermediate_size": table.ffn_dim, "tie_word_embeddings": False},
+    }[table.family]
+    config = {
+        "model_type": table.family, "hidden_size": table.hidden_size, "num_hidden_layers": table.num_layers,
+        "num_attention_heads": table.num_heads, "vocab_size": table.vocab_size,
+        "max_position_embeddings": table.max_positions, **family_fields,
+    }
+    spec = ModelSpec.from_hf_config(config)
+    hf_config = AutoConfig.for_model(**config)
+    hf_config._attn_implementation = attention
+    model = AutoModelForCausalLM.from_config(hf_config).train()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    batch, seq = 2, 64
+    ids = torch.randint(0, spec.vocab_size, (batch, seq))
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        logits = model(input_ids=ids, labels=ids).logits
+    measured = sum(saved.values()) + logits.untyped_storage().nbytes()
+    estimate = training_activation_bytes(
+        spec, "lm", batch=batch, seq=seq, dtype_bytes=4, attention=attention, gradient_checkpointing=False,
+        dropout_mask_bytes=4,  # CPU dropout keeps an fp32 mask
+    )
+    log_softmax_gradient = batch * seq * spec.vocab_size * 4  # allocated at the start of backward, not saved
+    assert measured == pytest.approx(estimate.total - log_softmax_gradient, rel=0.02)
+
+
+def test_zero3_on_8_gpus_needs_less_per_gpu_than_zero0() -> None:
+    zero0 = estimate_memory(OPT_1_3B, RunSettings(gpus_per_node=8, zero_stage=0))
+    zero3 = estimate_memory(OPT_1_3B, RunSettings(gpus_per_node=8, zero_stage=3))
+    assert zero3.gpu_peak < zero0.gpu_peak
+    assert zero3.model_states.gpu < zero0.model_states.gpu / 4
+
+
+def test_lora_reduces_optimizer_states() -> None:
+    full = estimate_memory(OPT_1_3B, RunSettings(zero_stage=2))
+    lora = estimate_memory(OPT_1_3B, RunSettings(zero_stage=2, lora_dim=8))
+    assert lora.rows["optimizer states"].gpu < full.rows["optimizer states"].gpu / 50
+    assert lora.rows["weights"].gpu > full.rows["weights"].gpu  # the adapters add weights
+
+
+def test_gradient_checkpointing_reduces_activations() -> None:
+    plain = estimate_memory(OPT_1_3B, RunSettings())
+    checkpointed = estimate_memory(OPT_1_3B, RunSettings(gradient_checkpointing=True))
+    assert checkpointed.rows["activations"].gpu < plain.rows["activations"].gpu
+
+
+def test_step3_needs_more_than_step1_for_the_same_actor() -> None:
+    run = RunSettings(gpus_per_node=8, zero_stage=3, max_seq_len=512)
+    step1 = estimate_memory(OPT_1_3B, run)
+    step3 = estimate_memory(OPT_1_3B, replace(run, step=3))
+    assert [engine.role for engine in step3.engines] == ["actor", "reference", "critic", "reward"]
+    assert step3.gpu_peak > step1.gpu_peak
+    assert step3.rows["generation KV cache"].gpu > 0
+
+
+def test_offload_moves_optimizer_states_and_frozen_models_to_the_host() -> None:
+    run = RunSettings(step=3, gpus_per_node=8, zero_stage=3)
+    offloaded = estimate_memory(OPT_1_3B, replace(run, offload=True, offload_reference_model=True))
+    assert offloaded.rows["optimizer states"].gpu == 0
+    assert offloaded.rows["optimizer states"].cpu > 0
+    reference = offloaded.engines[1]
+    assert reference.weights.cpu == 2 * reference.total_params  # fp16, partitioned over the node's 8 of 8 ranks
+    assert offloaded.gpu_peak < estimate_memory(OPT_1_3B, run).gpu_peak
+    # Below ZeRO-3 DeepSpeed cannot offload parameters, so the frozen models stay on the GPU.
+    zero2 = estimate_memory(OPT_1_3B, replace(run, zero_stage=2, offload_reference_model=True))
+    assert zero2.engines[1].weights == Placement(gpu=2 * zero2.engines[1].total_params)
+
+
+def test_fp32_keeps_no_master_copy_at_zero0() -> None:
+    fp32 = estimate_memory(OPT_1_3B, RunSettings(dtype="fp32"))
+    fp16 = estimate_memory(OPT_1_3B, RunSettings(dtype="fp16"))
+    params = OPT_1_3B.params()
+    assert fp32.rows["optimizer states"].gpu == 8 * params
+    assert fp16.rows["optimizer states"].gpu == 12 * params
+
+
+def test_kv_cache_uses_kv_heads() -> None:
+    spec = KNOWN_MODELS["llama-2-70b"]
+    run = RunSettings(step=3, gpus_per_node=8, zero_stage=3, generation_batch_size=2, critic=spec)
+    kv = estimate_memory(spec, run).rows["generation KV cache"].gpu
+    assert kv == 2 * 80 * 2 * 512 * 8 * 128 * 2
+
+
+def test_reads_config_json_from_a_directory(tmp_path) -> None:
+    opt_125m = KNOWN_MODELS["opt-125m"]
+    config = {
+        "model_type": "opt", "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+        "ffn_dim": 3072, "vocab_size": 50265, "max_position_embeddings": 2048, "word_embed_proj_dim": 768,
+        "do_layer_norm_before": True,
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    spec = load_model_spec(tmp_path)
+    assert spec.vocab_size == 50272  # padded to a multiple of 8, as DeepSpeed-Chat resizes embeddings
+    assert spec.params() == opt_125m.params()
+    assert load_model_spec(tmp_path / "config.json").params() == opt_125m.params()
+
+    (tmp_path / "config.json").write_text(preset_config("tiny-llama").to_json_string())
+    assert load_model_spec(tmp_path).params() == load_model_spec("tiny-llama").params()
+
+
+def test_config_errors_say_what_is_wrong(tmp_path) -> None:
+    with pytest.raises(ModelSpecError, match="without config.json"):
+        load_model_spec(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 768}))
+    with pytest.raises(ModelSpecError, match="model_type 'gpt2' is not supported"):
+        load_model_spec(tmp_path)
+
+
+def test_cli_prints_breakdown_verdict_and_largest_model(capsys) -> None:
+    assert cli_main(["memory", "--model", "facebook/opt-1.3b", "--num_gpus", "8", "--zero_stage", "3"]) == 0
+    out = capsys.readouterr().out
+    for row in ("weights", "gradients", "optimizer states", "activations", "generation KV cache", "buffers"):
+        assert row in out
+    assert "\nfits: needs" in out
+    assert "largest opt model that fits with these settings: opt-" in out
+    assert "DeepSpeed-Chat rule of thumb: 80 GB / 3 = 26.7B params" in out
+    assert "why they differ:" in out
+
+    assert main(["--model", "opt-66b", "--gpu_memory_gb", "24"]) == 0
+    out = capsys.readouterr().out
+    assert "\ndoes not fit: needs" in out
+    assert "largest opt model that fits with these settings: opt-" in out
+
+
+def test_cli_step3_and_cpu_device(capsys) -> None:
+    assert main(["--step", "3", "--model", "tiny-llama", "--critic_model", "tiny-opt", "--device", "cpu",
+                 "--gpu_memory_gb", "8", "--dtype", "fp32", "--per_device_train_batch_size", "2",
+                 "--per_device_generation_batch_size", "2", "--max_prompt_seq_len", "64",
+                 "--max_answer_seq_len", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "per process" in out and "fits: needs" in out
+    assert "largest llama actor that fits" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model", "opt-7b"], "unknown model 'opt-7b'"),
+        (["--critic_model", "no/such/dir"], "unknown model 'no/such/dir'"),
+        (["--offload"], "--offload needs --zero_stage 1, 2 or 3"),
+        (["--model", "tiny-opt", "--max_seq_len", "4096"], "exceeds tiny-opt's 1024 positions"),
+    ],
+)
+def test_cli_errors_exit_nonzero_with_a_clear_message(argv: list[str], message: str, capsys) -> None:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err
+    assert captured.out == ""
+
+
+def test_cpu_process_bytes_for_a_measured_run() -> None:
+    config = preset_config("tiny-llama").to_dict()
+    run = RunSettings(dtype="fp32", train_batch_size=2, max_seq_len=64)
+    small = cpu_process_bytes(config, run)
+    params = load_model_spec("tiny-llama").params()
+    assert small > BASELINE_PROCESS_BYTES + 16 * params  # fp32 weights + grads + Adam m, v
+    assert small < BASELINE_PROCESS_BYTES + 160 * 2**20
+    assert cpu_process_bytes("tiny-llama", replace(run, train_batch_size=8)) > small

@@ -1,0 +1,513 @@
+"""``chatrlhf memory``: estimate per-GPU and host memory of an SFT, reward or PPO run before launching it.
+
+Library use::
+
+    from chatrlhf.utils.memory_estimator import RunSettings, cpu_process_bytes, estimate_memory
+    from chatrlhf.utils.model_specs import load_model_spec
+    estimate = estimate_memory(load_model_spec("opt-1.3b"), RunSettings(step=1, zero_stage=3, gpus_per_node=8))
+    estimate.gpu_peak, estimate.host_peak, estimate.rows["activations"], estimate.fits
+    peak_rss = cpu_process_bytes(model.config.to_dict(), RunSettings(dtype="fp32", train_batch_size=2))
+
+Model states agree with DeepSpeed's ZeRO estimators; activations, the generation KV cache and communication
+buffers are added on top (formulas in ``activation_memory`` and ``zero_memory``).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from chatrlhf.utils.activation_memory import (
+    Attention,
+    TrainingActivations,
+    experience_bytes,
+    kv_cache_bytes,
+    training_activation_bytes,
+)
+from chatrlhf.utils.model_specs import KNOWN_MODELS, ModelSpec, ModelSpecError, as_model_spec, family_members
+from chatrlhf.utils.zero_memory import (
+    CPU_BUFFER_FACTOR,
+    REDUCE_BUCKET_SIZE,
+    EngineStates,
+    Placement,
+    ZeroSettings,
+    frozen_engine,
+    trained_engine,
+)
+
+Device = Literal["cuda", "cpu"]
+DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+GIB = 2**30
+STEP_NAMES = {1: "SFT", 2: "reward model", 3: "PPO"}
+# Max RSS (ru_maxrss, 268,012 KiB) of `import torch, transformers, deepspeed` measured on the project's 2-core CPU
+# machine (torch 2.13 CPU, transformers 5.23, deepspeed 0.19.8): every training process pays it before any model.
+BASELINE_PROCESS_BYTES = 268_012 * 1024
+# DeepSpeed-Chat README: GPU GB / 3 = billions of parameters for step 1 with ZeRO-3 + LoRA + gradient
+# checkpointing (step 2 trains one model, so the same); GPU GB / 6 for actor plus critic in step 3.
+RULE_OF_THUMB_DIVISOR = {1: 3, 2: 3, 3: 6}
+ROWS = (
+    "weights",
+    "gradients",
+    "optimizer states",
+    "activations",
+    "generation KV cache",
+    "buffers",
+    "model loading (start-up)",
+    "runtime (python + torch)",
+)
+
+
+def host_ram_gib() -> float:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything but the trained model: hardware, DeepSpeed and training flags (DeepSpeed-Chat defaults)."""
+
+    step: int = 1
+    device: Device = "cuda"
+    gpus_per_node: int = 1
+    num_nodes: int = 1
+    memory_gib: float = 80.0
+    """Memory per GPU; with ``device="cpu"`` the host RAM the whole run must fit in."""
+    host_memory_gib: float | None = None
+    """Host RAM per node to check as well on GPU runs (not checked when None)."""
+    dtype: str = "bf16"
+    """Compute dtype; chatrlhf trains in bf16 on GPUs and fp32 on the CPU (fp16 costs the same as bf16)."""
+    zero_stage: int = 0
+    offload: bool = False
+    lora_dim: int = 0
+    gradient_checkpointing: bool = False
+    attention: Attention = "sdpa"
+    train_batch_size: int = 16
+    generation_batch_size: int = 16
+    max_seq_len: int = 512
+    max_prompt_seq_len: int = 256
+    max_answer_seq_len: int = 256
+    critic: ModelSpec = field(default_factory=lambda: KNOWN_MODELS["opt-350m"])
+    offload_reference_model: bool = False
+    offload_reward_model: bool = False
+    reduce_bucket_size: int = REDUCE_BUCKET_SIZE
+    cpu_buffer_factor: float = CPU_BUFFER_FACTOR
+    zero: ZeroSettings = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        checks = {
+            f"--step must be 1, 2 or 3, got {self.step}": self.step in STEP_NAMES,
+            f"--device must be cuda or cpu, got {self.device!r}": self.device in ("cuda", "cpu"),
+            f"--dtype must be one of {', '.join(DTYPE_BYTES)}, got {self.dtype!r}": self.dtype in DTYPE_BYTES,
+            f"--attention must be sdpa or eager, got {self.attention!r}": self.attention in ("sdpa", "eager"),
+            f"--lora_dim must be >= 0, got {self.lora_dim}": self.lora_dim >= 0,
+            f"--gpu_memory_gb must be > 0, got {self.memory_gib}": self.memory_gib > 0,
+            "batch sizes and sequence lengths must be >= 1": min(
+                self.train_batch_size, self.generation_batch_size, self.max_seq_len,
+                self.max_prompt_seq_len, self.max_answer_seq_len,
+            ) >= 1,
+        }
+        failed = [message for message, ok in checks.items() if not ok]
+        if failed:
+            raise ValueError("; ".join(failed))
+        zero = ZeroSettings(  # validates stage, offload and GPU counts
+            stage=self.zero_stage, offload=self.offload, gpus_per_node=self.gpus_per_node, num_nodes=self.num_nodes,
+            reduce_bucket_size=self.reduce_bucket_size, cpu_buffer_factor=self.cpu_buffer_factor,
+            device_is_host=self.device == "cpu",
+        )
+        object.__setattr__(self, "zero", zero)
+
+    @property
+    def dtype_bytes(self) -> int:
+        return DTYPE_BYTES[self.dtype]
+
+    @property
+    def seq_len(self) -> int:
+        """Tokens per training sequence: the SFT/reward length, or prompt + answer in PPO."""
+        return self.max_seq_len if self.step < 3 else self.max_prompt_seq_len + self.max_answer_seq_len
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Breakdown of one run: ``rows`` hold per-GPU (per process) and per-node host bytes by category."""
+
+    model: ModelSpec
+    run: RunSettings
+    engines: tuple[EngineStates, ...]
+    rows: dict[str, Placement]
+    training_activations: tuple[TrainingActivations, ...]
+
+    @property
+    def gpu_peak(self) -> int:
+        """Per GPU: training activations and the generation KV cache are never live together."""
+        gpu = {name: placement.gpu for name, placement in self.rows.items()}
+        phase = max(gpu["activations"], gpu["generation KV cache"])
+        return sum(gpu.values()) - gpu["activations"] - gpu["generation KV cache"] + phase
+
+    @property
+    def host_peak(self) -> int:
+        """Per node."""
+        return sum(placement.cpu for placement in self.rows.values())
+
+    @property
+    def model_states(self) -> Placement:
+        """What DeepSpeed's ``estimate_zero{2,3}_model_states_mem_needs`` cover: device weights, gradients and
+        optimizer states; on the host those plus the start-up load peak, times ``additional_buffer_factor``."""
+        states = [self.rows[name] for name in ("weights", "gradients", "optimizer states")]
+        host_extra = self.rows["model loading (start-up)"].cpu + self.rows["buffers"].cpu
+        return Placement(gpu=sum(p.gpu for p in states), cpu=sum(p.cpu for p in states) + host_extra)
+
+    @property
+    def process_bytes(self) -> int:
+        """One training process's peak with ``device="cpu"``: its own "device" memory plus its share of the host."""
+        return self.gpu_peak + self.host_peak // self.run.gpus_per_node
+
+    @property
+    def compared_bytes(self) -> int:
+        """Per GPU on GPUs; with ``device="cpu"`` the whole node: every process plus the shared host memory."""
+        if self.run.device == "cpu":
+            return self.run.gpus_per_node * self.gpu_peak + self.host_peak
+        return self.gpu_peak
+
+    @property
+    def capacity_bytes(self) -> int:
+        return int(self.run.memory_gib * GIB)
+
+    @property
+    def fits(self) -> bool:
+        host_ok = self.run.host_memory_gib is None or self.host_peak <= self.run.host_memory_gib * GIB
+        return self.compared_bytes <= self.capacity_bytes and host_ok
+
+
+def _engines(model: ModelSpec, run: RunSettings) -> tuple[EngineStates, ...]:
+    zero, w = run.zero, run.dtype_bytes
+    if run.step == 1:
+        return (trained_engine("model", model, "lm", zero, dtype_bytes=w, lora_dim=run.lora_dim),)
+    if run.step == 2:
+        return (trained_engine("model", model, "reward", zero, dtype_bytes=w, lora_dim=run.lora_dim),)
+    return (
+        trained_engine("actor", model, "lm", zero, dtype_bytes=w, lora_dim=run.lora_dim),
+        frozen_engine("reference", model, "lm", zero, dtype_bytes=w, offload=run.offload_reference_model),
+        trained_engine("critic", run.critic, "reward", zero, dtype_bytes=w, lora_dim=run.lora_dim),
+        frozen_engine("reward", run.critic, "reward", zero, dtype_bytes=w, offload=run.offload_reward_model),
+    )
+
+
+def _training_activations(model: ModelSpec, run: RunSettings) -> tuple[TrainingActivations, ...]:
+    """Step 1: one SFT micro-batch. Step 2: chosen + rejected, ``2b`` sequences. Step 3: actor, then critic."""
+    common = {
+        "seq": run.seq_len, "dtype_bytes": run.dtype_bytes, "attention": run.attention,
+        "gradient_checkpointing": run.gradient_checkpointing, "lora_dim": run.lora_dim,
+        "dropout_mask_bytes": run.dtype_bytes if run.device == "cpu" else 1,
+    }
+    b = run.train_batch_size
+    if run.step == 1:
+        return (training_activation_bytes(model, "lm", batch=b, **common),)
+    if run.step == 2:
+        return (training_activation_bytes(model, "reward", batch=2 * b, **common),)
+    return (
+        training_activation_bytes(model, "lm", batch=b, fp32_loss=False, **common),
+        training_activation_bytes(run.critic, "reward", batch=b, **common),
+    )
+
+
+def check_positions(model: ModelSpec, run: RunSettings) -> None:
+    """Sequences longer than the position table cannot run at all, so refuse to estimate them."""
+    models = [model] if run.step < 3 else [model, run.critic]
+    for spec in models:
+        if run.seq_len > spec.max_positions:
+            flags = "--max_seq_len" if run.step < 3 else "--max_prompt_seq_len + --max_answer_seq_len"
+            raise ValueError(
+                f"{flags} = {run.seq_len} tokens exceeds {spec.name}'s {spec.max_positions} positions; "
+                "use shorter sequences"
+            )
+
+
+def estimate_memory(model: ModelSpec, run: RunSettings) -> MemoryEstimate:
+    """Per-GPU and per-node host bytes of a run, by category (see ``ROWS``)."""
+    check_positions(model, run)
+    engines = _engines(model, run)
+    training = _training_activations(model, run)
+    activations = max(act.total for act in training)
+    kv_cache = 0
+    if run.step == 3:
+        seq, gen_batch = run.seq_len, run.generation_batch_size
+        activations = max(activations, experience_bytes(model, gen_batch, seq, run.dtype_bytes, run.attention))
+        kv_cache = kv_cache_bytes(model, gen_batch, seq, run.dtype_bytes)
+
+    def total(attribute: str) -> Placement:
+        return sum((getattr(engine, attribute) for engine in engines), Placement())
+
+    weights, gradients, optimizer = total("weights"), total("gradients"), total("optimizer")
+    resident_host = weights.cpu + gradients.cpu + optimizer.cpu
+    # Models load one after another, so only the largest load can exceed what is already resident.
+    loading = max(0, max(engine.load_peak_cpu for engine in engines) - resident_host)
+    host_slack = int((run.cpu_buffer_factor - 1) * (resident_host + loading))
+    rows = {
+        "weights": weights,
+        "gradients": gradients,
+        "optimizer states": optimizer,
+        "activations": Placement(gpu=activations),
+        "generation KV cache": Placement(gpu=kv_cache),
+        "buffers": Placement(gpu=total("buffers").gpu, cpu=host_slack),
+        "model loading (start-up)": Placement(cpu=loading),
+        "runtime (python + torch)": Placement(cpu=BASELINE_PROCESS_BYTES * run.gpus_per_node),
+    }
+    return MemoryEstimate(model=model, run=run, engines=engines, rows=rows, training_activations=training)
+
+
+def cpu_process_bytes(model: ModelSpec | Mapping[str, Any] | str | os.PathLike[str], run: RunSettings) -> int:
+    """Peak bytes of one training process running on the CPU (compare with ``ru_maxrss``).
+
+    ``model`` may be a ``ModelSpec``, a config dict (``model.config.to_dict()``), a known name or a path.
+    """
+    return estimate_memory(as_model_spec(model), replace(run, device="cpu")).process_bytes
+
+
+def largest_fitting_model(model: ModelSpec, run: RunSettings) -> ModelSpec | None:
+    """The biggest known model of ``model``'s family that fits with the same settings (actor in step 3)."""
+    fitting = [
+        candidate for candidate in family_members(model.family)
+        if candidate.max_positions >= run.seq_len and estimate_memory(candidate, run).fits
+    ]
+    return fitting[-1] if fitting else None
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    """An estimate plus what the printout compares it with."""
+
+    estimate: MemoryEstimate
+    largest_fitting: ModelSpec | None
+    rule_of_thumb_billions: float
+    rule_difference: str
+
+
+def rule_of_thumb_billions(run: RunSettings) -> float:
+    """DeepSpeed-Chat's rule: memory GB / 3 (step 1, 2) or / 6 (step 3, actor + critic) billions of params."""
+    return run.memory_gib / RULE_OF_THUMB_DIVISOR[run.step]
+
+
+def _rule_difference(estimate: MemoryEstimate) -> str:
+    """One line on why the rule of thumb and this estimate disagree for these settings."""
+    run = estimate.run
+    missing = [
+        name for name, on in (
+            ("ZeRO-3", run.zero_stage == 3), ("LoRA", run.lora_dim > 0),
+            ("gradient checkpointing", run.gradient_checkpointing),
+        ) if not on
+    ]
+    if missing:
+        return (
+            "the rule assumes ZeRO-3 + LoRA + gradient checkpointing (~3 bytes/param per GPU); this run has no "
+            f"{' or '.join(missing)}, so its model states and activations cost more per parameter."
+        )
+    batch = run.train_batch_size * (2 if run.step == 2 else 1)
+    activations = format_bytes(estimate.rows["activations"].gpu)
+    if run.zero.world_size > 1:
+        return (
+            f"the rule is per GPU and ignores that ZeRO-3 splits model states over {run.zero.world_size} GPUs, "
+            f"and the {activations} of activations for {batch} x {run.seq_len} tokens."
+        )
+    return (
+        f"the rule ignores activations ({activations} for {batch} x {run.seq_len} tokens), DeepSpeed's "
+        f"{format_bytes(estimate.rows['buffers'].gpu)} of buffers and frozen weights (16-bit, 2 bytes/param)."
+    )
+
+
+def build_report(model: ModelSpec, run: RunSettings) -> MemoryReport:
+    estimate = estimate_memory(model, run)
+    return MemoryReport(
+        estimate=estimate,
+        largest_fitting=largest_fitting_model(model, run),
+        rule_of_thumb_billions=rule_of_thumb_billions(run),
+        rule_difference=_rule_difference(estimate),
+    )
+
+
+def format_bytes(n: int) -> str:
+    for unit, size in (("GiB", GIB), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B" if n else "-"
+
+
+def format_params(n: float) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(int(n))
+
+
+def _placement_label(engine: EngineStates, run: RunSettings) -> str:
+    where = "offloaded to CPU" if engine.offload else ("in host RAM" if run.device == "cpu" else "on GPU")
+    return f"ZeRO-{engine.stage}, {where}"
+
+
+def _notes(estimate: MemoryEstimate) -> list[str]:
+    run = estimate.run
+    largest = max(estimate.training_activations, key=lambda activations: activations.total)
+    notes = [f"the largest training pass keeps {format_bytes(largest.layers)} in the layers and "
+             f"{format_bytes(largest.logits)} of logits / values for backward."]
+    if run.step == 3:
+        notes.append("activations = max(actor training, critic training, experience scoring); the KV cache is "
+                     "only live during generation, so the peak counts max(activations, KV cache).")
+        offloaded = [name for name, on in (("reference", run.offload_reference_model),
+                                           ("reward", run.offload_reward_model)) if on]
+        if offloaded and run.zero_stage != 3:
+            notes.append(f"DeepSpeed offloads parameters only at ZeRO-3, so at ZeRO-{run.zero_stage} the "
+                         f"{' and '.join(offloaded)} model(s) stay on the GPU; use --zero_stage 3 to offload them.")
+        if run.zero_stage == 3:
+            actor = estimate.engines[0]
+            notes.append(f"the hybrid engine (--enable_hybrid_engine) gathers the whole actor for generation: "
+                         f"+{format_bytes(actor.total_params * run.dtype_bytes)} per GPU, not counted.")
+    if run.zero_stage == 2 and run.offload and run.num_nodes > 1:
+        notes.append("DeepSpeed's ZeRO-2 estimator charges every node the host memory of all nodes; this charges "
+                     "each node its own share.")
+    if run.device == "cpu":
+        notes.append(f"--device cpu: {run.gpus_per_node} process(es) share the host; 'per process' holds what a "
+                     "GPU would, 'host' the offloaded states and each process's python + torch baseline.")
+    return notes
+
+
+def render_report(report: MemoryReport) -> str:
+    """The text ``chatrlhf memory`` prints."""
+    estimate = report.estimate
+    run, model = estimate.run, estimate.model
+    on_cpu = run.device == "cpu"
+    hardware = (
+        f"{run.gpus_per_node} CPU process(es), {run.memory_gib:.1f} GiB host RAM" if on_cpu
+        else f"{run.num_nodes} node(s) x {run.gpus_per_node} GPU(s), {run.memory_gib:.1f} GiB per GPU"
+    )
+    sequences = (
+        f"batch {run.train_batch_size} x {run.seq_len} tokens" + (" (x2: chosen + rejected)" if run.step == 2 else "")
+        if run.step < 3 else
+        f"train batch {run.train_batch_size}, generation batch {run.generation_batch_size}, "
+        f"{run.max_prompt_seq_len} prompt + {run.max_answer_seq_len} answer tokens"
+    )
+    offload = "offload" if run.offload else "no offload"
+    lora = f"LoRA r={run.lora_dim}" if run.lora_dim else "no LoRA"
+    checkpointing = "gradient checkpointing" if run.gradient_checkpointing else "no gradient checkpointing"
+    lines = [
+        f"chatrlhf memory: step {run.step} ({STEP_NAMES[run.step]}) of {model.name} on {hardware}",
+        f"  {run.dtype}, ZeRO-{run.zero_stage}, {offload}, {lora}, {checkpointing}, {run.attention} attention, "
+        f"{sequences}",
+        "",
+        f"  {'role':<10} {'model':<14} {'params':>8} {'trained':>8}  placement",
+    ]
+    for engine in estimate.engines:
+        lines.append(
+            f"  {engine.role:<10} {engine.spec.name:<14} {format_params(engine.total_params):>8} "
+            f"{format_params(engine.trainable_params):>8}  {_placement_label(engine, run)}"
+        )
+    device_column, host_column = ("per process", "host (node)") if on_cpu else ("per GPU", "host (node)")
+    lines += ["", f"  {'memory':<26} {device_column:>12} {host_column:>12}"]
+    for name in ROWS:
+        placement = estimate.rows[name]
+        lines.append(f"  {name:<26} {format_bytes(placement.gpu):>12} {format_bytes(placement.cpu):>12}")
+    lines.append(f"  {'peak':<26} {format_bytes(estimate.gpu_peak):>12} {format_bytes(estimate.host_peak):>12}")
+    states = estimate.model_states
+    label = "(model states, as DeepSpeed)"
+    lines.append(f"  {label:<26} {format_bytes(states.gpu):>12} {format_bytes(states.cpu):>12}")
+    lines.append("")
+
+    verdict = "fits" if estimate.fits else "does not fit"
+    need, have = format_bytes(estimate.compared_bytes), format_bytes(estimate.capacity_bytes)
+    where = "host RAM (all processes + host)" if on_cpu else "per GPU"
+    lines.append(f"{verdict}: needs {need} of {have} {where} ({estimate.compared_bytes / estimate.capacity_bytes:.0%})")
+    if run.host_memory_gib is not None and not on_cpu:
+        lines.append(f"  host: needs {format_bytes(estimate.host_peak)} of {run.host_memory_gib:.1f} GiB per node")
+
+    role = "actor" if run.step == 3 else "model"
+    best, ours = report.largest_fitting, 0
+    if best is None:
+        lines.append(f"largest {model.family} {role} that fits with these settings: none of the known models")
+    else:
+        best_params = best.params("reward" if run.step == 2 else "lm")
+        lines.append(f"largest {model.family} {role} that fits with these settings: {best.name} "
+                     f"({format_params(best_params)} params)")
+        ours = best_params + (run.critic.params("reward") if run.step == 3 else 0)
+    counted = "actor + critic" if run.step == 3 else "model"
+    lines.append(
+        f"DeepSpeed-Chat rule of thumb: {run.memory_gib:.4g} GB / {RULE_OF_THUMB_DIVISOR[run.step]} = "
+        f"{report.rule_of_thumb_billions:.1f}B params ({counted}); this estimate: {ours / 1e9:.2f}B"
+    )
+    lines.append(f"  why they differ: {report.rule_difference}")
+    lines += [f"note: {note}" for note in _notes(estimate)]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chatrlhf memory", allow_abbrev=False,
+        description="Estimate memory per GPU and on the host for a DeepSpeed-Chat style run, and whether it fits.",
+    )
+    add = parser.add_argument
+    add("--model", "--model_name_or_path", "--actor_model_name_or_path", dest="model", default="opt-1.3b",
+        help=f"model directory, config.json, or a known name: {', '.join(KNOWN_MODELS)} (default opt-1.3b)")
+    add("--critic_model", "--critic_model_name_or_path", dest="critic_model", default="opt-350m",
+        help="step 3 critic and reward model (default opt-350m)")
+    add("--step", type=int, choices=(1, 2, 3), default=1, help="1 SFT, 2 reward model, 3 PPO")
+    add("--device", choices=("cuda", "cpu"), default="cuda",
+        help="cpu: run on this machine's CPU; --gpu_memory_gb then means host RAM (default: all of it)")
+    add("--gpus_per_node", "--num_gpus", dest="gpus_per_node", type=int, default=1,
+        help="GPUs (or CPU processes) per node")
+    add("--num_nodes", type=int, default=1)
+    add("--gpu_memory_gb", type=float, default=None,
+        help="memory per GPU in GB (GiB: an '80 GB' card holds 80 GiB); default 80, or host RAM with --device cpu")
+    add("--host_memory_gb", type=float, default=None, help="host RAM per node to check too (GPU runs)")
+    add("--zero_stage", type=int, choices=(0, 1, 2, 3), default=0)
+    add("--offload", action="store_true", help="ZeRO-Offload: optimizer states (and ZeRO-3 weights) on the CPU")
+    add("--lora_dim", type=int, default=0,
+        help="LoRA rank on every linear of the decoder blocks, training only the adapters (--only_optimize_lora)")
+    add("--gradient_checkpointing", action="store_true")
+    add("--dtype", choices=tuple(DTYPE_BYTES), default=None, help="default bf16, or fp32 with --device cpu")
+    add("--attention", choices=("sdpa", "eager"), default="sdpa",
+        help="eager keeps b·heads·s² attention scores per layer; sdpa (what chatrlhf loads) does not")
+    add("--per_device_train_batch_size", "--per_device_training_batch_size", dest="train_batch_size", type=int,
+        default=16)
+    add("--per_device_generation_batch_size", dest="generation_batch_size", type=int, default=16)
+    add("--max_seq_len", type=int, default=512, help="steps 1 and 2")
+    add("--max_prompt_seq_len", type=int, default=256, help="step 3")
+    add("--max_answer_seq_len", type=int, default=256, help="step 3")
+    add("--offload_reference_model", action="store_true", help="step 3: reference model weights on the CPU")
+    add("--offload_reward_model", action="store_true", help="step 3: reward model weights on the CPU")
+    add("--reduce_bucket_size", type=int, default=REDUCE_BUCKET_SIZE,
+        help="DeepSpeed zero_optimization.reduce_bucket_size in elements (default 5e8, DeepSpeed's)")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ModelSpec, RunSettings]:
+    """Flags to (trained model, settings); raises ``ValueError`` (incl. ``ModelSpecError``) on bad values."""
+    args = build_parser().parse_args(argv)
+    memory = args.gpu_memory_gb
+    if memory is None:
+        memory = host_ram_gib() if args.device == "cpu" else 80.0
+    run = RunSettings(
+        step=args.step, device=args.device, gpus_per_node=args.gpus_per_node, num_nodes=args.num_nodes,
+        memory_gib=memory, host_memory_gib=args.host_memory_gb, zero_stage=args.zero_stage,
+        dtype=args.dtype or ("fp32" if args.device == "cpu" else "bf16"),
+        offload=args.offload, lora_dim=args.lora_dim, gradient_checkpointing=args.gradient_checkpointing,
+        attention=args.attention, train_batch_size=args.train_batch_size,
+        generation_batch_size=args.generation_batch_size, max_seq_len=args.max_seq_len,
+        max_prompt_seq_len=args.max_prompt_seq_len, max_answer_seq_len=args.max_answer_seq_len,
+        critic=as_model_spec(args.critic_model), offload_reference_model=args.offload_reference_model,
+        offload_reward_model=args.offload_reward_model, reduce_bucket_size=args.reduce_bucket_size,
+    )
+    return as_model_spec(args.model), run
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        model, run = parse_args(argv)
+        report = build_report(model, run)
+    except (ModelSpecError, ValueError) as error:
+        print(f"chatrlhf memory: error: {error}", file=sys.stderr)
+        return 2
+    print(render_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
