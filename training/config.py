@@ -42,6 +42,7 @@ class EngineSettings:
     enable_tensorboard: bool = False
     tensorboard_path: str = ""
     job_name: str = "step1"
+    hybrid_engine: dict | None = None
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,8 @@ def train_ds_config(settings: EngineSettings, world_size: int, max_grad_norm: fl
         "prescale_gradients": False,
         "wall_clock_breakdown": False,
     }
+    if settings.hybrid_engine:
+        config["hybrid_engine"] = settings.hybrid_engine
     if settings.deepspeed_config:
         with open(settings.deepspeed_config) as handle:
             config = _merge(config, json.load(handle))

@@ -46,3 +46,33 @@ def causal_lm_loss(
     if count == 0:
         return logits.sum() * 0.0, 0
     return F.cross_entropy(logits, targets[keep]), count
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens, so left-padded rows get the positions of unpadded ones."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def answer_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: int) -> torch.Tensor:
+    """Logits predicting tokens ``start..T-1`` (the answer of a left-padded prompt of width ``start``), (B, T-start, V).
+
+    The head runs on those positions only; positions come from the mask so left padding is harmless.
+    """
+    position_ids = position_ids_from_mask(attention_mask)
+    parts = split_lm(model)
+    if parts is None:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        return out.logits[:, start - 1 : -1]
+    backbone, head = parts
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)[0]
+    return head(hidden[:, start - 1 : -1])
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log p(token) under ``logits`` (computed in fp32)."""
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)

@@ -26,7 +26,7 @@ TINY_PRESETS = ("tiny-opt", "tiny-llama")
 SMOLLM2_PRESET = "smollm2-135m"
 PRESETS = (*TINY_PRESETS, SMOLLM2_PRESET)
 # Bump whenever a builder's output changes, so stale cache entries are not reused.
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 INIT_SEED = 1234
 TINY_POSITIONS = 1024
 METADATA_FILE = "chatrlhf_preset.json"

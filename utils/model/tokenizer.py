@@ -14,7 +14,9 @@ BOS_TOKEN = "<s>"
 UNK_TOKEN = "<unk>"
 # Order fixes the ids: pad 0, eos 1, bos 2, unk 3 (the tiny model configs rely on these).
 SPECIAL_TOKENS = (PAD_TOKEN, EOS_TOKEN, BOS_TOKEN, UNK_TOKEN)
-DEFAULT_VOCAB_SIZE = 2048
+# Small on purpose: frequent template words merge, content words stay near character level, so a tiny
+# model can learn spelling tasks (reverse, capitals, letter counts) instead of memorising subwords.
+DEFAULT_VOCAB_SIZE = 400
 
 
 def build_bpe_tokenizer(texts: Iterable[str], *, vocab_size: int = DEFAULT_VOCAB_SIZE) -> Tokenizer:

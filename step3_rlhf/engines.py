@@ -1,0 +1,128 @@
+"""The four models of PPO and their DeepSpeed engines.
+
+Actor (trained), reference (frozen initial actor; with LoRA the actor with adapters off), critic
+(trained, initialised from the reward model) and reward (frozen); optionally an EMA of the actor.
+"""
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from chatrlhf.training.config import EngineSettings, LoraSettings, OptimSettings
+from chatrlhf.training.engine import init_eval_engine, init_train_engine
+from chatrlhf.training.lora import apply_lora, is_lora_model
+from chatrlhf.training.metrics_log import print_rank0
+from chatrlhf.utils import device
+
+
+@dataclass(frozen=True)
+class ModelRole:
+    """How one trained model runs: its path, engine, optimizer and LoRA settings."""
+
+    path: str
+    engine: EngineSettings
+    optim: OptimSettings
+    lora: LoraSettings
+
+
+@dataclass
+class PPOEngines:
+    actor: object
+    critic: object
+    reference: object | None
+    reward: nn.Module
+    ema: nn.Module | None = None
+
+    @contextmanager
+    def reference_policy(self):
+        """The reference model to score with: a frozen copy, or the LoRA actor with its adapters off."""
+        if self.reference is not None:
+            yield self.reference
+            return
+        with self.actor.module.disable_adapter():
+            yield self.actor.module
+
+
+def _frozen(model: nn.Module, settings: EngineSettings, offload: bool) -> nn.Module:
+    """A frozen model: a ZeRO-3 (optionally offloaded) engine when the run shards, else a plain module."""
+    if settings.zero_stage == 3 or offload:
+        frozen_settings = EngineSettings(zero_stage=3 if settings.zero_stage == 3 else 0, offload=offload,
+                                         dtype=settings.dtype, micro_batch_size=settings.micro_batch_size)
+        return init_eval_engine(model, frozen_settings).module
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model.to(device.local_device()).eval()
+
+
+def hybrid_engine_config(enabled: bool, max_out_tokens: int, inference_tp_size: int, release_cache: bool,
+                         pin_parameters: bool, tp_gather_partition_size: int) -> dict | None:
+    """DeepSpeed's hybrid engine (fast generation inside the training engine) where it is supported."""
+    if not enabled:
+        return None
+    if not device.has_cuda():
+        print_rank0("--enable_hybrid_engine: DeepSpeed's hybrid engine needs a CUDA device; "
+                    "falling back to plain generation with the KV cache.")
+        return None
+    return {
+        "enabled": True,
+        "max_out_tokens": max_out_tokens,
+        "inference_tp_size": inference_tp_size,
+        "release_inference_cache": release_cache,
+        "pin_parameters": pin_parameters,
+        "tp_gather_partition_size": tp_gather_partition_size,
+    }
+
+
+def build_engines(
+    actor_role: ModelRole,
+    critic_role: ModelRole,
+    tokenizer,
+    options,
+    *,
+    total_steps: int,
+    offload_reference: bool,
+    offload_reward: bool,
+    enable_ema: bool,
+) -> PPOEngines:
+    from chatrlhf.step2_reward.reward_model import load_reward_model
+    from chatrlhf.utils.model.loading import load_causal_lm
+
+    actor = load_causal_lm(actor_role.path, tokenizer, options)
+    ema = copy.deepcopy(actor).eval().requires_grad_(False) if enable_ema else None
+    reference = None
+    if actor_role.lora.enabled:
+        actor = apply_lora(actor, actor_role.lora)
+    else:
+        reference = _frozen(load_causal_lm(actor_role.path, tokenizer, options), actor_role.engine, offload_reference)
+    actor_engine = init_train_engine(actor, actor_role.engine, actor_role.optim, actor_role.lora, total_steps)
+
+    critic = load_reward_model(critic_role.path, tokenizer, options)
+    reward = _frozen(load_reward_model(critic_role.path, tokenizer, options), critic_role.engine, offload_reward)
+    if critic_role.lora.enabled:
+        critic = apply_lora(critic, critic_role.lora, trainable_modules=("score",))
+    critic_engine = init_train_engine(critic, critic_role.engine, critic_role.optim, critic_role.lora, total_steps)
+    if ema is not None:
+        ema.to(device.local_device())
+    return PPOEngines(actor_engine, critic_engine, reference, reward, ema)
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, actor_module: nn.Module, beta: float, zero_stage: int) -> None:
+    """ema ← beta·ema + (1−beta)·actor, parameter by parameter (gathering ZeRO-3 shards one at a time)."""
+    from chatrlhf.training.lora import merged_state_dict
+
+    if is_lora_model(actor_module):
+        state = merged_state_dict(actor_module, {k: v.detach() for k, v in actor_module.state_dict().items()})
+        for name, param in ema.named_parameters():
+            param.mul_(beta).add_(state[name].to(param.dtype), alpha=1 - beta)
+        return
+    import deepspeed
+
+    for (_, ema_param), (_, param) in zip(ema.named_parameters(), actor_module.named_parameters()):
+        gather = deepspeed.zero.GatheredParameters([param]) if zero_stage == 3 else nullcontext()
+        with gather:
+            ema_param.mul_(beta).add_(param.detach().to(ema_param.dtype), alpha=1 - beta)

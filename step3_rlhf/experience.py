@@ -1,0 +1,63 @@
+"""Experience: what a rollout and its scoring leave for the PPO update."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+from chatrlhf.step3_rlhf.rollout import Rollout
+
+
+@dataclass
+class Experience:
+    """One micro-batch of episodes; the ``old_*``/advantage fields are filled before or during training.
+
+    When a micro-batch is trained before the models have taken an optimizer step since the rollout,
+    its first training forward IS the old policy and value forward: those fields are then filled from
+    it instead of an extra no-grad pass (exactly the same numbers, one forward pass fewer per model).
+    """
+
+    sequences: torch.Tensor
+    attention_mask: torch.Tensor
+    answer_mask: torch.Tensor
+    prompt_width: int
+    ref_logprobs: torch.Tensor
+    scores: torch.Tensor
+    rewards_in: torch.Tensor
+    prompts: list[str]
+    tasks: list[str]
+    old_logprobs: torch.Tensor | None = None
+    old_values: torch.Tensor | None = None
+    advantages: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
+    kl: torch.Tensor | None = None
+
+    @classmethod
+    def from_rollout(cls, rollout: Rollout, ref_logprobs: torch.Tensor, scores: torch.Tensor,
+                     rewards_in: torch.Tensor, prompts: list[str], tasks: list[str]) -> Experience:
+        return cls(rollout.sequences, rollout.attention_mask, rollout.answer_mask, rollout.prompt_width,
+                   ref_logprobs, scores, rewards_in, prompts, tasks)
+
+    @property
+    def answers(self) -> torch.Tensor:
+        return self.sequences[:, self.prompt_width :]
+
+    @property
+    def ready(self) -> bool:
+        return self.advantages is not None
+
+    def __len__(self) -> int:
+        return self.sequences.shape[0]
+
+    def rows(self, start: int, stop: int) -> Experience:
+        """Rows ``start:stop`` of every per-episode field."""
+        changes = {}
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, torch.Tensor | list):
+                changes[field.name] = value[start:stop]
+        return replace(self, **changes)
+
+
+def micro_batches(buffer: list[Experience], size: int) -> list[Experience]:
+    return [exp.rows(i, i + size) for exp in buffer for i in range(0, len(exp), size)]

@@ -1,0 +1,110 @@
+"""Rollouts: sampling answers with a KV cache, every row stopping at its end-of-text token.
+
+A hand-written loop instead of ``generate``: the per-token overhead of a general-purpose generator
+dominates small models, and PPO needs only sampling with temperature, top-k and top-p.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from chatrlhf.step3_rlhf.config import GenerationConfig
+from chatrlhf.utils.model.lm_forward import position_ids_from_mask
+
+
+@dataclass
+class Rollout:
+    """Prompts (left-padded to width ``prompt_width``) followed by answers (right-padded after their end)."""
+
+    sequences: torch.Tensor
+    attention_mask: torch.Tensor
+    answer_mask: torch.Tensor
+    prompt_width: int
+
+    @property
+    def answers(self) -> torch.Tensor:
+        return self.sequences[:, self.prompt_width :]
+
+    @property
+    def answer_lengths(self) -> torch.Tensor:
+        return self.answer_mask.sum(1)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Keep the ``top_k`` most likely tokens and the smallest set holding ``top_p`` of the mass."""
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+        drop = cumulative - torch.softmax(sorted_logits, dim=-1) > top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+def answer_mask_from(tokens: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """1 up to and including each row's first end-of-text token, 0 after it."""
+    is_eos = (tokens == eos_id).long()
+    ended_before = is_eos.cumsum(1) - is_eos
+    return (ended_before == 0).long()
+
+
+@torch.no_grad()
+def sample(
+    model,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    cfg: GenerationConfig,
+    *,
+    eos_id: int,
+    pad_id: int,
+) -> Rollout:
+    """Sample up to ``max_answer_seq_len`` tokens per prompt; stop when every row has ended."""
+    batch = prompt_ids.shape[0]
+    mask = prompt_mask
+    out = model(
+        input_ids=prompt_ids,
+        attention_mask=mask,
+        position_ids=position_ids_from_mask(mask),
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache, logits = out.past_key_values, out.logits[:, -1]
+    next_position = mask.sum(1, keepdim=True)
+    finished = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)
+    tokens: list[torch.Tensor] = []
+    for step in range(cfg.max_answer_seq_len):
+        logits = logits.float()
+        if step < cfg.min_answer_seq_len:
+            logits[:, eos_id] = float("-inf")
+        if cfg.temperature <= 0:
+            token = logits.argmax(-1)
+        else:
+            probs = torch.softmax(filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p), dim=-1)
+            token = torch.multinomial(probs, 1).squeeze(-1)
+        token = token.masked_fill(finished, pad_id)
+        tokens.append(token)
+        finished |= token == eos_id
+        if bool(finished.all()) or step + 1 == cfg.max_answer_seq_len:
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        out = model(
+            input_ids=token.unsqueeze(-1),
+            attention_mask=mask,
+            position_ids=next_position,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        cache, logits = out.past_key_values, out.logits[:, -1]
+        next_position = next_position + 1
+    answers = torch.stack(tokens, dim=1)
+    answer_mask = answer_mask_from(answers, eos_id)
+    answers = answers.masked_fill(answer_mask == 0, pad_id)
+    return Rollout(
+        sequences=torch.cat([prompt_ids, answers], dim=1),
+        attention_mask=torch.cat([prompt_mask, answer_mask], dim=1),
+        answer_mask=answer_mask,
+        prompt_width=prompt_ids.shape[1],
+    )

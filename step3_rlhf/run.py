@@ -1,0 +1,267 @@
+"""Step 3's run: settings from the flags, checks, the four models, the PPO loop, evaluation and saving."""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from dataclasses import dataclass, replace
+
+import torch
+
+from chatrlhf.step3_rlhf.config import GenerationConfig, PPOConfig, RunConfig
+from chatrlhf.step3_rlhf.engines import ModelRole, build_engines, hybrid_engine_config
+from chatrlhf.step3_rlhf.trainer import IterationStats, PPOTrainer
+from chatrlhf.training import cli_args
+from chatrlhf.training.config import EngineSettings, LoraSettings, OptimSettings
+from chatrlhf.training.loop import make_loader, write_metrics
+from chatrlhf.training.metrics_log import MetricsLogger, format_metrics, print_rank0
+from chatrlhf.training.run_setup import require_output_dir, resolve_model, set_seed
+from chatrlhf.training.saving import save_hf_model
+from chatrlhf.utils import device
+from chatrlhf.utils.data.collators import PromptCollator
+from chatrlhf.utils.data.config import DataConfig
+from chatrlhf.utils.data.fingerprint import tokenizer_fingerprint
+from chatrlhf.utils.data.tokenized import build_step_data
+
+
+class ConfigError(ValueError):
+    """Flags that cannot work together; raised before any model loads."""
+
+
+@dataclass
+class PPORun:
+    data: DataConfig
+    actor: ModelRole
+    critic: ModelRole
+    generation: GenerationConfig
+    ppo: PPOConfig
+    run_config: RunConfig
+    tensorboard: tuple[bool, str]
+    offload_reference: bool = False
+    offload_reward: bool = False
+    unsupervised: tuple[str | None, str | None] = (None, None)
+    eval_prompts: int = 64
+    dropout: tuple[float | None, float | None] = (None, None)
+    eot: tuple[bool, str] = (False, "<|endoftext|>")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> PPORun:
+        output_dir = require_output_dir(args.output_dir, "step 3")
+        dtype = args.dtype or device.default_dtype_name()
+        hybrid = hybrid_engine_config(args.enable_hybrid_engine, args.max_answer_seq_len, args.inference_tp_size,
+                                      args.release_inference_cache, not args.unpin_actor_parameters,
+                                      args.tp_gather_partition_size)
+
+        def role(path: str, stage: int, lr: float, wd: float, ckpt: bool, lora_dim: int, lora_name: str,
+                 lora_lr: float, he: dict | None, job: str) -> ModelRole:
+            engine = EngineSettings(zero_stage=stage, offload=args.offload, dtype=dtype, gradient_checkpointing=ckpt,
+                                    micro_batch_size=args.per_device_training_batch_size,
+                                    gradient_accumulation_steps=args.gradient_accumulation_steps,
+                                    compute_fp32_loss=args.compute_fp32_loss,
+                                    deepspeed_config=getattr(args, "deepspeed_config", None),
+                                    job_name=job, hybrid_engine=he)
+            optim = OptimSettings(learning_rate=lr, weight_decay=wd, lr_scheduler_type=args.lr_scheduler_type,
+                                  num_warmup_steps=args.num_warmup_steps,
+                                  gradient_accumulation_steps=args.gradient_accumulation_steps)
+            return ModelRole(path, engine, optim, LoraSettings(lora_dim, lora_name, args.only_optimize_lora, lora_lr))
+
+        run = cls(
+            data=replace(cli_args.data_config(args, max_prompt_seq_len=args.max_prompt_seq_len)),
+            actor=role(args.actor_model_name_or_path, args.actor_zero_stage, args.actor_learning_rate,
+                       args.actor_weight_decay, args.actor_gradient_checkpointing, args.actor_lora_dim,
+                       args.actor_lora_module_name, args.actor_lora_learning_rate, hybrid, "actor"),
+            critic=role(args.critic_model_name_or_path, args.critic_zero_stage, args.critic_learning_rate,
+                        args.critic_weight_decay, args.critic_gradient_checkpointing, args.critic_lora_dim,
+                        args.critic_lora_module_name, args.critic_lora_learning_rate, None, "critic"),
+            generation=GenerationConfig(args.max_prompt_seq_len, args.max_answer_seq_len, args.min_answer_seq_len,
+                                        args.temperature, args.top_p, args.top_k),
+            ppo=PPOConfig(args.kl_ctl, args.clip_reward_value, args.cliprange, args.cliprange_value, args.gamma,
+                          args.lam, args.kl_estimator, args.target_kl, args.kl_horizon, args.normalize_reward,
+                          args.whiten_advantages, args.ppo_epochs, args.generation_batches, args.unsup_coef),
+            run_config=RunConfig(output_dir, args.num_train_epochs, args.max_steps, args.seed,
+                                 args.per_device_generation_batch_size, args.per_device_training_batch_size,
+                                 args.gradient_accumulation_steps, args.enable_ema, args.print_answers,
+                                 args.print_answers_interval, args.enable_test_mode, args.test_stop_step,
+                                 args.log_interval, args.save_interval),
+            tensorboard=(args.enable_tensorboard, args.tensorboard_path),
+            offload_reference=args.offload_reference_model,
+            offload_reward=args.offload_reward_model,
+            unsupervised=(args.unsupervised_dataset_name, args.unsupervised_dataset_config_name),
+            eval_prompts=args.eval_prompts,
+            dropout=(args.actor_dropout, args.critic_dropout),
+            eot=(args.add_eot_token, args.eot_token),
+        )
+        run.validate(args)
+        return run
+
+    def validate(self, args: argparse.Namespace) -> None:
+        """Batch arithmetic and flag combinations DeepSpeed-Chat rejects, checked before any model loads."""
+        episodes = args.per_device_generation_batch_size * args.generation_batches
+        per_step = args.per_device_training_batch_size * args.gradient_accumulation_steps
+        if episodes % args.per_device_training_batch_size:
+            raise ConfigError(
+                f"--per_device_generation_batch_size {args.per_device_generation_batch_size} x --generation_batches "
+                f"{args.generation_batches} = {episodes} episodes per rank is not a multiple of "
+                f"--per_device_training_batch_size {args.per_device_training_batch_size}; make it one")
+        if (episodes // args.per_device_training_batch_size) % args.gradient_accumulation_steps:
+            raise ConfigError(
+                f"{episodes} episodes per rank make {episodes // args.per_device_training_batch_size} training "
+                f"micro-batches, not a multiple of --gradient_accumulation_steps {args.gradient_accumulation_steps} "
+                f"({per_step} episodes per optimizer step); change one of them")
+        if args.inference_tp_size > 1 and args.actor_zero_stage != 3:
+            raise ConfigError("--inference_tp_size > 1 needs --actor_zero_stage 3 (as in DeepSpeed-Chat)")
+        if args.enable_mixed_precision_lora and (args.actor_lora_dim == 0 or args.actor_zero_stage != 3):
+            raise ConfigError("--enable_mixed_precision_lora needs --actor_lora_dim > 0 and --actor_zero_stage 3")
+        if args.only_optimize_lora and args.actor_lora_dim == 0 and args.critic_lora_dim == 0:
+            raise ConfigError("--only_optimize_lora needs --actor_lora_dim or --critic_lora_dim > 0")
+        for flag in ("actor_model_name_or_path", "critic_model_name_or_path"):
+            value = getattr(args, flag)
+            from chatrlhf.utils.model.presets import is_preset
+
+            looks_local = value.startswith((".", "/", "~")) or os.sep in value and not value.count("/") == 1
+            if looks_local and not is_preset(value) and not os.path.isdir(os.path.expanduser(value)):
+                raise ConfigError(f"--{flag} {value}: no such directory; give a trained model directory or a hub name")
+
+    def _model_options(self, dropout: float | None):
+        from chatrlhf.utils.model.loading import ModelOptions
+
+        return ModelOptions(dropout=dropout, dtype=device.resolve_dtype(self.actor.engine.dtype),
+                            add_eot_token=self.eot[0], eot_token=self.eot[1])
+
+    def _check_lengths(self, config, path: str) -> None:
+        limit = getattr(config, "max_position_embeddings", None)
+        total = self.generation.max_prompt_seq_len + self.generation.max_answer_seq_len
+        if limit is not None and total > limit:
+            raise ConfigError(
+                f"--max_prompt_seq_len {self.generation.max_prompt_seq_len} + --max_answer_seq_len "
+                f"{self.generation.max_answer_seq_len} = {total} exceeds the {limit} positions of {path}; shorten them")
+
+    def run(self) -> dict:
+        from chatrlhf.step2_reward.reward_model import load_reward_stats
+        from chatrlhf.utils.model.loading import load_tokenizer
+
+        started = time.perf_counter()
+        device.init_distributed()
+        set_seed(self.run_config.seed)
+        actor_path = resolve_model(self.actor.path, self.data)
+        critic_path = resolve_model(self.critic.path, self.data)
+        tokenizer = load_tokenizer(actor_path, self._model_options(self.dropout[0]))
+        critic_tokenizer = load_tokenizer(critic_path, self._model_options(self.dropout[1]))
+        if tokenizer_fingerprint(tokenizer) != tokenizer_fingerprint(critic_tokenizer):
+            raise ConfigError(
+                f"the actor ({actor_path}) and the critic ({critic_path}) use different tokenizers; the reward "
+                "model must score the actor's tokens: train step 2 on a model with the actor's tokenizer")
+        from transformers import AutoConfig
+
+        self._check_lengths(AutoConfig.from_pretrained(actor_path), actor_path)
+        data = build_step_data(self.data, 3, tokenizer)
+        print_rank0(f"step 3 data: {data.info['num_train']} train / {data.info['num_eval']} eval prompts "
+                    f"({'cached' if data.info.get('cache_hit') else 'built'}); {data.info['dropped_by_length']}")
+        loader = make_loader(data.train, self.run_config.per_device_generation_batch_size,
+                             PromptCollator(tokenizer.pad_token_id), shuffle=True, seed=self.run_config.seed)
+        iterations = len(loader) // self.ppo.generation_batches * self.run_config.num_train_epochs
+        if self.run_config.max_steps:
+            iterations = min(iterations, self.run_config.max_steps)
+        micro_per_iter = (self.run_config.per_device_generation_batch_size * self.ppo.generation_batches
+                          // self.run_config.per_device_training_batch_size)
+        total_steps = max(iterations * self.ppo.ppo_epochs * micro_per_iter
+                          // self.run_config.gradient_accumulation_steps, 1)
+        actor_role = replace(self.actor, path=actor_path)
+        critic_role = replace(self.critic, path=critic_path)
+        engines = build_engines(actor_role, critic_role, tokenizer, self._model_options(self.dropout[0]),
+                                total_steps=total_steps, offload_reference=self.offload_reference,
+                                offload_reward=self.offload_reward, enable_ema=self.run_config.enable_ema)
+        stats = load_reward_stats(critic_path)
+        if self.ppo.normalize_reward and stats is None:
+            print_rank0(f"--normalize_reward: {critic_path} has no reward_stats.json; rewards stay unnormalised")
+        logger = MetricsLogger(self.tensorboard[0], self.tensorboard[1], "step3_ppo")
+        trainer = PPOTrainer(
+            engines, tokenizer, self.generation, self.ppo, self.run_config, logger,
+            reward_mean=stats.mean if stats else 0.0, reward_std=stats.std if stats else 1.0,
+            unsupervised=self._unsupervised(tokenizer), actor_zero_stage=self.actor.engine.zero_stage,
+        )
+        evaluations = {"start": self.evaluate(trainer, data.eval)}
+        self.train(trainer, loader, iterations)
+        evaluations["end"] = self.evaluate(trainer, data.eval)
+        self.save(engines, tokenizer, critic_path)
+        logger.close()
+        summary = {"wall_time_s": time.perf_counter() - started, "iterations": trainer.steps,
+                   "held_out": evaluations, "history": trainer.history, "kl_coef": trainer.kl.value}
+        if device.is_main_process():
+            from chatrlhf.training.loop import TrainResult
+
+            write_metrics(self.run_config.output_dir, TrainResult(trainer.steps, trainer.history, []), summary)
+        print_rank0(f"saved actor and critic under {self.run_config.output_dir} ({trainer.steps} iterations, "
+                    f"{summary['wall_time_s']:.1f} s)")
+        return summary
+
+    def _unsupervised(self, tokenizer):
+        name, config_name = self.unsupervised
+        if not name or self.ppo.unsup_coef <= 0:
+            return None
+        from chatrlhf.step3_rlhf.unsupervised import cycle_batches, load_texts, text_blocks
+
+        block = self.generation.max_prompt_seq_len + self.generation.max_answer_seq_len
+        blocks = text_blocks(load_texts(name, config_name, self.run_config.seed), tokenizer, block)
+        print_rank0(f"unsupervised data: {blocks.shape[0]} blocks of {block} tokens from {name}")
+        return cycle_batches(blocks, self.run_config.per_device_training_batch_size, self.run_config.seed)
+
+    def train(self, trainer: PPOTrainer, loader, iterations: int) -> None:
+        from tqdm import tqdm
+
+        bar = tqdm(total=iterations, disable=not device.is_main_process(), desc="ppo", dynamic_ncols=True)
+        buffer, stats = [], IterationStats()
+        for epoch in range(self.run_config.num_train_epochs):
+            loader.sampler.set_epoch(epoch)
+            for batch in loader:
+                buffer.append(trainer.make_experience(batch, stats))
+                if len(buffer) < self.ppo.generation_batches:
+                    continue
+                metrics = trainer.iteration(buffer, stats)
+                trainer.steps += 1
+                bar.update(1)
+                trainer.log(metrics)
+                if self.run_config.print_answers and trainer.steps % self.run_config.print_answers_interval == 0:
+                    trainer.show_answers(buffer[0])
+                buffer, stats = [], IterationStats()
+                if trainer.steps >= iterations or (
+                    self.run_config.enable_test_mode and trainer.steps >= self.run_config.test_stop_step
+                ):
+                    bar.close()
+                    return
+        bar.close()
+
+    @torch.no_grad()
+    def evaluate(self, trainer: PPOTrainer, eval_set) -> dict[str, float]:
+        """Greedy answers to held-out prompts: mean reward and, on synthetic/tasks, checker accuracy."""
+        from chatrlhf.utils.checker_eval import accuracy_by_task
+
+        count = min(self.eval_prompts, len(eval_set))
+        if count == 0:
+            return {}
+        rows = eval_set.select(range(count))
+        collate = PromptCollator(trainer.tokenizer.pad_token_id)
+        greedy = replace(self.generation, temperature=0.0)
+        scores, prompts, answers, tasks = [], [], [], []
+        size = self.run_config.per_device_generation_batch_size
+        for start in range(0, count, size):
+            batch = collate([rows[i] for i in range(start, min(start + size, count))])
+            rollout = trainer.generate(batch, greedy)
+            scores += trainer.reward_scores(rollout.sequences, rollout.attention_mask).tolist()
+            answers += trainer.tokenizer.batch_decode(rollout.answers, skip_special_tokens=True)
+            prompts += batch["prompt"]
+            tasks += batch["task"]
+        result = {"mean_reward": sum(scores) / len(scores)}
+        if all(tasks):
+            result.update({f"accuracy_{k}": v for k, v in accuracy_by_task(prompts, answers).items()})
+        print_rank0(f"[held-out] {format_metrics(result)}")
+        return result
+
+    def save(self, engines, tokenizer, critic_path: str) -> None:
+        out = self.run_config.output_dir
+        save_hf_model(engines.actor.module, tokenizer, os.path.join(out, "actor"),
+                      zero_stage=self.actor.engine.zero_stage)
+        save_hf_model(engines.critic.module, tokenizer, os.path.join(out, "critic"),
+                      zero_stage=self.critic.engine.zero_stage)
+        if engines.ema is not None:
+            save_hf_model(engines.ema, tokenizer, os.path.join(out, "actor_ema"))

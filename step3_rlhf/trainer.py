@@ -1,0 +1,204 @@
+"""The PPO loop: rollouts, scoring, advantages, clipped updates of actor and critic, metrics, saving."""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from chatrlhf.step3_rlhf.config import GenerationConfig, PPOConfig, RunConfig
+from chatrlhf.step3_rlhf.engines import PPOEngines, update_ema
+from chatrlhf.step3_rlhf.experience import Experience, micro_batches
+from chatrlhf.step3_rlhf.kl_control import KLController
+from chatrlhf.step3_rlhf.ppo_math import (
+    explained_variance,
+    gae,
+    masked_mean,
+    policy_loss,
+    token_rewards,
+    value_loss,
+    whiten,
+)
+from chatrlhf.step3_rlhf.rollout import sample
+from chatrlhf.training.metrics_log import MetricsLogger, format_metrics, print_rank0
+from chatrlhf.utils import device
+from chatrlhf.utils.model.lm_forward import answer_logits, causal_lm_loss, entropy, token_logprobs
+
+
+@dataclass
+class IterationStats:
+    values: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, **items: float) -> None:
+        for key, value in items.items():
+            self.values.setdefault(key, []).append(float(value))
+
+    def means(self) -> dict[str, float]:
+        return {k: sum(v) / len(v) for k, v in self.values.items()}
+
+
+class PPOTrainer:
+    def __init__(
+        self,
+        engines: PPOEngines,
+        tokenizer,
+        generation: GenerationConfig,
+        ppo: PPOConfig,
+        run: RunConfig,
+        logger: MetricsLogger,
+        *,
+        reward_mean: float = 0.0,
+        reward_std: float = 1.0,
+        unsupervised: Iterator[dict] | None = None,
+        actor_zero_stage: int = 0,
+    ) -> None:
+        self.engines = engines
+        self.tokenizer = tokenizer
+        self.generation = generation
+        self.ppo = ppo
+        self.run = run
+        self.logger = logger
+        self.kl = KLController(ppo.kl_ctl, ppo.target_kl, ppo.kl_horizon)
+        self.reward_mean, self.reward_std = reward_mean, max(reward_std, 1e-6)
+        self.unsupervised = unsupervised
+        self.actor_zero_stage = actor_zero_stage
+        self.target = device.local_device()
+        self.steps = 0
+        self.history: list[dict] = []
+
+    # ----- rollout and scoring
+    @torch.no_grad()
+    def reward_scores(self, sequences: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        from chatrlhf.step2_reward.reward_model import sequence_scores, token_values
+
+        return sequence_scores(token_values(self.engines.reward, sequences, attention_mask), attention_mask).float()
+
+    def generate(self, batch: dict, cfg: GenerationConfig | None = None):
+        actor = self.engines.actor.module
+        was_training = actor.training
+        actor.eval()
+        rollout = sample(actor, batch["input_ids"].to(self.target), batch["attention_mask"].to(self.target),
+                         cfg or self.generation, eos_id=self.tokenizer.eos_token_id, pad_id=self.tokenizer.pad_token_id)
+        actor.train(was_training)
+        return rollout
+
+    @torch.no_grad()
+    def make_experience(self, batch: dict, timing: IterationStats) -> Experience:
+        started = time.perf_counter()
+        rollout = self.generate(batch)
+        generated = time.perf_counter()
+        start = rollout.prompt_width
+        with self.engines.reference_policy() as reference:
+            ref_logits = answer_logits(reference, rollout.sequences, rollout.attention_mask, start)
+        ref_logprobs = token_logprobs(ref_logits, rollout.answers)
+        scores = self.reward_scores(rollout.sequences, rollout.attention_mask)
+        rewards_in = (scores - self.reward_mean) / self.reward_std if self.ppo.normalize_reward else scores
+        scored = time.perf_counter()
+        new_tokens = int(rollout.answer_mask.sum())
+        timing.add(generation_s=generated - started, scoring_s=scored - generated,
+                   generated_tokens_per_s=new_tokens / max(generated - started, 1e-9))
+        return Experience.from_rollout(rollout, ref_logprobs, scores, rewards_in, batch["prompt"], batch["task"])
+
+    # ----- advantages
+    def _finish(self, exp: Experience, logprobs: torch.Tensor, values: torch.Tensor) -> None:
+        """Old log-probs and values of ``exp`` are known: compute rewards, KL, advantages and returns."""
+        mask = exp.answer_mask.to(logprobs.dtype)
+        rewards, kl = token_rewards(logprobs, exp.ref_logprobs, exp.rewards_in, mask, kl_coef=self.kl.value,
+                                    clip_reward_value=self.ppo.clip_reward_value, estimator=self.ppo.kl_estimator)
+        exp.old_logprobs, exp.old_values, exp.kl = logprobs, values, kl
+        exp.advantages, exp.returns = gae(rewards, values, mask, self.ppo.gamma, self.ppo.lam)
+
+    def _forward(self, exp: Experience) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Actor answer log-probs and entropy, and critic values, at the answer positions."""
+        from chatrlhf.step2_reward.reward_model import token_values
+
+        start = exp.prompt_width
+        logits = answer_logits(self.engines.actor.module, exp.sequences, exp.attention_mask, start)
+        logprobs = token_logprobs(logits, exp.answers)
+        with torch.no_grad():
+            ent = entropy(logits)
+        values = token_values(self.engines.critic.module, exp.sequences, exp.attention_mask)[:, start - 1 : -1]
+        return logprobs, ent, values.float()
+
+    @torch.no_grad()
+    def _score_old(self, exp: Experience) -> None:
+        logprobs, _, values = self._forward(exp)
+        self._finish(exp, logprobs, values)
+
+    def prepare(self, buffer: list[Experience]) -> list[Experience]:
+        """Cut the buffer into training micro-batches and compute what cannot be fused into training."""
+        batches = micro_batches(buffer, self.run.per_device_training_batch_size)
+        fusable = 0 if self.ppo.whiten_advantages else self.engines.actor.gradient_accumulation_steps()
+        for index, exp in enumerate(batches):
+            if index >= fusable:
+                self._score_old(exp)
+        if self.ppo.whiten_advantages:
+            flat_adv = torch.cat([e.advantages.flatten() for e in batches])
+            flat_mask = torch.cat([e.answer_mask.flatten() for e in batches]).to(flat_adv.dtype)
+            whitened = whiten(flat_adv, flat_mask).split([e.advantages.numel() for e in batches])
+            for exp, adv in zip(batches, whitened):
+                exp.advantages = adv.view_as(exp.advantages)
+        return batches
+
+    # ----- update
+    def train_on(self, batches: list[Experience], stats: IterationStats) -> None:
+        actor, critic = self.engines.actor, self.engines.critic
+        actor.train()
+        critic.train()
+        for _ in range(self.ppo.ppo_epochs):
+            for exp in batches:
+                logprobs, ent, values = self._forward(exp)
+                if not exp.ready:
+                    self._finish(exp, logprobs.detach(), values.detach())
+                mask = exp.answer_mask.to(logprobs.dtype)
+                pg_loss, pg_stats = policy_loss(logprobs, exp.old_logprobs, exp.advantages, mask, self.ppo.cliprange)
+                loss = pg_loss
+                if self.unsupervised is not None and self.ppo.unsup_coef > 0:
+                    unsup = {k: v.to(self.target) for k, v in next(self.unsupervised).items()}
+                    lm_loss, _ = causal_lm_loss(actor.module, unsup["input_ids"], unsup["attention_mask"],
+                                                unsup["labels"])
+                    loss = loss + self.ppo.unsup_coef * lm_loss
+                    stats.add(unsup_loss=float(lm_loss))
+                actor.backward(loss)
+                actor.step()
+                v_loss = value_loss(values, exp.old_values, exp.returns, mask, self.ppo.cliprange_value)
+                critic.backward(v_loss)
+                critic.step()
+                if self.engines.ema is not None and actor.is_gradient_accumulation_boundary():
+                    update_ema(self.engines.ema, actor.module, self.ppo.ema_beta, self.actor_zero_stage)
+                stats.add(actor_loss=float(pg_loss), critic_loss=float(v_loss), entropy=float(masked_mean(ent, mask)),
+                          explained_variance=explained_variance(values.detach(), exp.returns, mask), **pg_stats)
+
+    def iteration(self, buffer: list[Experience], stats: IterationStats) -> dict[str, float]:
+        started = time.perf_counter()
+        batches = self.prepare(buffer)
+        self.train_on(batches, stats)
+        stats.add(training_s=time.perf_counter() - started)
+        scores = torch.cat([e.scores for e in buffer])
+        kl_per_seq = torch.cat([e.kl.sum(1) for e in batches])
+        lengths = torch.cat([e.answer_mask.sum(1).float() for e in buffer])
+        metrics = stats.means()
+        for key in ("generation_s", "scoring_s", "training_s"):
+            metrics[key] = sum(stats.values.get(key, [0.0]))
+        metrics.update(
+            reward_mean=float(scores.mean()),
+            reward_std=float(scores.std()) if len(scores) > 1 else 0.0,
+            kl_to_ref=float(kl_per_seq.mean()),
+            answer_length=float(lengths.mean()),
+            empty_answers=float((lengths <= 1).sum()),
+            kl_coef=self.kl.value,
+        )
+        self.kl.update(metrics["kl_to_ref"], len(scores))
+        return metrics
+
+    def log(self, metrics: dict[str, float]) -> None:
+        self.logger.scalars("ppo", metrics, self.steps)
+        self.history.append({"step": self.steps, **metrics})
+        if self.steps % self.run.log_interval == 0:
+            print_rank0(f"[ppo] step {self.steps}: {format_metrics(metrics)}")
+
+    def show_answers(self, exp: Experience) -> None:
+        answers = self.tokenizer.batch_decode(exp.answers, skip_special_tokens=True)
+        for prompt, answer, score in zip(exp.prompts[:2], answers[:2], exp.scores[:2].tolist()):
+            print_rank0(f"--- prompt: {prompt.strip()!r}\n    answer: {answer.strip()!r}\n    reward: {score:.3f}")
