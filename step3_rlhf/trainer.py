@@ -93,6 +93,11 @@ class PPOTrainer:
             ref_logits = answer_logits(reference, rollout.sequences, rollout.attention_mask, start)
         ref_logprobs = token_logprobs(ref_logits, rollout.answers)
         scores = self.reward_scores(rollout.sequences, rollout.attention_mask)
+        finite = torch.isfinite(scores)
+        if not bool(finite.all()):
+            print_rank0(f"warning: the reward model gave {int((~finite).sum())} non-finite scores; they count as 0")
+            scores = torch.where(finite, scores, torch.zeros_like(scores))
+        timing.add(nonfinite_rewards=float((~finite).sum()))
         rewards_in = (scores - self.reward_mean) / self.reward_std if self.ppo.normalize_reward else scores
         scored = time.perf_counter()
         new_tokens = int(rollout.answer_mask.sum())
@@ -159,7 +164,7 @@ class PPOTrainer:
                     lm_loss, _ = causal_lm_loss(actor.module, unsup["input_ids"], unsup["attention_mask"],
                                                 unsup["labels"])
                     loss = loss + self.ppo.unsup_coef * lm_loss
-                    stats.add(unsup_loss=float(lm_loss))
+                    stats.add(unsup_loss=float(lm_loss.detach()))
                 actor.backward(loss)
                 actor.step()
                 v_loss = value_loss(values, exp.old_values, exp.returns, mask, self.ppo.cliprange_value)
@@ -167,7 +172,8 @@ class PPOTrainer:
                 critic.step()
                 if self.engines.ema is not None and actor.is_gradient_accumulation_boundary():
                     update_ema(self.engines.ema, actor.module, self.ppo.ema_beta, self.actor_zero_stage)
-                stats.add(actor_loss=float(pg_loss), critic_loss=float(v_loss), entropy=float(masked_mean(ent, mask)),
+                stats.add(actor_loss=float(pg_loss.detach()), critic_loss=float(v_loss.detach()),
+                          entropy=float(masked_mean(ent, mask)),
                           explained_variance=explained_variance(values.detach(), exp.returns, mask), **pg_stats)
 
     def iteration(self, buffer: list[Experience], stats: IterationStats) -> dict[str, float]:

@@ -95,8 +95,7 @@ def data_config(args: argparse.Namespace, *, max_prompt_seq_len: int = 256) -> D
         max_prompt_seq_len=max_prompt_seq_len,
         skip_bad_records=args.skip_bad_records,
         strict_data=args.strict_data,
-        source=SourceOptions(seed=args.seed, skip_bad_records=args.skip_bad_records,
-                             prompt_template=args.prompt_template, columns=columns),
+        source=SourceOptions(prompt_template=args.prompt_template, columns=columns),
     )
 
 

@@ -80,6 +80,9 @@ def atomic_dir(target: str, write: Callable[[str], None]) -> None:
     parent = os.path.dirname(os.path.abspath(target))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)
     try:
         write(staging)
         replace_dir(staging, target)

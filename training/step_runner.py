@@ -63,6 +63,11 @@ class StepRun:
     def save(self, engine, tokenizer, data: StepData) -> None:
         raise NotImplementedError
 
+    def checkpoint(self, engine, tokenizer, data: StepData, step: int) -> None:
+        """Every ``--save_interval`` steps: the model as it is now, saved (atomically) where the final one goes."""
+        print_rank0(f"step {step}: saving a checkpoint to {self.loop.output_dir}")
+        self.save(engine, tokenizer, data)
+
     def run(self) -> dict:
         started = time.perf_counter()
         device.init_distributed()
@@ -82,7 +87,7 @@ class StepRun:
         logger = MetricsLogger(self.engine.enable_tensorboard, self.engine.tensorboard_path, self.engine.job_name)
         num_params = sum(p.numel() for p in model.parameters())
         trainer = Trainer(engine, self.task(), train_loader, eval_loader, self.loop, logger, num_params)
-        result = trainer.train()
+        result = trainer.train(on_save=lambda step: self.checkpoint(engine, tokenizer, data, step))
         self.save(engine, tokenizer, data)
         logger.close()
         elapsed = time.perf_counter() - started

@@ -43,14 +43,20 @@ class SFTCollator:
 
 @dataclass
 class PairCollator:
-    """Step 2: the chosen rows, then the rejected rows, in one batch so one forward pass scores both."""
+    """Step 2: the chosen rows, then the rejected rows, in one batch so one forward pass scores both.
+
+    The ``task``/``mistake`` labels (one per pair) ride along as lists for accuracy per task and mistake kind.
+    """
 
     pad_id: int
 
-    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+    def __call__(self, rows: list[dict]) -> dict:
         seqs = [r["chosen_ids"] for r in rows] + [r["rejected_ids"] for r in rows]
         ids, mask = pad_sequences(seqs, self.pad_id)
         batch = {"input_ids": ids, "attention_mask": mask, "margin": torch.tensor([r["margin"] for r in rows])}
+        for key in ("task", "mistake"):
+            if key in rows[0]:
+                batch[key] = [r[key] for r in rows]
         return batch
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -62,7 +62,8 @@ def _drop_seen(evals: list[Record], train: list[Record], report: DropReport) -> 
 def load_source_records(spec: str, cfg: DataConfig, *, sft_only: bool = False, tokenizer=None) -> SourceRecords:
     """Validate one source; partitions are cut from this list so they agree across the three steps."""
     name, weight = parse_source_spec(spec)
-    raw = open_source(name, seed=cfg.seed, options=cfg.source, output_path=cfg.data_output_path, tokenizer=tokenizer)
+    options = replace(cfg.source, seed=cfg.seed, skip_bad_records=cfg.skip_bad_records)
+    raw = open_source(name, seed=cfg.seed, options=options, output_path=cfg.data_output_path, tokenizer=tokenizer)
     flags = dict(skip_bad_records=cfg.skip_bad_records, strict_data=cfg.strict_data)
     train, report = to_records(raw, "train", **flags)
     has_eval = raw.get_eval_data() is not None

@@ -15,6 +15,7 @@ import datasets
 
 from chatrlhf.utils import device
 from chatrlhf.utils.data.config import DataConfig
+from chatrlhf.utils.data.errors import DataError
 from chatrlhf.utils.data.fingerprint import hash_text, source_fingerprint, tokenizer_fingerprint
 from chatrlhf.utils.data.partitions import StepRecords, step_records
 from chatrlhf.utils.data.records import Record
@@ -120,6 +121,14 @@ def _build_step3(records: list[Record], tokenizer, cfg: DataConfig, dropped: dic
 
 
 BUILDERS = {1: _build_step1, 2: _build_step2, 3: _build_step3}
+_IDS = datasets.Sequence(datasets.Value("int32"))
+_TEXT = datasets.Value("string")
+FEATURES = {
+    1: datasets.Features({"input_ids": _IDS, "prompt_len": datasets.Value("int32")}),
+    2: datasets.Features({"chosen_ids": _IDS, "rejected_ids": _IDS, "margin": datasets.Value("float32"),
+                          "task": _TEXT, "mistake": _TEXT}),
+    3: datasets.Features({"prompt_ids": _IDS, "prompt": _TEXT, "chosen": _TEXT, "task": _TEXT}),
+}
 
 
 def cache_key(cfg: DataConfig, step: int, tokenizer) -> str:
@@ -138,8 +147,15 @@ def _build(cfg: DataConfig, step: int, tokenizer, records: StepRecords | None) -
     records = records or step_records(cfg, step, tokenizer=tokenizer)
     dropped_train: dict[str, int] = {}
     dropped_eval: dict[str, int] = {}
-    train = datasets.Dataset.from_dict(BUILDERS[step](records.train, tokenizer, cfg, dropped_train))
-    evals = datasets.Dataset.from_dict(BUILDERS[step](records.eval, tokenizer, cfg, dropped_eval))
+    train = datasets.Dataset.from_dict(BUILDERS[step](records.train, tokenizer, cfg, dropped_train), FEATURES[step])
+    evals = datasets.Dataset.from_dict(BUILDERS[step](records.eval, tokenizer, cfg, dropped_eval), FEATURES[step])
+    if len(train) == 0:
+        reasons = ", ".join(f"{k}: {v}" for k, v in dropped_train.items()) or "the sources gave no records"
+        raise DataError(
+            f"step {step} has no training samples left ({len(records.train)} records before tokenising; {reasons})",
+            hint="Check --data_split gives this step a share, and the length flags (--max_seq_len, "
+            "--max_prompt_seq_len).",
+        )
     info = {
         "counts": {name: list(pair) for name, pair in records.counts.items()},
         "drops": [report.summary() for report in records.reports],

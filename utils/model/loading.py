@@ -97,13 +97,16 @@ def padded_vocab_size(tokenizer: PreTrainedTokenizerBase) -> int:
 
 
 def load_hf_model(
-    model_class: type, path: str, tokenizer: PreTrainedTokenizerBase, options: ModelOptions
+    model_class: type, path: str, tokenizer: PreTrainedTokenizerBase, options: ModelOptions, **config_overrides
 ) -> PreTrainedModel:
     """Load ``model_class`` (an ``AutoModel*``) from a name or directory and fit it to ``tokenizer``.
 
-    Shared by the causal LM and, through ``AutoModel``, the reward/critic backbone.
+    Shared by the causal LM and the reward/critic model; ``config_overrides`` (e.g. ``num_labels=1``) are set
+    on the config before loading.
     """
     config = load_config(path, options)
+    for key, value in config_overrides.items():
+        setattr(config, key, value)
     kwargs = {"config": config, "dtype": options.dtype, "trust_remote_code": options.trust_remote_code}
     try:
         model = model_class.from_pretrained(path, attn_implementation="sdpa", **kwargs)
