@@ -1,0 +1,42 @@
+#!/bin/bash
+# Step 3 (PPO) on the offline tiny preset and synthetic/tasks: runs on a laptop CPU in minutes.
+# Usage: bash training_scripts/tiny/single_gpu/run_tiny.sh ACTOR CRITIC [ACTOR_ZERO_STAGE] [CRITIC_ZERO_STAGE] [OUTPUT]
+ACTOR_MODEL_PATH=${1:?usage: run_tiny.sh ACTOR CRITIC [ACTOR_ZERO_STAGE] [CRITIC_ZERO_STAGE] [OUTPUT]}
+CRITIC_MODEL_PATH=${2:?usage: run_tiny.sh ACTOR CRITIC [ACTOR_ZERO_STAGE] [CRITIC_ZERO_STAGE] [OUTPUT]}
+ACTOR_ZERO_STAGE=${3:-0}
+CRITIC_ZERO_STAGE=${4:-0}
+OUTPUT=${5:-./output_step3_tiny}
+MAIN="$(cd "$(dirname "$0")/../../.." && pwd)/main.py"
+mkdir -p "$OUTPUT"
+
+deepspeed --num_gpus 1 "$MAIN" \
+   --data_path synthetic/tasks \
+   --data_split 2,4,4 \
+   --actor_model_name_or_path "$ACTOR_MODEL_PATH" \
+   --critic_model_name_or_path "$CRITIC_MODEL_PATH" \
+   --num_padding_at_beginning 0 \
+   --per_device_generation_batch_size 32 \
+   --per_device_training_batch_size 32 \
+   --generation_batches 1 \
+   --ppo_epochs 1 \
+   --max_prompt_seq_len 64 \
+   --max_answer_seq_len 48 \
+   --actor_learning_rate 2e-5 \
+   --critic_learning_rate 1e-4 \
+   --actor_weight_decay 0.0 \
+   --critic_weight_decay 0.0 \
+   --num_train_epochs 1 \
+   --max_steps ${PPO_STEPS:-60} \
+   --lr_scheduler_type constant \
+   --num_warmup_steps 0 \
+   --temperature 1.0 \
+   --kl_ctl 0.05 \
+   --seed 1234 \
+   --actor_zero_stage "$ACTOR_ZERO_STAGE" \
+   --critic_zero_stage "$CRITIC_ZERO_STAGE" \
+   --eval_prompts 128 \
+   --enable_tensorboard \
+   --tensorboard_path "$OUTPUT" \
+   --output_dir "$OUTPUT" \
+   "${@:6}" 2>&1 | tee "$OUTPUT/training.log"
+exit "${PIPESTATUS[0]}"
