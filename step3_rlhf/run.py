@@ -247,7 +247,7 @@ class PPORun:
         for start in range(0, count, size):
             batch = collate([rows[i] for i in range(start, min(start + size, count))])
             rollout = trainer.generate(batch, greedy)
-            scores += trainer.reward_scores(rollout.sequences, rollout.attention_mask).tolist()
+            scores += trainer.reward_scores(rollout).tolist()
             answers += trainer.tokenizer.batch_decode(rollout.answers, skip_special_tokens=True)
             prompts += batch["prompt"]
             tasks += batch["task"]

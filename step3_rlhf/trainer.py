@@ -20,7 +20,7 @@ from chatrlhf.step3_rlhf.ppo_math import (
     value_loss,
     whiten,
 )
-from chatrlhf.step3_rlhf.rollout import sample
+from chatrlhf.step3_rlhf.rollout import Rollout, sample
 from chatrlhf.training.metrics_log import MetricsLogger, format_metrics, print_rank0
 from chatrlhf.utils import device
 from chatrlhf.utils.model.lm_forward import answer_logits, causal_lm_loss, entropy, token_logprobs
@@ -69,10 +69,12 @@ class PPOTrainer:
 
     # ----- rollout and scoring
     @torch.no_grad()
-    def reward_scores(self, sequences: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def reward_scores(self, rollout: Rollout) -> torch.Tensor:
+        """The frozen reward model's score of each prompt + answer (at its last real token)."""
         from chatrlhf.step2_reward.reward_model import sequence_scores, token_values
 
-        return sequence_scores(token_values(self.engines.reward, sequences, attention_mask), attention_mask).float()
+        values = token_values(self.engines.reward, rollout.sequences, rollout.attention_mask)
+        return sequence_scores(values, rollout.attention_mask).float()
 
     def generate(self, batch: dict, cfg: GenerationConfig | None = None):
         actor = self.engines.actor.module
@@ -92,7 +94,7 @@ class PPOTrainer:
         with self.engines.reference_policy() as reference:
             ref_logits = answer_logits(reference, rollout.sequences, rollout.attention_mask, start)
         ref_logprobs = token_logprobs(ref_logits, rollout.answers)
-        scores = self.reward_scores(rollout.sequences, rollout.attention_mask)
+        scores = self.reward_scores(rollout)
         finite = torch.isfinite(scores)
         if not bool(finite.all()):
             print_rank0(f"warning: the reward model gave {int((~finite).sum())} non-finite scores; they count as 0")

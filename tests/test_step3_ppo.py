@@ -1,0 +1,208 @@
+"""Step 3: PPO arithmetic, rollouts and masks, the KL controller, a toy-reward run and the full command."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from chatrlhf.step3_rlhf.config import GenerationConfig
+from chatrlhf.step3_rlhf.kl_control import KLController
+from chatrlhf.step3_rlhf.main import build_parser
+from chatrlhf.step3_rlhf.main import main as ppo_main
+from chatrlhf.step3_rlhf.ppo_math import gae, kl_penalty, policy_loss, token_rewards, value_loss
+from chatrlhf.step3_rlhf.rollout import answer_mask_from, filter_logits, sample
+
+
+def test_gae_matches_a_hand_computed_recursion():
+    rewards = torch.tensor([[1.0, 0.0, 2.0, 9.0]])
+    values = torch.tensor([[0.5, 0.2, 0.1, 7.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    adv, ret = gae(rewards, values, mask, gamma=0.9, lam=0.8)
+    d2 = 2.0 - 0.1
+    d1 = 0.0 + 0.9 * 0.1 - 0.2
+    d0 = 1.0 + 0.9 * 0.2 - 0.5
+    a2, a1 = d2, d1 + 0.72 * d2
+    a0 = d0 + 0.72 * a1
+    assert adv[0].tolist() == pytest.approx([a0, a1, a2, 0.0])
+    assert ret[0, :3].tolist() == pytest.approx([a0 + 0.5, a1 + 0.2, a2 + 0.1])
+    assert ret[0, 3] == 0
+
+
+def test_rewards_put_the_clipped_score_on_the_last_answer_token():
+    logprobs = torch.tensor([[-1.0, -1.0, -1.0], [-1.0, -2.0, -3.0]])
+    ref = torch.tensor([[-1.5, -1.0, -1.0], [-1.0, -2.0, -3.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    rewards, kl = token_rewards(logprobs, ref, torch.tensor([10.0, -1.0]), mask, kl_coef=0.1, clip_reward_value=5)
+    assert rewards[0].tolist() == pytest.approx([-0.05, 5.0, 0.0])
+    assert rewards[1].tolist() == pytest.approx([-1.0, 0.0, 0.0])
+    assert kl[0, 2] == 0
+
+
+def test_kl_estimators():
+    lp, ref = torch.tensor([-1.0]), torch.tensor([-1.5])
+    assert kl_penalty(lp, ref, "k1").item() == pytest.approx(0.5)
+    assert kl_penalty(lp, ref, "k3").item() == pytest.approx(float(torch.exp(torch.tensor(-0.5)) - 1 + 0.5))
+    assert kl_penalty(ref, ref, "k3").item() == 0
+    with pytest.raises(ValueError, match="k2"):
+        kl_penalty(lp, ref, "k2")
+
+
+def test_policy_and_value_losses_clip():
+    old = torch.zeros(1, 2)
+    new = torch.log(torch.tensor([[1.5, 1.0]]))
+    adv = torch.tensor([[1.0, 1.0]])
+    mask = torch.ones(1, 2)
+    loss, stats = policy_loss(new, old, adv, mask, cliprange=0.2)
+    assert loss.item() == pytest.approx(-(1.2 + 1.0) / 2)
+    assert stats["clip_frac"] == pytest.approx(0.5)
+    v = value_loss(torch.tensor([[2.0]]), torch.tensor([[0.0]]), torch.tensor([[2.0]]), torch.ones(1, 1), 0.2)
+    assert v.item() == pytest.approx(0.5 * 1.8**2)
+
+
+def test_answer_mask_stops_after_the_first_end_token():
+    tokens = torch.tensor([[5, 1, 7, 1], [5, 6, 7, 8], [1, 0, 0, 0]])
+    assert answer_mask_from(tokens, eos_id=1).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+
+
+def test_filter_logits_top_k_and_top_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isinf(filter_logits(logits, 2, 1.0)[0, 2:]).all()
+    kept = ~torch.isinf(filter_logits(logits, 0, 0.7))
+    assert kept.tolist() == [[True, True, False, False]]
+
+
+def test_adaptive_kl_controller_moves_toward_the_target():
+    ctl = KLController(0.1, target=1.0, horizon=100)
+    ctl.update(current_kl=5.0, num_episodes=10)
+    assert ctl.value == pytest.approx(0.1 * 1.02)
+    ctl.update(current_kl=0.0, num_episodes=10)
+    assert ctl.value < 0.1 * 1.02
+    fixed = KLController(0.1)
+    fixed.update(5.0, 10)
+    assert fixed.value == 0.1
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(sft_model):
+    from chatrlhf.utils.model.loading import ModelOptions, load_causal_lm, load_tokenizer
+
+    tokenizer = load_tokenizer(sft_model, ModelOptions())
+    return load_causal_lm(sft_model, tokenizer, ModelOptions()).eval(), tokenizer
+
+
+def test_rollout_masks_and_stops(tiny_lm):
+    model, tokenizer = tiny_lm
+    prompts = ["\n\nHuman: What is 1 plus 2?\n\nAssistant:", "\n\nHuman: Hi?\n\nAssistant:"]
+    from chatrlhf.utils.data.collators import pad_sequences
+    from chatrlhf.utils.model.generation import encode_prompts
+
+    ids, mask = pad_sequences(encode_prompts(tokenizer, prompts), tokenizer.pad_token_id, left=True)
+    torch.manual_seed(0)
+    cfg = GenerationConfig(max_answer_seq_len=12, temperature=1.0)
+    rollout = sample(model, ids, mask, cfg, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
+    assert rollout.sequences.shape[1] <= ids.shape[1] + 12
+    for row in range(2):
+        answer, amask = rollout.answers[row], rollout.answer_mask[row]
+        ended = (answer == tokenizer.eos_token_id).nonzero()
+        if len(ended):
+            end = int(ended[0])
+            assert amask[: end + 1].all() and not amask[end + 1 :].any()
+            assert (answer[end + 1 :] == tokenizer.pad_token_id).all()
+    greedy = sample(model, ids, mask, GenerationConfig(max_answer_seq_len=8, temperature=0.0),
+                    eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
+    reference = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False,
+                               pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    width = min(reference.shape[1], greedy.sequences.shape[1])
+    keep = greedy.attention_mask[:, :width].bool()
+    assert torch.equal(greedy.sequences[:, :width][keep], reference[:, :width][keep])
+    forced = sample(model, ids, mask, GenerationConfig(max_answer_seq_len=6, min_answer_seq_len=6),
+                    eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
+    assert forced.answer_mask.sum(1).tolist() == [6, 6]
+
+
+DS_CHAT_STEP3 = (
+    "--data_path Dahoas/rm-static --data_split 2,4,4 --actor_model_name_or_path a --critic_model_name_or_path c "
+    "--num_padding_at_beginning 1 --per_device_generation_batch_size 4 --per_device_training_batch_size 4 "
+    "--generation_batches 1 --ppo_epochs 1 --max_answer_seq_len 256 --max_prompt_seq_len 256 "
+    "--actor_learning_rate 9.65e-6 --critic_learning_rate 5e-6 --actor_weight_decay 0.1 --critic_weight_decay 0.1 "
+    "--num_train_epochs 1 --lr_scheduler_type cosine --gradient_accumulation_steps 1 --num_warmup_steps 100 "
+    "--deepspeed --seed 1234 --enable_hybrid_engine --inference_tp_size 1 --tp_gather_partition_size 8 "
+    "--actor_zero_stage 3 --critic_zero_stage 3 --actor_lora_dim 128 --critic_lora_dim 64 "
+    "--actor_lora_module_name decoder.layers. --critic_lora_module_name decoder.layers. --only_optimize_lora "
+    "--actor_gradient_checkpointing --critic_gradient_checkpointing --actor_dropout 0.0 --critic_dropout 0.0 "
+    "--offload --offload_reference_model --offload_reward_model --enable_ema --enable_mixed_precision_lora "
+    "--compute_fp32_loss --enable_tensorboard --tensorboard_path tb --dtype bf16 --unsup_coef 27.8 "
+    "--unsupervised_dataset_name x --unsupervised_dataset_config_name y --release_inference_cache "
+    "--unpin_actor_parameters --add_eot_token --eot_token <|endoftext|> --align_overflow --print_answers "
+    "--print_answers_interval 2 --enable_test_mode --test_stop_step 3 --output_dir out --local_rank 0 "
+    "--data_output_path /tmp/d --preprocessing_num_workers 4"
+)
+
+
+def test_accepts_a_deepspeed_chat_command_line():
+    args = build_parser().parse_args(DS_CHAT_STEP3.split())
+    assert args.actor_zero_stage == 3 and args.enable_ema and args.test_stop_step == 3
+    assert (args.kl_ctl, args.clip_reward_value, args.cliprange, args.cliprange_value, args.gamma, args.lam) == (
+        0.1, 5.0, 0.2, 0.2, 1.0, 0.95)
+
+
+def test_batch_arithmetic_is_checked_before_any_model_loads(tmp_path):
+    from chatrlhf.step3_rlhf.run import ConfigError
+
+    base = ["--output_dir", str(tmp_path / "o"), "--actor_model_name_or_path", "tiny-opt",
+            "--critic_model_name_or_path", "tiny-opt"]
+    with pytest.raises(ConfigError, match="not a multiple of --per_device_training_batch_size 3"):
+        ppo_main(base + ["--per_device_generation_batch_size", "4", "--per_device_training_batch_size", "3"])
+    with pytest.raises(ConfigError, match="--gradient_accumulation_steps 3"):
+        ppo_main(base + ["--per_device_generation_batch_size", "4", "--per_device_training_batch_size", "2",
+                         "--gradient_accumulation_steps", "3"])
+    with pytest.raises(ConfigError, match="--inference_tp_size > 1 needs --actor_zero_stage 3"):
+        ppo_main(base + ["--inference_tp_size", "2"])
+
+
+def test_full_command_trains_saves_and_reports(sft_model, tmp_path, data_cache):
+    out = tmp_path / "ppo"
+    args = ["--actor_model_name_or_path", sft_model, "--critic_model_name_or_path", sft_model,
+            "--output_dir", str(out), "--per_device_generation_batch_size", "4",
+            "--per_device_training_batch_size", "2", "--gradient_accumulation_steps", "2",
+            "--max_prompt_seq_len", "48", "--max_answer_seq_len", "8", "--max_steps", "2", "--eval_prompts", "4",
+            "--data_output_path", data_cache, "--enable_ema", "--print_answers", "--enable_tensorboard",
+            "--tensorboard_path", str(out / "tb"), "--ppo_epochs", "2", "--kl_estimator", "k3",
+            "--target_kl", "0.5", "--normalize_reward"]
+    assert ppo_main(args) == 0
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    AutoModelForCausalLM.from_pretrained(out / "actor")
+    AutoModelForCausalLM.from_pretrained(out / "actor_ema")
+    critic = AutoModelForSequenceClassification.from_pretrained(out / "critic")
+    assert critic.config.num_labels == 1
+    metrics = json.load(open(out / "metrics.json"))
+    assert metrics["iterations"] == 2
+    assert set(metrics["held_out"]) == {"start", "end"} and "accuracy_overall" in metrics["held_out"]["end"]
+    step = metrics["history"][-1]
+    for key in ("reward_mean", "reward_std", "kl_to_ref", "entropy", "answer_length", "actor_loss", "critic_loss",
+                "clip_frac", "approx_kl", "explained_variance", "generation_s", "training_s",
+                "generated_tokens_per_s"):
+        assert key in step and step[key] == step[key], key
+    assert os.listdir(out / "tb" / "step3_ppo")
+
+
+def test_reward_rises_on_a_toy_reward(sft_model, tmp_path, data_cache, monkeypatch):
+    """PPO mechanics: with a reward for short answers, the mean reward goes up within a few iterations."""
+    from chatrlhf.step3_rlhf import trainer as trainer_module
+
+    def short_answers_win(self, rollout):
+        return -rollout.answer_lengths.float() / 4.0
+
+    monkeypatch.setattr(trainer_module.PPOTrainer, "reward_scores", short_answers_win)
+    out = tmp_path / "toy"
+    assert ppo_main(["--actor_model_name_or_path", sft_model, "--critic_model_name_or_path", sft_model,
+                     "--output_dir", str(out), "--per_device_generation_batch_size", "16",
+                     "--per_device_training_batch_size", "16", "--max_prompt_seq_len", "48",
+                     "--max_answer_seq_len", "16", "--max_steps", "14", "--eval_prompts", "0",
+                     "--actor_learning_rate", "3e-3", "--critic_learning_rate", "1e-3", "--num_warmup_steps", "0",
+                     "--lr_scheduler_type", "constant", "--kl_ctl", "0.0", "--data_output_path", data_cache]) == 0
+    rewards = [h["reward_mean"] for h in json.load(open(out / "metrics.json"))["history"]]
+    assert sum(rewards[-4:]) / 4 > sum(rewards[:4]) / 4 + 0.3, rewards
