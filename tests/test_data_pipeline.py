@@ -67,8 +67,8 @@ def test_synthetic_partitions_are_disjoint_across_steps_and_splits():
     overlaps = count_overlaps({s: (r.train, r.eval) for s, r in steps.items()})
     assert sum(overlaps.values()) == 0, overlaps
     total = sum(len(r.train) for r in steps.values())
-    assert total == 20000
-    assert len(steps[1].train) == 4000 and len(steps[2].train) == 8000
+    assert total == 40000
+    assert len(steps[1].train) == 8000 and len(steps[2].train) == 16000
 
 
 def test_blending_weights_and_sft_only(tmp_path):

@@ -75,6 +75,8 @@ def add_training_args(parser: argparse.ArgumentParser, *, learning_rate: float) 
     group.add_argument("--eval_iters", type=int, default=0, help="Evaluate on at most N batches (0: all).")
     group.add_argument("--save_interval", type=int, default=0, help="Checkpoint every N optimizer steps.")
     group.add_argument("--log_interval", type=int, default=10, help="Log train metrics every N optimizer steps.")
+    group.add_argument("--group_by_length", action="store_true",
+                       help="Batch samples of similar length together: far less padding, faster steps.")
 
 
 def add_deepspeed_args(parser: argparse.ArgumentParser) -> None:
@@ -141,4 +143,5 @@ def loop_settings(args: argparse.Namespace, output_dir: str) -> LoopSettings:
         print_loss=getattr(args, "print_loss", False),
         seed=args.seed,
         per_device_eval_batch_size=args.per_device_eval_batch_size,
+        group_by_length=args.group_by_length,
     )

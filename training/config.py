@@ -59,3 +59,4 @@ class LoopSettings:
     print_loss: bool = False
     seed: int = 1234
     per_device_eval_batch_size: int = 16
+    group_by_length: bool = False

@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -17,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from chatrlhf.training.config import LoopSettings
 from chatrlhf.training.metrics_log import MetricsLogger, Throughput, format_metrics, print_rank0
+from chatrlhf.training.samplers import LengthGroupedSampler
 from chatrlhf.utils import device
 
 
@@ -38,10 +40,23 @@ class TrainResult:
     evals: list[dict] = field(default_factory=list)
 
 
-def make_loader(dataset: Dataset, batch_size: int, collate: Callable, *, shuffle: bool, seed: int) -> DataLoader:
-    sampler = DistributedSampler(
-        dataset, num_replicas=device.world_size(), rank=device.rank(), shuffle=shuffle, seed=seed, drop_last=False
-    )
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    collate: Callable,
+    *,
+    shuffle: bool,
+    seed: int,
+    lengths: Sequence[int] | None = None,
+) -> DataLoader:
+    """Each rank's batches; with ``lengths``, batches of similar length (``--group_by_length``)."""
+    if lengths is not None and shuffle:
+        sampler = LengthGroupedSampler(lengths, batch_size, num_replicas=device.world_size(), rank=device.rank(),
+                                       seed=seed)
+    else:
+        sampler = DistributedSampler(
+            dataset, num_replicas=device.world_size(), rank=device.rank(), shuffle=shuffle, seed=seed, drop_last=False
+        )
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate)
 
 
@@ -150,6 +165,8 @@ class Trainer:
     def _log(self, window: dict[str, list[float]], epoch: int) -> None:
         values = {k: _mean_over_ranks(sum(v) / len(v)) for k, v in window.items()}
         values["lr"] = float(self.engine.get_lr()[0])
+        values["window_tokens"] = float(self.throughput.tokens * device.world_size())
+        values["clock"] = time.perf_counter()
         values.update(self.throughput.report())
         if "loss" in values:
             values["perplexity"] = math.exp(min(values["loss"], 50.0))

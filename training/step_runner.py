@@ -11,7 +11,7 @@ from chatrlhf.training.metrics_log import MetricsLogger, print_rank0
 from chatrlhf.training.run_setup import resolve_model, set_seed
 from chatrlhf.utils import device
 from chatrlhf.utils.data.config import DataConfig
-from chatrlhf.utils.data.tokenized import StepData, build_step_data
+from chatrlhf.utils.data.tokenized import StepData, build_step_data, sample_lengths
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,9 @@ class StepRun:
         self._report_data(data)
         model = self.build_model(path, tokenizer)
         collate = self.collator(tokenizer)
-        train_loader = make_loader(data.train, self.engine.micro_batch_size, collate, shuffle=True, seed=self.loop.seed)
+        lengths = sample_lengths(data.train, self.step) if self.loop.group_by_length else None
+        train_loader = make_loader(data.train, self.engine.micro_batch_size, collate, shuffle=True, seed=self.loop.seed,
+                                   lengths=lengths)
         eval_loader = make_loader(
             data.eval, self.loop.per_device_eval_batch_size, collate, shuffle=False, seed=self.loop.seed
         )

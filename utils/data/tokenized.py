@@ -131,6 +131,13 @@ FEATURES = {
 }
 
 
+def sample_lengths(dataset: datasets.Dataset, step: int) -> list[int]:
+    """Tokens per sample (step 2: the longer side of the pair), for length-grouped batching."""
+    if step == 2:
+        return [max(len(a), len(b)) for a, b in zip(dataset["chosen_ids"], dataset["rejected_ids"])]
+    return [len(ids) for ids in dataset["input_ids" if step == 1 else "prompt_ids"]]
+
+
 def cache_key(cfg: DataConfig, step: int, tokenizer) -> str:
     sources = [(spec, source_fingerprint(parse_source_spec(spec)[0], cfg.seed)) for spec in cfg.data_path]
     sft_only = [(spec, source_fingerprint(spec, cfg.seed)) for spec in cfg.sft_only_data_path]

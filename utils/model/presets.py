@@ -26,7 +26,7 @@ TINY_PRESETS = ("tiny-opt", "tiny-llama")
 SMOLLM2_PRESET = "smollm2-135m"
 PRESETS = (*TINY_PRESETS, SMOLLM2_PRESET)
 # Bump whenever a builder's output changes, so stale cache entries are not reused.
-BUILDER_VERSION = 2
+BUILDER_VERSION = 3
 INIT_SEED = 1234
 TINY_POSITIONS = 1024
 METADATA_FILE = "chatrlhf_preset.json"
@@ -109,7 +109,7 @@ def resolve_model_path(
 
 def _build_tiny(name: str, texts: Iterable[str], out: Path) -> None:
     """Tokenizer trained on the run's texts, then a seeded random-init model sized to that tokenizer."""
-    tokenizer = train_tokenizer(texts, out, model_max_length=TINY_POSITIONS)
+    tokenizer = train_tokenizer(texts, out, model_max_length=TINY_POSITIONS, split_letters=True)
     vocab_size = -(-len(tokenizer) // 8) * 8
     config = preset_config(name, vocab_size=vocab_size)
     with torch.random.fork_rng(devices=[]):
