@@ -19,7 +19,7 @@ class SFTRun(StepRun):
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> SFTRun:
-        output_dir = require_output_dir(args.output_dir, "step 1")
+        output_dir = require_output_dir(args.output_dir, "step 1", args.overwrite_output_dir)
         return cls(
             step=1,
             data=cli_args.data_config(args),

@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--max_steps", type=int, default=0, help="Stop after N PPO iterations (0: no cap).")
     group.add_argument("--eval_prompts", type=int, default=64, help="Held-out prompts scored at start and end.")
     group.add_argument("--log_interval", type=int, default=1)
-    group.add_argument("--save_interval", type=int, default=0)
+    group.add_argument("--save_interval", type=int, default=0, help="Checkpoint every N PPO iterations.")
+    cli_args.add_reliability_args(group)
     cli_args.add_deepspeed_args(parser)
     return parser
 

@@ -46,7 +46,7 @@ class PPORun:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> PPORun:
-        output_dir = require_output_dir(args.output_dir, "step 3")
+        output_dir = require_output_dir(args.output_dir, "step 3", args.overwrite_output_dir)
         dtype = args.dtype or device.default_dtype_name()
         hybrid = hybrid_engine_config(args.enable_hybrid_engine, args.max_answer_seq_len, args.inference_tp_size,
                                       args.release_inference_cache, not args.unpin_actor_parameters,

@@ -75,8 +75,20 @@ def add_training_args(parser: argparse.ArgumentParser, *, learning_rate: float) 
     group.add_argument("--eval_iters", type=int, default=0, help="Evaluate on at most N batches (0: all).")
     group.add_argument("--save_interval", type=int, default=0, help="Checkpoint every N optimizer steps.")
     group.add_argument("--log_interval", type=int, default=10, help="Log train metrics every N optimizer steps.")
+    add_reliability_args(group)
     group.add_argument("--group_by_length", action="store_true",
                        help="Batch samples of similar length together: far less padding, faster steps.")
+
+
+def add_reliability_args(group) -> None:
+    """Checkpoints, resume and the health guard: the same flags for all three steps."""
+    group.add_argument("--save_total_limit", type=int, default=0, help="Keep only the newest K checkpoints.")
+    group.add_argument("--resume", action="store_true", help="Continue from the newest complete checkpoint.")
+    group.add_argument("--resume_from", type=str, default=None, help="Continue from this checkpoint folder.")
+    group.add_argument("--overwrite_output_dir", action="store_true",
+                       help="Allow an --output_dir that holds files from something other than this step.")
+    group.add_argument("--max_bad_steps", type=int, default=10,
+                       help="Stop after this many non-finite losses in a row.")
 
 
 def add_deepspeed_args(parser: argparse.ArgumentParser) -> None:
@@ -144,4 +156,9 @@ def loop_settings(args: argparse.Namespace, output_dir: str) -> LoopSettings:
         seed=args.seed,
         per_device_eval_batch_size=args.per_device_eval_batch_size,
         group_by_length=args.group_by_length,
+        save_total_limit=args.save_total_limit,
+        resume=args.resume,
+        resume_from=args.resume_from,
+        overwrite_output_dir=args.overwrite_output_dir,
+        max_bad_steps=args.max_bad_steps,
     )

@@ -60,3 +60,8 @@ class LoopSettings:
     seed: int = 1234
     per_device_eval_batch_size: int = 16
     group_by_length: bool = False
+    save_total_limit: int = 0
+    resume: bool = False
+    resume_from: str | None = None
+    overwrite_output_dir: bool = False
+    max_bad_steps: int = 10

@@ -5,6 +5,7 @@ counts optimizer steps (``--max_steps``, ``--eval_interval`` and ``--save_interv
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -16,8 +17,10 @@ from typing import Protocol
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from chatrlhf.training.checkpoint import restore_rng
 from chatrlhf.training.config import LoopSettings
 from chatrlhf.training.metrics_log import MetricsLogger, Throughput, format_metrics, print_rank0
+from chatrlhf.training.run_control import LossGuard, StopRequested, StopSignals
 from chatrlhf.training.samplers import LengthGroupedSampler
 from chatrlhf.utils import device
 
@@ -96,6 +99,8 @@ class Trainer:
         self.throughput = Throughput(num_params)
         self.target = device.local_device()
         self.result = TrainResult()
+        self.guard = LossGuard(loop.max_bad_steps)
+        self.resumed: dict | None = None
         self.total_steps = total_optimizer_steps(len(train_loader), engine.gradient_accumulation_steps(), loop)
 
     def evaluate(self, label: str) -> dict[str, float]:
@@ -119,17 +124,54 @@ class Trainer:
 
         return tqdm(total=self.total_steps, disable=not device.is_main_process(), desc="train", dynamic_ncols=True)
 
-    def train(self, on_save: Callable[[int], None] | None = None) -> TrainResult:
-        self.evaluate("start")
+    def state(self, epoch: int, next_batch: int) -> dict:
+        """What a checkpoint needs to continue exactly from here."""
+        return {"epoch": epoch, "next_batch": next_batch, "steps": self.result.steps,
+                "history": self.result.history, "evals": self.result.evals, "skipped_batches": self.guard.total}
+
+    def resume(self, state: dict) -> None:
+        self.result.steps = state["steps"]
+        self.result.history = list(state["history"])
+        self.result.evals = list(state["evals"])
+        self.guard.total = state.get("skipped_batches", 0)
+        self.resumed = state
+
+    def train(self, on_save: Callable[[int, dict], None] | None = None) -> TrainResult:
+        """Train to the end; ``on_save(step, state)`` writes a checkpoint (every ``--save_interval`` and on a stop)."""
+        start_epoch, skip = 0, 0
+        if self.resumed is None:
+            self.evaluate("start")
+        else:
+            start_epoch, skip = self.resumed["epoch"], self.resumed["next_batch"]
+            print_rank0(f"resuming at step {self.result.steps} (epoch {start_epoch}, batch {skip})")
         self.engine.train()
         bar = self._progress()
-        done = False
+        bar.update(self.result.steps)
+        signals = StopSignals()
+        signals.install()
+        try:
+            self._epochs(start_epoch, skip, bar, signals, on_save)
+        finally:
+            signals.uninstall()
+            bar.close()
+        return self.result
+
+    def _epochs(self, start_epoch: int, skip: int, bar, signals: StopSignals, on_save) -> None:
         window: dict[str, list[float]] = {}
-        for epoch in range(self.loop.num_train_epochs):
+        for epoch in range(start_epoch, self.loop.num_train_epochs):
             self.train_loader.sampler.set_epoch(epoch)
-            for batch in self.train_loader:
+            batches = iter(self.train_loader)
+            if epoch == start_epoch and skip:
+                for _ in itertools.islice(batches, skip):
+                    pass
+                restore_rng(self.resumed["rng"])
+            for index, batch in enumerate(batches, start=skip if epoch == start_epoch else 0):
                 batch = to_device(batch, self.target)
                 loss, stats = self.task.loss(self.engine, batch)
+                if not self.guard.check(loss, self.result.steps):
+                    print_rank0(f"step {self.result.steps + 1}: non-finite loss, batch skipped "
+                                f"({self.guard.total} so far)")
+                    continue
                 self.engine.backward(loss)
                 self.engine.step()
                 tokens, samples = self.task.count_tokens(batch)
@@ -148,19 +190,20 @@ class Trainer:
                     window = {}
                 if self.loop.eval_interval and step % self.loop.eval_interval == 0:
                     self.evaluate(f"step {step}")
-                if on_save and self.loop.save_interval and step % self.loop.save_interval == 0:
-                    on_save(step)
+                stop = signals.requested()
+                if on_save and (stop or (self.loop.save_interval and step % self.loop.save_interval == 0)):
+                    on_save(step, self.state(epoch, index + 1))
+                if stop:
+                    raise StopRequested(stop, step)
                 if step >= self.total_steps:
-                    done = True
-                    break
+                    if window:
+                        self._log(window, epoch)
+                    self.evaluate(f"epoch {epoch + 1}")
+                    return
             if window:
                 self._log(window, epoch)
                 window = {}
             self.evaluate(f"epoch {epoch + 1}")
-            if done:
-                break
-        bar.close()
-        return self.result
 
     def _log(self, window: dict[str, list[float]], epoch: int) -> None:
         values = {k: _mean_over_ranks(sum(v) / len(v)) for k, v in window.items()}

@@ -4,10 +4,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from chatrlhf.training.checkpoint import CheckpointManager
 from chatrlhf.training.config import EngineSettings, LoopSettings, LoraSettings, OptimSettings
 from chatrlhf.training.engine import init_train_engine
 from chatrlhf.training.loop import Trainer, make_loader, total_optimizer_steps, write_metrics
 from chatrlhf.training.metrics_log import MetricsLogger, print_rank0
+from chatrlhf.training.run_control import StopRequested
 from chatrlhf.training.run_setup import resolve_model, set_seed
 from chatrlhf.utils import device
 from chatrlhf.utils.data.config import DataConfig
@@ -63,10 +65,15 @@ class StepRun:
     def save(self, engine, tokenizer, data: StepData) -> None:
         raise NotImplementedError
 
-    def checkpoint(self, engine, tokenizer, data: StepData, step: int) -> None:
-        """Every ``--save_interval`` steps: the model as it is now, saved (atomically) where the final one goes."""
-        print_rank0(f"step {step}: saving a checkpoint to {self.loop.output_dir}")
-        self.save(engine, tokenizer, data)
+    def _resume_point(self, manager: CheckpointManager) -> str | None:
+        if self.loop.resume_from:
+            return self.loop.resume_from
+        if not self.loop.resume:
+            return None
+        latest = manager.latest()
+        if latest is None:
+            print_rank0(f"--resume: no complete checkpoint in {manager.root}; starting from the beginning")
+        return latest
 
     def run(self) -> dict:
         started = time.perf_counter()
@@ -89,7 +96,22 @@ class StepRun:
         logger = MetricsLogger(self.engine.enable_tensorboard, self.engine.tensorboard_path, self.engine.job_name)
         num_params = sum(p.numel() for p in model.parameters())
         trainer = Trainer(engine, self.task(), train_loader, eval_loader, self.loop, logger, num_params)
-        result = trainer.train(on_save=lambda step: self.checkpoint(engine, tokenizer, data, step))
+        manager = CheckpointManager(self.loop.output_dir, self.loop.save_total_limit)
+        point = self._resume_point(manager)
+        if point:
+            trainer.resume(CheckpointManager.load(point, {"model": engine}))
+            print_rank0(f"restored {point}")
+
+        def checkpoint(step: int, state: dict) -> None:
+            path = manager.save(step, {"model": engine}, state)
+            print_rank0(f"step {step}: checkpoint written to {path}")
+
+        try:
+            result = trainer.train(on_save=checkpoint)
+        except StopRequested as stop:
+            print_rank0(f"{stop}; resume with --resume")
+            logger.close()
+            raise SystemExit(stop.exit_code) from None
         self.save(engine, tokenizer, data)
         logger.close()
         elapsed = time.perf_counter() - started

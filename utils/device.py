@@ -71,7 +71,10 @@ def local_device() -> torch.device:
 
 
 def rank() -> int:
-    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    """This process's rank; before the process group starts, the launcher's ``RANK`` variable."""
+    if torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return int(os.environ.get("RANK", "0"))
 
 
 def world_size() -> int:
