@@ -45,7 +45,7 @@ setup(
     extras_require={
         "test": ["pytest>=7", "ruff"],
         "smollm2": ["gguf>=0.10"],
-        "bench": ["trl>=1.12"],
+        "bench": ["trl==1.16.0"],
     },
     entry_points={"console_scripts": ["chatrlhf=chatrlhf.cli:main"]},
 )

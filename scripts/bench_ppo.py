@@ -1,0 +1,182 @@
+"""Peer benchmark, step 3: our PPO against TRL 1.12's PPOTrainer on the shared CPU workload.
+
+TRL removed PPO in 1.13, so its side runs the shared bench_trl_ppo.py in a separate TRL 1.12 venv
+(created on first use). Both sides: rollouts of 8 prompts, exactly 64 new tokens sampled at
+temperature 1.0, one PPO epoch of one optimizer step per rollout, actor = reference = the workload
+model, critic = reward = the same weights with a seeded scalar head. Timed alike: wall clock from the
+end of iteration `warmup` to the end of the last one, split into generation, rollout scoring and
+training, each measurement a fresh process, repeats interleaved.
+
+Usage:
+  python scripts/bench_ppo.py [--repeats N] [--warmup 1 --steps 4] [--threads 2] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import bench_common as bc
+
+TRL_VERSION = "1.12.0"
+VENV = Path(os.environ.get("BENCH_TRL112_VENV", Path.home() / ".cache" / "chatrlhf-bench" / "venv-trl112"))
+VENV_INSTALLS = (["torch==2.13.0"], [f"trl=={TRL_VERSION}", "transformers", "datasets", "accelerate", "peft"])
+BATCH = 8
+ANSWER_LEN = 64
+PHASES = ("generation_s", "rollout_scoring_s", "training_s", "other_s")
+SYSTEMS = {"trl": "TRL 1.12 PPOTrainer (experimental)", "ours": "chatrlhf step 3"}
+# Our data layer holds 10% of the 64 prompts out as eval (58 train): 7 full rollouts of 8 in one epoch.
+MAX_ITERATIONS = 7
+
+
+def venv_versions(python: Path) -> dict | None:
+    """torch/transformers/trl versions importable by ``python``, or None if TRL is not there."""
+    code = "import json, torch, transformers, trl; print(json.dumps({m.__name__: m.__version__ " \
+           "for m in (torch, transformers, trl)}))"
+    proc = subprocess.run([str(python), "-c", code], check=False, capture_output=True, text=True)
+    return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+
+def ensure_venv() -> Path:
+    """The TRL 1.12 venv's python, creating the venv as the shared README says on first use."""
+    python = VENV / "bin" / "python"
+    versions = venv_versions(python) if python.exists() else None
+    if versions and versions["trl"] == TRL_VERSION:
+        return python
+    manual = (f"python3 -m venv {VENV} && {VENV}/bin/pip install torch==2.13.0 && "
+              f"{VENV}/bin/pip install trl=={TRL_VERSION} transformers datasets accelerate peft")
+    steps = [] if python.exists() else [[sys.executable, "-m", "venv", str(VENV)]]
+    steps += [[str(python), "-m", "pip", "install", *pkgs] for pkgs in VENV_INSTALLS]
+    print(f"creating the TRL {TRL_VERSION} venv at {VENV} (first use; downloads torch and TRL)", flush=True)
+    for cmd in steps:
+        print(f"$ {shlex.join(cmd)}", flush=True)
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise bc.BenchError(f"creating the TRL {TRL_VERSION} venv failed (exit {proc.returncode}):\n"
+                                f"{(proc.stdout[-1500:] + proc.stderr[-2500:]).strip()}\n"
+                                f"fix the cause, or create it by hand: {manual}")
+    versions = venv_versions(python)
+    if not versions or versions["trl"] != TRL_VERSION:
+        raise bc.BenchError(f"{python} still has no trl=={TRL_VERSION} (found {versions}); create it by hand: {manual}")
+    print(f"venv ready: {versions}", flush=True)
+    return python
+
+
+def run_trl(python: Path, args: argparse.Namespace, label: str) -> dict:
+    cmd = [str(python), str(bc.bench_script("bench_trl_ppo.py")), "--warmup", str(args.warmup),
+           "--iters", str(args.steps)]
+    with tempfile.TemporaryDirectory(prefix="chatrlhf-bench-") as tmp:
+        result = bc.run_json(cmd, args.threads, Path(tmp), label)
+    phases = result["generation_s"] + result["rollout_scoring_s"] + result["training_s"]
+    return result | {"other_s": round(result["seconds"] - phases, 3)}
+
+
+def our_flags(out: Path, iterations: int) -> list[str]:
+    """The workload's PPO settings; ``--response_column prompt`` because our data layer wants a second
+    column even for step 3, which reads only the prompts (the prompts file has just ``prompt``)."""
+    workload = str(bc.WORKLOAD)
+    return [
+        "--data_path", str(bc.WORKLOAD / "ppo_prompts.jsonl"), "--response_column", "prompt",
+        "--data_split", "0,0,10", "--data_output_path", str(out / "data"), "--output_dir", str(out / "model"),
+        "--actor_model_name_or_path", workload, "--critic_model_name_or_path", workload,
+        "--per_device_generation_batch_size", str(BATCH), "--per_device_training_batch_size", str(BATCH),
+        "--ppo_epochs", "1", "--generation_batches", "1",
+        "--max_prompt_seq_len", "128", "--max_answer_seq_len", str(ANSWER_LEN), "--min_answer_seq_len", str(ANSWER_LEN),
+        "--temperature", "1.0", "--actor_learning_rate", bc.LR, "--critic_learning_rate", bc.LR,
+        "--lr_scheduler_type", "constant", "--num_warmup_steps", "0", "--eval_prompts", "0", "--dtype", "fp32",
+        "--actor_zero_stage", "0", "--critic_zero_stage", "0",
+        "--max_steps", str(iterations), "--log_interval", "1",
+    ]
+
+
+def run_ours(args: argparse.Namespace, label: str) -> dict:
+    """Wall clock from the wrapper's iteration-end clocks; the phase split from step 3's metrics.json."""
+    last = args.warmup + args.steps
+    with tempfile.TemporaryDirectory(prefix="chatrlhf-bench-") as tmp:
+        out = Path(tmp)
+        wrapper = bc.run_json(bc.ours_command(bc.PPO_MODULE, our_flags(out, last)), args.threads, out, label)
+        history = {h["step"]: h for h in json.loads((out / "model" / "metrics.json").read_text())["history"]}
+    clocks = wrapper["iteration_end_clock"]
+    timed = [history.get(s) for s in range(args.warmup + 1, last + 1)]
+    if len(clocks) < last or None in timed:
+        raise bc.BenchError(f"{label} ran {len(clocks)} PPO iterations, not {last}")
+    seconds = clocks[last - 1] - clocks[args.warmup - 1]
+    split = {key: sum(h[key] for h in timed) for key in ("generation_s", "scoring_s", "training_s")}
+    episodes = BATCH * args.steps
+    new_tokens = sum(h["answer_length"] for h in timed) * BATCH
+    return {
+        "system": "chatrlhf step 3",
+        "iterations_timed": args.steps,
+        "episodes_timed": episodes,
+        "seconds": round(seconds, 3),
+        "episodes_per_s": round(episodes / seconds, 4),
+        "generation_s": round(split["generation_s"], 3),
+        "rollout_scoring_s": round(split["scoring_s"], 3),
+        "training_s": round(split["training_s"], 3),
+        "other_s": round(seconds - sum(split.values()), 3),
+        "generated_tokens_per_s_in_generation": round(new_tokens / split["generation_s"], 1),
+        "answer_lengths": [h["answer_length"] for h in timed],
+        "reward_mean": [round(h["reward_mean"], 4) for h in timed],
+        "peak_rss_mib": round(wrapper["maxrss_kib"] / 1024, 1),
+        "torch_threads": wrapper["torch_threads"],
+    }
+
+
+def measure(args: argparse.Namespace) -> dict:
+    bc.bench_script("bench_trl_ppo.py")
+    bc.ensure_workload()
+    python = ensure_venv()
+    print(f"{args.warmup} warm-up + {args.steps} timed PPO iterations of {BATCH} prompts x {ANSWER_LEN} new tokens, "
+          f"{args.threads} threads, {args.repeats} repeat(s)")
+    systems = {"trl": lambda label: run_trl(python, args, label), "ours": lambda label: run_ours(args, label)}
+    runs = bc.interleave(
+        systems, args.repeats,
+        lambda r: (f"{r['episodes_per_s']} episodes/s  gen {r['generation_s']} s  score {r['rollout_scoring_s']} s  "
+                   f"train {r['training_s']} s  other {r['other_s']} s  rss {r['peak_rss_mib']} MiB"),
+    )
+    keys = ("episodes_per_s", *PHASES, "seconds", "peak_rss_mib", "generated_tokens_per_s_in_generation")
+    summary = bc.summarize(runs, keys)
+    ratios = {key: bc.ratio(summary["ours"][key], summary["trl"][key]) for key in ("episodes_per_s", *PHASES)}
+    return {"benchmark": "ppo", "warmup": args.warmup, "steps": args.steps, "threads": args.threads,
+            "repeats": args.repeats, "trl_venv": str(VENV), "summary": summary, "ratios_ours_over_trl": ratios,
+            "runs": runs}
+
+
+def report(result: dict) -> None:
+    summary, iters = result["summary"], result["steps"]
+    print(f"\nStep 3 PPO, medians of {result['repeats']} run(s), {iters} timed iterations = {BATCH * iters} episodes\n")
+    rows = [[SYSTEMS[k], s["episodes_per_s"], *(s[p] for p in PHASES), s["seconds"], s["peak_rss_mib"],
+             s["generated_tokens_per_s_in_generation"]] for k, s in summary.items()]
+    bc.print_table(["system", "episodes/s", "generation s", "rollout scoring s", "training s", "other s", "wall s",
+                    "peak RSS MiB", "new tokens/s in generation"], rows)
+    ours, trl = summary["ours"], summary["trl"]
+    print(f"\nours / TRL, episodes/s: {result['ratios_ours_over_trl']['episodes_per_s']}")
+    print("where our time goes, per iteration (share of our wall clock; TRL's seconds alongside):")
+    for phase in PHASES:
+        share = ours[phase] / ours["seconds"] if ours["seconds"] else 0.0
+        print(f"  {phase.removesuffix('_s'):<16} {ours[phase] / iters:7.2f} s ({100 * share:4.1f}%)   "
+              f"TRL {trl[phase] / iters:6.2f} s   difference {(ours[phase] - trl[phase]) / iters:+6.2f} s")
+    print("  (our scoring = reference and reward forward passes; the actor's old log-probs and the critic's "
+          "values come from the first training forward. TRL's scoring = reference, critic and reward passes.)\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    bc.add_common_args(parser, warmup=1, steps=4)
+    args = parser.parse_args()
+    bc.check_counts(args)
+    if args.warmup + args.steps > MAX_ITERATIONS:
+        raise bc.BenchError(f"--warmup + --steps is at most {MAX_ITERATIONS}: our step 3 trains on 58 of the 64 "
+                            f"prompts (10% held out), i.e. {MAX_ITERATIONS} full rollouts of {BATCH} in one epoch")
+    result = measure(args)
+    report(result)
+    bc.emit(result, args.json)
+
+
+if __name__ == "__main__":
+    main()
