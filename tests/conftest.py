@@ -17,6 +17,17 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 HH_FILE = SHARED_DATA / "hh_rlhf_harmless.jsonl.gz"
 
 
+DIST_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture
+def subprocess_env() -> dict[str, str]:
+    """The environment for a child run: one thread, unbuffered, and none of this process's rank variables."""
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARIABLES}
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", DS_ACCELERATOR="cpu")
+    return env
+
+
 @pytest.fixture(scope="session")
 def hh_file() -> Path:
     """The real HH-RLHF sample in ../shared/data (never copied into the repository)."""

@@ -23,7 +23,10 @@ COMMON = ["--max_steps", str(STEPS), "--log_interval", "1", "--max_seq_len", "96
 
 
 def run_step1(out: Path, data_cache: str, *, ranks: int, zero_stage: int, micro_batch: int) -> list[float]:
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    from conftest import DIST_VARIABLES
+
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARIABLES}
+    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
     args = [str(ROOT / "step1_sft" / "main.py"), "--output_dir", str(out), "--zero_stage", str(zero_stage),
             "--per_device_train_batch_size", str(micro_batch), "--data_output_path", data_cache, *COMMON]
     if ranks == 1:

@@ -158,6 +158,9 @@ class Trainer:
 
     def _epochs(self, start_epoch: int, skip: int, bar, signals: StopSignals, on_save) -> None:
         window: dict[str, list[float]] = {}
+        if self.result.steps >= self.total_steps:
+            self.evaluate(f"epoch {start_epoch + 1}")
+            return
         for epoch in range(start_epoch, self.loop.num_train_epochs):
             self.train_loader.sampler.set_epoch(epoch)
             batches = iter(self.train_loader)

@@ -1,0 +1,230 @@
+"""``chatrlhf e2e`` and ``chatrlhf compare``.
+
+The runner's logic (which scripts run with which arguments, failures, the check before step 3) is tested
+against stand-in scripts that only record their arguments. One shortened real run of all three steps (a few
+optimizer steps each, two PPO iterations) then feeds the tests of the pre-step-3 check on real models, of
+``report.md`` and its plots, and of ``chatrlhf compare``.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from chatrlhf.applications import e2e_rlhf
+from chatrlhf.cli import main as cli
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+RECORDING_SCRIPT = """#!/bin/bash
+# Stand-in for a training script: records its arguments, writes a log and a metrics.json.
+OUTPUT=${OUTPUT_ARG}
+mkdir -p "$OUTPUT"
+echo "step=STEP model=${MODEL-unset} args=$*" >> "$CALLS_FILE"
+echo "training step STEP" > "$OUTPUT/training.log"
+"""
+
+FAILING_SCRIPT = """#!/bin/bash
+OUTPUT=$1
+mkdir -p "$OUTPUT"
+for i in $(seq 1 100); do echo "log line $i"; done > "$OUTPUT/training.log"
+echo "$LAST_LINE" >> "$OUTPUT/training.log"
+exit 3
+"""
+
+
+def make_scripts(root: Path, scripts: dict[int, str]) -> dict[int, Path]:
+    """Step folders with a ``training_scripts/tiny/single_gpu/run_tiny.sh`` each."""
+    names = {1: "step1_sft", 2: "step2_reward", 3: "step3_rlhf"}
+    dirs = {}
+    for step, text in scripts.items():
+        folder = root / names[step]
+        script = folder / "training_scripts" / "tiny" / "single_gpu" / "run_tiny.sh"
+        script.parent.mkdir(parents=True)
+        output_arg = "$5" if step == 3 else "$1"
+        script.write_text(text.replace("${OUTPUT_ARG}", output_arg).replace("STEP", str(step)))
+        dirs[step] = folder
+    return dirs
+
+
+@pytest.fixture
+def fake_steps(tmp_path, monkeypatch) -> Path:
+    """Recording scripts for the three steps; returns the file their calls go to."""
+    calls = tmp_path / "calls.txt"
+    monkeypatch.setenv("CALLS_FILE", str(calls))
+    monkeypatch.setenv("MODEL", "stray-value")
+    monkeypatch.setattr(e2e_rlhf, "STEP_DIRS", make_scripts(tmp_path / "pkg", dict.fromkeys((1, 2, 3),
+                                                                                            RECORDING_SCRIPT)))
+    return calls
+
+
+def calls_of(file: Path) -> list[str]:
+    return file.read_text().splitlines() if file.exists() else []
+
+
+def test_runs_only_the_selected_steps_with_the_scripts_arguments(fake_steps, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    assert e2e_rlhf.main(["--step", "2", "1", "--output-dir", str(out), "--actor-model", "tiny-opt",
+                          "--reward-model", "tiny-llama", "--reward-zero-stage", "2",
+                          "--step1-args=--max_steps 3", "--no-report"]) == 0
+    actor, reward = out / "actor-models" / "tiny-opt", out / "reward-models" / "tiny-llama"
+    assert calls_of(fake_steps) == [
+        f"step=1 model=tiny-opt args={actor}  --max_steps 3",
+        f"step=2 model=tiny-llama args={reward} 2",
+    ]
+    printed = capsys.readouterr().out
+    assert "Finished step 1 in 0:00:0" in printed and "Finished steps 1 2 in" in printed
+    timings = json.loads((out / "e2e_timings.json").read_text())["steps"]
+    assert set(timings) == {"1", "2"} and timings["2"]["status"] == "ok"
+
+
+def test_step3_alone_gets_the_step1_and_step2_folders(fake_steps, tmp_path, monkeypatch) -> None:
+    out = tmp_path / "out"
+    monkeypatch.setattr(e2e_rlhf, "check_step3_inputs", lambda plan: None)
+    assert e2e_rlhf.main(["--step", "3", "--output-dir", str(out), "--actor-model", "tiny-opt",
+                          "--reward-model", "step1", "--actor-zero-stage", "1", "--no-report"]) == 0
+    actor, reward = out / "actor-models" / "tiny-opt", out / "reward-models" / "step1-tiny-opt"
+    assert calls_of(fake_steps) == [f"step=3 model=unset args={actor} {reward} 1  {out / 'step3-models' / 'tiny-opt'}"]
+
+
+def test_model_choices_pick_the_deepspeed_chat_scripts() -> None:
+    assert e2e_rlhf.parse_model("facebook/opt-1.3b") == e2e_rlhf.ModelChoice("1.3b", "opt", "1.3b",
+                                                                               "facebook/opt-1.3b")
+    llama = e2e_rlhf.parse_model("meta-llama/Llama-2-7b-hf")
+    assert (llama.label, llama.family, llama.size, llama.memory_name) == ("llama2-7b", "llama2", "7b", "llama-2-7b")
+    assert e2e_rlhf.parse_model("llama2-7b") == llama
+    tiny = e2e_rlhf.parse_model("tiny-llama")
+    assert (tiny.family, tiny.model_env, tiny.label) == ("tiny", "tiny-llama", "tiny-llama")
+    def plan(deployment: str) -> e2e_rlhf.Plan:
+        flags = ["--step", "1", "--actor-model", "6.7b", "--deployment-type", deployment]
+        return e2e_rlhf.make_plan(e2e_rlhf.build_parser().parse_args(flags))
+
+    assert plan("single_gpu").script(1).name == "run_6.7b_lora.sh"
+    with pytest.raises(e2e_rlhf.RunnerError, match="no script run_6.7b.sh .* there: run_66b.sh"):
+        plan("multi_node")
+
+
+def test_a_failing_step_shows_its_log_tail_and_stops_the_run(tmp_path, monkeypatch, capsys) -> None:
+    calls = tmp_path / "calls.txt"
+    monkeypatch.setenv("CALLS_FILE", str(calls))
+    monkeypatch.setenv("LAST_LINE", "ValueError: bad flag")
+    monkeypatch.setattr(e2e_rlhf, "STEP_DIRS", make_scripts(tmp_path / "pkg", {1: FAILING_SCRIPT,
+                                                                                2: RECORDING_SCRIPT}))
+    out = tmp_path / "out"
+    assert e2e_rlhf.main(["--step", "1", "2", "--output-dir", str(out), "--actor-model", "tiny-opt"]) == 1
+    err = capsys.readouterr().err
+    assert "Step 1 (SFT) failed with exit code 3" in err
+    assert "log line 100" in err and "ValueError: bad flag" in err and "log line 50\n" not in err
+    assert "out of memory" not in err
+    assert calls_of(calls) == [] and not (out / "report.md").exists()
+    assert json.loads((out / "e2e_timings.json").read_text())["steps"]["1"]["status"] == "failed (exit code 3)"
+
+
+def test_an_out_of_memory_error_gives_the_settings_to_change(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("LAST_LINE", "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
+    monkeypatch.setattr(e2e_rlhf, "STEP_DIRS", make_scripts(tmp_path / "pkg", {2: FAILING_SCRIPT}))
+    assert e2e_rlhf.main(["--step", "2", "--output-dir", str(tmp_path / "out"), "--reward-model", "tiny-opt"]) == 1
+    err = capsys.readouterr().err
+    assert "looks out of memory" in err
+    for advice in ("--per_device_train_batch_size", "--reward-zero-stage 3", "--offload", "--gradient_checkpointing",
+                   "--lora_dim 128 --only_optimize_lora", "chatrlhf memory --step 2 --model tiny-opt"):
+        assert advice in err
+
+
+def test_step3_refuses_to_start_without_the_step1_and_step2_models(fake_steps, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    (out / "actor-models" / "tiny-opt").mkdir(parents=True)
+    (out / "actor-models" / "tiny-opt" / "config.json").write_text("{not json")
+    assert e2e_rlhf.main(["--step", "3", "--output-dir", str(out), "--actor-model", "tiny-opt",
+                          "--reward-model", "tiny-opt"]) == 1
+    err = capsys.readouterr().err
+    assert f"step-1 actor in {out / 'actor-models' / 'tiny-opt'}, but its config does not load" in err
+    assert f"step-2 reward model in {out / 'reward-models' / 'tiny-opt'}, but the directory does not exist" in err
+    hint = f"Run step 2 first: chatrlhf e2e --step 2 --actor-model tiny-opt --reward-model tiny-opt --output-dir {out}"
+    assert hint in err
+    assert calls_of(fake_steps) == []
+
+
+# ----- a real, shortened run of the three steps
+
+
+@pytest.fixture(scope="module")
+def e2e_run(cache_root, data_cache, tmp_path_factory) -> Path:
+    """All three tiny steps through the runner with a few steps each, and the report (~2-3 min on 2 cores)."""
+    out = tmp_path_factory.mktemp("e2e")
+    common = f"--data_output_path {data_cache} --eval_iters 2 --log_interval 2"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PPO_STEPS", "3")
+        assert e2e_rlhf.main([
+            "--output-dir", str(out), "--actor-model", "tiny-opt", "--reward-model", "tiny-opt",
+            f"--step1-args={common} --max_steps 24", f"--step2-args={common} --max_steps 16",
+            f"--step3-args=--data_output_path {data_cache} --eval_prompts 16 --log_interval 1",
+            "--report-prompts", "20", "--report-examples", "3",
+        ]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_report_has_every_steps_figures_and_plots(e2e_run) -> None:
+    report = (e2e_run / "report.md").read_text()
+    for section in ("## Wall time", "## Step 1: supervised fine-tuning", "## Step 2: reward model", "## Step 3: PPO",
+                    "## Model comparison on held-out prompts"):
+        assert section in report
+    assert "| 1 (SFT) | `actor-models/tiny-opt` |" in report and "| total |" in report
+    assert "| perplexity |" in report and "| accuracy |" in report
+    assert "Accuracy per task:" in report and "Accuracy per mistake:" in report and "| off_by_n |" in report
+    assert "| reward | " in report and "| KL to reference |" in report and "| answer length (tokens) |" in report
+    assert "| checker accuracy overall |" in report and "| mean reward |" in report
+    for label in ("base (tiny-opt)", "step 1 (SFT)", "step 3 (PPO)"):
+        assert f"| {label} | " in report
+    for name in ("step1_loss", "step1_perplexity", "step2_accuracy", "step3_reward", "step3_kl", "step3_answer_length"):
+        png = e2e_run / "plots" / f"{name}.png"
+        assert f"(plots/{name}.png)" in report
+        assert png.stat().st_size > 1000 and png.read_bytes()[:8] == PNG_MAGIC
+    assert not list(e2e_run.glob(".*.tmp")) and not list((e2e_run / "plots").glob(".*"))
+
+
+@pytest.mark.slow
+def test_the_step3_check_loads_real_models_and_names_broken_ones(e2e_run, tmp_path) -> None:
+    actor = e2e_run / "actor-models" / "tiny-opt"
+    assert e2e_rlhf.model_problem(actor) is None
+    assert e2e_rlhf.model_problem(e2e_run / "reward-models" / "tiny-opt") is None
+    broken = tmp_path / "broken"
+    shutil.copytree(actor, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    assert "model.safetensors does not open" in e2e_rlhf.model_problem(broken)
+    shutil.copy(actor / "model.safetensors", weights)
+    (broken / "tokenizer.json").unlink()
+    (broken / "tokenizer_config.json").unlink()
+    assert "tokenizer does not load" in e2e_rlhf.model_problem(broken)
+    weights.unlink()
+    assert e2e_rlhf.model_problem(broken).startswith("it holds no weights")
+
+
+@pytest.mark.slow
+def test_compare_two_tiny_models_with_checker_and_reward(e2e_run, tmp_path, capsys) -> None:
+    actor, ppo = e2e_run / "actor-models" / "tiny-opt", e2e_run / "step3-models" / "tiny-opt" / "actor"
+    output = tmp_path / "compare.md"
+    assert cli(["compare", str(actor), str(ppo), "--labels", "sft", "ppo", "--synthetic", "10",
+                "--reward_model", str(e2e_run / "reward-models" / "tiny-opt"), "--max_new_tokens", "24",
+                "--output_file", str(output)]) == 0
+    markdown = output.read_text()
+    rows = [line for line in markdown.splitlines() if line.startswith(("| sft |", "| ppo |"))]
+    assert len(rows) == 4  # the summary and the per-task tables
+    assert all(cell.strip() != "-" for row in rows[:2] for cell in row.split("|")[1:-1])
+    assert "checker accuracy" in capsys.readouterr().out
+
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(json.dumps({"question_id": 1, "turns": ["What is 2 plus 3?"]}) + "\n")
+    assert cli(["compare", str(actor), str(ppo), "--prompts_file", str(questions), "--max_new_tokens", "8"]) == 0
+    printed = capsys.readouterr().out
+    assert f"[{actor}]" in printed and f"[{ppo}]" in printed and "What is 2 plus 3?" in printed
+
+
+def test_compare_rejects_mismatched_labels(capsys) -> None:
+    with pytest.raises(SystemExit):
+        cli(["compare", "tiny-opt", "tiny-llama", "--labels", "only-one"])
+    assert "--labels gives 1 labels for 2 models" in capsys.readouterr().err

@@ -1,0 +1,154 @@
+"""Reliability: exact resume after SIGKILL, clean stop on SIGTERM, atomic saves, output-dir ownership."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+STEP1 = ["--max_steps", "8", "--per_device_train_batch_size", "4", "--max_seq_len", "64", "--learning_rate",
+         "3e-3", "--log_interval", "1", "--eval_iters", "1", "--save_interval", "2", "--seed", "11"]
+
+
+def start(out: Path, data_cache: str, env: dict, *extra: str) -> subprocess.Popen:
+    command = [sys.executable, str(ROOT / "step1_sft" / "main.py"), "--output_dir", str(out),
+               "--data_output_path", data_cache, *STEP1, *extra]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process: subprocess.Popen) -> str:
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output[-3000:]
+    return output
+
+
+def wait_for(process: subprocess.Popen, marker: str) -> list[str]:
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if marker in line:
+            return lines
+    raise AssertionError("".join(lines[-40:]))
+
+
+def comparable(history: list[dict]) -> list[tuple]:
+    return [(h["step"], h["loss"], h["lr"], h["window_tokens"]) for h in history]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, sft_model, data_cache) -> Path:
+    from conftest import DIST_VARIABLES
+
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARIABLES}
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    out = tmp_path_factory.mktemp("whole")
+    finish(start(out, data_cache, env))
+    return out
+
+
+def test_sigkill_then_resume_is_bit_exact(uninterrupted, tmp_path, data_cache, subprocess_env):
+    kill_after = random.Random(os.getpid()).choice([2, 4, 6])
+    out = tmp_path / "killed"
+    process = start(out, data_cache, subprocess_env)
+    wait_for(process, f"step {kill_after}: checkpoint written")
+    time.sleep(random.Random(kill_after).random() * 0.5)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    resumed = finish(start(out, data_cache, subprocess_env, "--resume"))
+    assert "resuming at step" in resumed
+    expected = load_file(uninterrupted / "model.safetensors")
+    actual = load_file(out / "model.safetensors")
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert expected[name].equal(actual[name]), name
+    whole = json.loads((uninterrupted / "metrics.json").read_text())
+    again = json.loads((out / "metrics.json").read_text())
+    assert comparable(again["history"]) == comparable(whole["history"])
+    assert [e["loss"] for e in again["evals"]] == [e["loss"] for e in whole["evals"]]
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path, sft_model, data_cache, subprocess_env):
+    out = tmp_path / "term"
+    process = start(out, data_cache, subprocess_env, "--save_interval", "100")
+    wait_for(process, "[train] epoch 0 step 3/")
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 143, output[-2000:]
+    assert "stopped by SIGTERM" in output and "Traceback" not in output
+    checkpoints = sorted(os.listdir(out / "checkpoints"))
+    assert any(name.startswith("step-") for name in checkpoints)
+    assert "resuming at step" in finish(start(out, data_cache, subprocess_env, "--resume"))
+    assert (out / "model.safetensors").exists()
+
+
+def test_save_total_limit_keeps_the_newest(tmp_path, sft_model, data_cache, subprocess_env):
+    out = tmp_path / "limit"
+    finish(start(out, data_cache, subprocess_env, "--save_total_limit", "2"))
+    names = sorted(n for n in os.listdir(out / "checkpoints") if n.startswith("step-"))
+    assert names == ["step-6", "step-8"]
+    assert (out / "checkpoints" / "latest").read_text() == "step-8"
+
+
+def test_output_dir_of_someone_else_is_refused(tmp_path, data_cache):
+    from chatrlhf.training.run_setup import OutputDirError, require_output_dir
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "precious.txt").write_text("keep me")
+    with pytest.raises(OutputDirError, match="not empty.*precious.txt"):
+        require_output_dir(str(foreign), "step 1")
+    assert (foreign / "precious.txt").read_text() == "keep me"
+    require_output_dir(str(foreign), "step 1", overwrite=True)
+    with pytest.raises(OutputDirError, match="holds the outputs of step 1"):
+        require_output_dir(str(foreign), "step 2")
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "training.log").write_text("started\n")
+    assert require_output_dir(str(fresh), "step 2") == str(fresh)
+
+
+def test_interrupted_model_save_keeps_the_previous_model(tmp_path, monkeypatch):
+    """A crash while the final model is written leaves the old one whole and loadable."""
+    from transformers import AutoModelForCausalLM, OPTConfig
+
+    from chatrlhf.training import saving
+
+    model = AutoModelForCausalLM.from_config(OPTConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1,
+                                                       ffn_dim=32, num_attention_heads=2, word_embed_proj_dim=16))
+    target = tmp_path / "model"
+    saving.save_hf_model(model, None, str(target))
+    before = load_file(target / "model.safetensors")
+    (target / "training.log").write_text("log line\n")
+
+    def crash(self, folder, **kwargs):
+        Path(folder, "model.safetensors").write_bytes(b"half")
+        raise KeyboardInterrupt("killed mid-save")
+
+    monkeypatch.setattr(type(model), "save_pretrained", crash)
+    with pytest.raises(KeyboardInterrupt):
+        saving.save_hf_model(model, None, str(target))
+    after = load_file(target / "model.safetensors")
+    assert all(before[k].equal(after[k]) for k in before)
+    assert (target / "training.log").read_text() == "log line\n"
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".model.tmp")]
+
+
+def test_incomplete_checkpoint_is_skipped_and_refused(tmp_path):
+    from chatrlhf.training.checkpoint import COMPLETE, CheckpointError, CheckpointManager
+
+    manager = CheckpointManager(str(tmp_path))
+    good = tmp_path / "checkpoints" / "step-2"
+    good.mkdir(parents=True)
+    (good / COMPLETE).write_text(json.dumps({"step": 2, "engines": ["model"]}))
+    (tmp_path / "checkpoints" / "step-4").mkdir()
+    assert manager.latest() == str(good)
+    with pytest.raises(CheckpointError, match="not a complete checkpoint"):
+        CheckpointManager.load(str(tmp_path / "checkpoints" / "step-4"), {"model": object()})
