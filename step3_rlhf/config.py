@@ -51,3 +51,6 @@ class RunConfig:
     test_stop_step: int = 0
     log_interval: int = 1
     save_interval: int = 0
+    save_total_limit: int = 0
+    resume: bool = False
+    resume_from: str | None = None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import time
 from dataclasses import dataclass, replace
@@ -12,9 +13,11 @@ from chatrlhf.step3_rlhf.config import GenerationConfig, PPOConfig, RunConfig
 from chatrlhf.step3_rlhf.engines import ModelRole, build_engines, hybrid_engine_config
 from chatrlhf.step3_rlhf.trainer import IterationStats, PPOTrainer
 from chatrlhf.training import cli_args
+from chatrlhf.training.checkpoint import CheckpointManager, restore_rng
 from chatrlhf.training.config import EngineSettings, LoraSettings, OptimSettings
 from chatrlhf.training.loop import make_loader, write_metrics
 from chatrlhf.training.metrics_log import MetricsLogger, format_metrics, print_rank0
+from chatrlhf.training.run_control import StopRequested, StopSignals
 from chatrlhf.training.run_setup import require_output_dir, resolve_model, set_seed
 from chatrlhf.training.saving import save_hf_model
 from chatrlhf.utils import device
@@ -82,7 +85,8 @@ class PPORun:
                                  args.per_device_generation_batch_size, args.per_device_training_batch_size,
                                  args.gradient_accumulation_steps, args.enable_ema, args.print_answers,
                                  args.print_answers_interval, args.enable_test_mode, args.test_stop_step,
-                                 args.log_interval, args.save_interval),
+                                 args.log_interval, args.save_interval, args.save_total_limit, args.resume,
+                                 args.resume_from),
             tensorboard=(args.enable_tensorboard, args.tensorboard_path),
             offload_reference=args.offload_reference_model,
             offload_reward=args.offload_reward_model,
@@ -180,8 +184,28 @@ class PPORun:
             reward_mean=stats.mean if stats else 0.0, reward_std=stats.std if stats else 1.0,
             unsupervised=self._unsupervised(tokenizer), actor_zero_stage=self.actor.engine.zero_stage,
         )
-        evaluations = {"start": self.evaluate(trainer, data.eval)}
-        self.train(trainer, loader, iterations)
+        manager = CheckpointManager(self.run_config.output_dir, self.run_config.save_total_limit)
+        engines_by_tag = {"actor": engines.actor, "critic": engines.critic}
+        point = self.run_config.resume_from or (manager.latest() if self.run_config.resume else None)
+        resumed = None
+        if point:
+            resumed = CheckpointManager.load(point, engines_by_tag)
+            trainer.load_state(resumed)
+            print_rank0(f"resuming PPO at iteration {trainer.steps} from {point}")
+        elif self.run_config.resume:
+            print_rank0(f"--resume: no complete checkpoint in {manager.root}; starting from the beginning")
+        evaluations = {"start": resumed["held_out_start"] if resumed else self.evaluate(trainer, data.eval)}
+
+        def checkpoint(state: dict) -> None:
+            path = manager.save(trainer.steps, engines_by_tag, {**state, "held_out_start": evaluations["start"]})
+            print_rank0(f"iteration {trainer.steps}: checkpoint written to {path}")
+
+        try:
+            self.train(trainer, loader, iterations, checkpoint, resumed)
+        except StopRequested as stop:
+            print_rank0(f"{stop}; resume with --resume")
+            logger.close()
+            raise SystemExit(stop.exit_code) from None
         evaluations["end"] = self.evaluate(trainer, data.eval)
         self.save(engines, tokenizer, critic_path)
         logger.close()
@@ -206,30 +230,54 @@ class PPORun:
         print_rank0(f"unsupervised data: {blocks.shape[0]} blocks of {block} tokens from {name}")
         return cycle_batches(blocks, self.run_config.per_device_training_batch_size, self.run_config.seed)
 
-    def train(self, trainer: PPOTrainer, loader, iterations: int) -> None:
+    def train(self, trainer: PPOTrainer, loader, iterations: int, checkpoint, resumed: dict | None) -> None:
+        """Rollouts and updates until ``iterations``; ``checkpoint(state)`` at ``--save_interval`` and on a stop.
+
+        Checkpoints fall between iterations, where the experience buffer is empty, so a resumed run
+        regenerates nothing and draws the same random numbers as an uninterrupted one.
+        """
         from tqdm import tqdm
 
         bar = tqdm(total=iterations, disable=not device.is_main_process(), desc="ppo", dynamic_ncols=True)
-        buffer, stats = [], IterationStats()
-        for epoch in range(self.run_config.num_train_epochs):
-            loader.sampler.set_epoch(epoch)
-            for batch in loader:
-                buffer.append(trainer.make_experience(batch, stats))
-                if len(buffer) < self.ppo.generation_batches:
-                    continue
-                metrics = trainer.iteration(buffer, stats)
-                trainer.steps += 1
-                bar.update(1)
-                trainer.log(metrics)
-                if self.run_config.print_answers and trainer.steps % self.run_config.print_answers_interval == 0:
-                    trainer.show_answers(buffer[0])
-                buffer, stats = [], IterationStats()
-                if trainer.steps >= iterations or (
-                    self.run_config.enable_test_mode and trainer.steps >= self.run_config.test_stop_step
-                ):
-                    bar.close()
-                    return
-        bar.close()
+        bar.update(trainer.steps)
+        start_epoch, skip = (resumed["epoch"], resumed["next_batch"]) if resumed else (0, 0)
+        signals = StopSignals()
+        signals.install()
+        try:
+            if trainer.steps >= iterations:
+                return
+            buffer, stats = [], IterationStats()
+            for epoch in range(start_epoch, self.run_config.num_train_epochs):
+                loader.sampler.set_epoch(epoch)
+                batches = iter(loader)
+                if resumed and epoch == start_epoch:
+                    for _ in itertools.islice(batches, skip):
+                        pass
+                    restore_rng(resumed["rng"])
+                for index, batch in enumerate(batches, start=skip if epoch == start_epoch else 0):
+                    buffer.append(trainer.make_experience(batch, stats))
+                    if len(buffer) < self.ppo.generation_batches:
+                        continue
+                    metrics = trainer.iteration(buffer, stats)
+                    trainer.steps += 1
+                    bar.update(1)
+                    trainer.log(metrics)
+                    if self.run_config.print_answers and trainer.steps % self.run_config.print_answers_interval == 0:
+                        trainer.show_answers(buffer[0])
+                    buffer, stats = [], IterationStats()
+                    stop = signals.requested()
+                    interval = self.run_config.save_interval
+                    if stop or (interval and trainer.steps % interval == 0):
+                        checkpoint(trainer.state(epoch, index + 1))
+                    if stop:
+                        raise StopRequested(stop, trainer.steps)
+                    if trainer.steps >= iterations or (
+                        self.run_config.enable_test_mode and trainer.steps >= self.run_config.test_stop_step
+                    ):
+                        return
+        finally:
+            signals.uninstall()
+            bar.close()
 
     @torch.no_grad()
     def evaluate(self, trainer: PPOTrainer, eval_set) -> dict[str, float]:

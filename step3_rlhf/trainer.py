@@ -200,7 +200,25 @@ class PPOTrainer:
         self.kl.update(metrics["kl_to_ref"], len(scores))
         return metrics
 
+    def state(self, epoch: int, next_batch: int) -> dict:
+        """Everything besides the engines that decides the rest of the run."""
+        state = {"epoch": epoch, "next_batch": next_batch, "steps": self.steps, "history": self.history,
+                 "kl": self.kl.state_dict()}
+        if self.engines.ema is not None:
+            state["ema"] = {k: v.detach().cpu().clone() for k, v in self.engines.ema.state_dict().items()}
+        return state
+
+    def load_state(self, state: dict) -> None:
+        self.steps = state["steps"]
+        self.history = list(state["history"])
+        self.kl.load_state_dict(state["kl"])
+        if self.engines.ema is not None:
+            if "ema" not in state:
+                raise ValueError("--enable_ema is set but the checkpoint holds no EMA weights; resume without it")
+            self.engines.ema.load_state_dict(state["ema"])
+
     def log(self, metrics: dict[str, float]) -> None:
+        metrics["clock"] = time.perf_counter()
         self.logger.scalars("ppo", metrics, self.steps)
         self.history.append({"step": self.steps, **metrics})
         if self.steps % self.run.log_interval == 0:

@@ -152,3 +152,39 @@ def test_incomplete_checkpoint_is_skipped_and_refused(tmp_path):
     assert manager.latest() == str(good)
     with pytest.raises(CheckpointError, match="not a complete checkpoint"):
         CheckpointManager.load(str(tmp_path / "checkpoints" / "step-4"), {"model": object()})
+
+
+TIMING_KEYS = {"clock", "generation_s", "scoring_s", "training_s", "generated_tokens_per_s"}
+
+
+def test_ppo_sigkill_then_resume_is_bit_exact(tmp_path, sft_model, data_cache, subprocess_env):
+    """Step 3 resumes exactly: actor, critic, EMA, KL controller, sampling random state and data position."""
+    args = ["--actor_model_name_or_path", sft_model, "--critic_model_name_or_path", sft_model,
+            "--per_device_generation_batch_size", "4", "--per_device_training_batch_size", "4",
+            "--max_prompt_seq_len", "48", "--max_answer_seq_len", "6", "--max_steps", "6", "--eval_prompts", "4",
+            "--save_interval", "2", "--enable_ema", "--target_kl", "0.1", "--data_output_path", data_cache,
+            "--actor_learning_rate", "1e-3", "--critic_learning_rate", "1e-3", "--seed", "5"]
+
+    def ppo(out: Path, *extra: str) -> subprocess.Popen:
+        command = [sys.executable, str(ROOT / "step3_rlhf" / "main.py"), "--output_dir", str(out), *args, *extra]
+        return subprocess.Popen(command, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    finish(ppo(whole))
+    process = ppo(killed)
+    wait_for(process, f"iteration {random.Random(os.getpid()).choice([2, 4])}: checkpoint written")
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert "resuming PPO at iteration" in finish(ppo(killed, "--resume"))
+    for part in ("actor", "critic", "actor_ema"):
+        expected, actual = load_file(whole / part / "model.safetensors"), load_file(killed / part / "model.safetensors")
+        assert all(expected[k].equal(actual[k]) for k in expected), part
+    first = json.loads((whole / "metrics.json").read_text())
+    second = json.loads((killed / "metrics.json").read_text())
+
+    def strip(history):
+        return [{k: v for k, v in h.items() if k not in TIMING_KEYS} for h in history]
+
+    assert strip(second["history"]) == strip(first["history"])
+    assert second["held_out"] == first["held_out"] and second["kl_coef"] == first["kl_coef"]
