@@ -77,11 +77,10 @@ def run_trl(python: Path, args: argparse.Namespace, label: str) -> dict:
 
 
 def our_flags(out: Path, iterations: int) -> list[str]:
-    """The workload's PPO settings; ``--response_column prompt`` because our data layer wants a second
-    column even for step 3, which reads only the prompts (the prompts file has just ``prompt``)."""
+    """The workload's PPO settings, on its prompt-only file of 64 prompts."""
     workload = str(bc.WORKLOAD)
     return [
-        "--data_path", str(bc.WORKLOAD / "ppo_prompts.jsonl"), "--response_column", "prompt",
+        "--data_path", str(bc.WORKLOAD / "ppo_prompts.jsonl"),
         "--data_split", "0,0,10", "--data_output_path", str(out / "data"), "--output_dir", str(out / "model"),
         "--actor_model_name_or_path", workload, "--critic_model_name_or_path", workload,
         "--per_device_generation_batch_size", str(BATCH), "--per_device_training_batch_size", str(BATCH),

@@ -67,8 +67,8 @@ def test_synthetic_partitions_are_disjoint_across_steps_and_splits():
     overlaps = count_overlaps({s: (r.train, r.eval) for s, r in steps.items()})
     assert sum(overlaps.values()) == 0, overlaps
     total = sum(len(r.train) for r in steps.values())
-    assert total == 40000
-    assert len(steps[1].train) == 8000 and len(steps[2].train) == 16000
+    assert total == 9000
+    assert len(steps[1].train) == 1800 and len(steps[2].train) == 3600
 
 
 def test_blending_weights_and_sft_only(tmp_path):
@@ -171,3 +171,13 @@ def test_data_command_reports_counts_and_overlaps(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "overlaps found: 0" in out and "p.jsonl" in out
     assert data_main(["--data_path", str(tmp_path / "missing.jsonl")]) == 1
+
+
+def test_prompt_only_file_feeds_step3_and_is_dropped_elsewhere(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"\n\nHuman: q{i}?\n\nAssistant:"}) + "\n" for i in range(30)))
+    cfg = DataConfig(data_path=(str(path),), data_split="1,1,1")
+    assert len(step_records(cfg, 3).train) > 0
+    assert step_records(cfg, 1).train == []
+    assert step_records(cfg, 1).reports[0].dropped["prompt-only row in an SFT source"] > 0
+    assert step_records(cfg, 2).train == []

@@ -36,7 +36,10 @@ MAPPING_HINT = (
 
 @dataclass(frozen=True)
 class Schema:
-    """What a file's rows hold: ``kind`` is pairs, sft, transcripts or alpaca; ``columns`` maps role to column."""
+    """What a file's rows hold: ``kind`` is pairs, sft, transcripts, alpaca or prompts (step 3 only).
+
+    ``columns`` maps role to column.
+    """
 
     kind: str
     columns: dict[str, str]
@@ -78,6 +81,8 @@ def detect_schema(columns: Iterable[str], mapping: Any, where: str) -> Schema:
         return Schema(
             "alpaca", {"instruction": "instruction", "input": "input", "output": response or "output"}, ("input",)
         )
+    if prompt:
+        return Schema("prompts", {"prompt": prompt})
     raise DataError(f"cannot tell the schema of the records; columns found: {found}", where=where, hint=MAPPING_HINT)
 
 
@@ -263,8 +268,8 @@ class _LocalSource(PromptRawDataset):
     def get_eval_data(self) -> list[dict] | None:
         return self.eval_samples
 
-    def _parts(self, sample: dict) -> tuple[str, str, str | None]:
-        """Prompt as the model sees it, chosen (or SFT) response, rejected response or None."""
+    def _parts(self, sample: dict) -> tuple[str, str | None, str | None]:
+        """Prompt as the model sees it, chosen (or SFT) response or None, rejected response or None."""
         kind = self.schema.kind
         template = self.options.prompt_template
         if kind == "transcripts":
@@ -277,6 +282,8 @@ class _LocalSource(PromptRawDataset):
             prompt = apply_prompt_template(sample["instruction"], template, sample["input"], self.tokenizer)
             return prompt, fit_response(prompt, sample["output"]), None
         prompt = apply_prompt_template(sample["prompt"], template, tokenizer=self.tokenizer)
+        if kind == "prompts":
+            return prompt, None, None
         if kind == "sft":
             return prompt, fit_response(prompt, sample["response"]), None
         return prompt, fit_response(prompt, sample["chosen"]), fit_response(prompt, sample["rejected"])
@@ -284,7 +291,7 @@ class _LocalSource(PromptRawDataset):
     def get_prompt(self, sample: dict) -> str:
         return self._parts(sample)[0]
 
-    def get_chosen(self, sample: dict) -> str:
+    def get_chosen(self, sample: dict) -> str | None:
         return self._parts(sample)[1]
 
     def get_rejected(self, sample: dict) -> str | None:

@@ -109,6 +109,8 @@ def step_records(
         else:
             train = _take(src.train, step, fractions, src.weight, cfg.seed)
             evals = _take(src.eval, step, fractions, 1.0, cfg.seed)
+        if step == 1:
+            train, evals = _with_response(train, src.report), _with_response(evals, src.report)
         if step == 2:
             train, evals = _pairs_only(train, src.report), _pairs_only(evals, src.report)
         result.train.extend(train)
@@ -131,10 +133,19 @@ def _pairs_only(records: list[Record], report: DropReport) -> list[Record]:
     return kept
 
 
+def _with_response(records: list[Record], report: DropReport) -> list[Record]:
+    """Step 1 learns responses; prompt-only rows (a step-3 prompt file) are dropped and counted."""
+    kept = [r for r in records if r.has_response]
+    for record in records:
+        if not record.has_response:
+            report.drop("prompt-only row in an SFT source", record.origin)
+    return kept
+
+
 def corpus_texts(cfg: DataConfig) -> Iterator[str]:
     """Every text of every source (all partitions), for training a preset's tokenizer."""
     for src in iter_sources(cfg):
         for record in (*src.train, *src.eval):
-            yield record.prompt + record.chosen
+            yield record.prompt + (record.chosen or "")
             if record.rejected is not None:
                 yield record.prompt + record.rejected

@@ -10,11 +10,12 @@ class Record:
     """A prompt with its preferred response and, for pair sources, the rejected one.
 
     ``chosen`` and ``rejected`` hold the response text only (without the prompt), as DeepSpeed-Chat's
-    ``get_chosen``/``get_rejected`` do. ``origin`` says where the record came from ("file:line").
+    ``get_chosen``/``get_rejected`` do; both are None for a prompt-only source (usable by step 3 alone).
+    ``origin`` says where the record came from ("file:line").
     """
 
     prompt: str
-    chosen: str
+    chosen: str | None
     rejected: str | None
     source: str
     origin: str
@@ -23,6 +24,10 @@ class Record:
     @property
     def is_pair(self) -> bool:
         return self.rejected is not None
+
+    @property
+    def has_response(self) -> bool:
+        return self.chosen is not None
 
 
 @dataclass

@@ -96,7 +96,9 @@ def to_records(
 def _unusable_reason(prompt: str | None, chosen: str | None, rejected: str | None) -> str:
     if prompt is None or not prompt.strip():
         return "empty prompt"
-    if chosen is None or not chosen.strip():
+    if chosen is None:
+        return "" if rejected is None else "rejected answer without a chosen one"
+    if not chosen.strip():
         return "empty response"
     if rejected is not None and not rejected.strip():
         return "empty response"

@@ -234,7 +234,7 @@ class SyntheticTasks(PromptRawDataset):
         local_rank: int,
         dataset_name: str = "synthetic/tasks",
         options: SourceOptions | None = None,
-        num_train: int = 40000,
+        num_train: int = 9000,
         num_eval: int = 400,
         tokenizer: Any = None,
     ) -> None:

@@ -115,7 +115,7 @@ def _build_step3(records: list[Record], tokenizer, cfg: DataConfig, dropped: dic
             continue
         out["prompt_ids"].append(ids)
         out["prompt"].append(records[i].prompt)
-        out["chosen"].append(records[i].chosen)
+        out["chosen"].append(records[i].chosen or "")
         out["task"].append(meta["task"][i])
     return out
 
