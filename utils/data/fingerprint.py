@@ -46,6 +46,11 @@ def source_fingerprint(name: str, seed: int) -> str:
         return hash_text("path", path_fingerprint(name))
     if name == "local/jsonfile" and os.path.isdir("data"):
         return hash_text("jsonfile", path_fingerprint("data"))
+    if name == "synthetic/tasks":
+        from chatrlhf.utils.data import synthetic_tasks as synthetic
+
+        generator = (synthetic.GENERATOR_VERSION, synthetic.DEFAULT_NUM_TRAIN, synthetic.DEFAULT_NUM_EVAL)
+        return hash_text("synthetic", seed, generator, synthetic.load_words())
     return hash_text("named", name, seed)
 
 

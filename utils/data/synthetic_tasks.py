@@ -30,6 +30,11 @@ TASK_MISTAKES = {
 }
 # Share of rejected answers that are degenerate text rather than a plausible wrong answer.
 DEGENERATE_RATE = 0.2
+# Sized so every task keeps an equal share: the word tasks run out of distinct prompts near 1,900 each.
+DEFAULT_NUM_TRAIN = 9000
+DEFAULT_NUM_EVAL = 400
+# Bump when the generated samples change, so cached tokenised data is rebuilt.
+GENERATOR_VERSION = 2
 END_TOKENS = ("</s>", "<|endoftext|>", "<|im_end|>", "<eos>")
 MAX_ADDEND = 50
 MAX_SORTED = 99
@@ -234,8 +239,8 @@ class SyntheticTasks(PromptRawDataset):
         local_rank: int,
         dataset_name: str = "synthetic/tasks",
         options: SourceOptions | None = None,
-        num_train: int = 9000,
-        num_eval: int = 400,
+        num_train: int = DEFAULT_NUM_TRAIN,
+        num_eval: int = DEFAULT_NUM_EVAL,
         tokenizer: Any = None,
     ) -> None:
         super().__init__(output_path, seed, local_rank, dataset_name)
