@@ -29,9 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from chatrlhf.step1_sft.run import SFTRun
+    from chatrlhf.training.validation import run_cli
 
-    SFTRun.from_args(args).run()
-    return 0
+    def body() -> int:
+        SFTRun.from_args(args).run()
+        return 0
+
+    return run_cli("chatrlhf sft", body)
 
 
 if __name__ == "__main__":

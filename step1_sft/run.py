@@ -9,6 +9,7 @@ from chatrlhf.training.lora import apply_lora
 from chatrlhf.training.run_setup import require_output_dir
 from chatrlhf.training.saving import save_hf_model
 from chatrlhf.training.step_runner import ModelSettings, StepRun
+from chatrlhf.training.validation import check_data_flags, check_length, check_model_path
 from chatrlhf.utils.data.collators import SFTCollator
 from chatrlhf.utils.data.tokenized import StepData
 
@@ -19,6 +20,9 @@ class SFTRun(StepRun):
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> SFTRun:
+        check_model_path("--model_name_or_path", args.model_name_or_path)
+        check_data_flags(tuple(args.data_path), tuple(args.sft_only_data_path), args.data_split)
+        check_length(f"--max_seq_len {args.max_seq_len}", args.max_seq_len, args.model_name_or_path)
         output_dir = require_output_dir(args.output_dir, "step 1", args.overwrite_output_dir)
         return cls(
             step=1,

@@ -108,9 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from chatrlhf.step3_rlhf.run import PPORun
+    from chatrlhf.training.validation import run_cli
 
-    PPORun.from_args(args).run()
-    return 0
+    def body() -> int:
+        PPORun.from_args(args).run()
+        return 0
+
+    return run_cli("chatrlhf ppo", body)
 
 
 if __name__ == "__main__":

@@ -20,15 +20,12 @@ from chatrlhf.training.metrics_log import MetricsLogger, format_metrics, print_r
 from chatrlhf.training.run_control import StopRequested, StopSignals
 from chatrlhf.training.run_setup import require_output_dir, resolve_model, set_seed
 from chatrlhf.training.saving import save_hf_model
+from chatrlhf.training.validation import ConfigError, check_data_flags, check_length, check_model_path
 from chatrlhf.utils import device
 from chatrlhf.utils.data.collators import PromptCollator
 from chatrlhf.utils.data.config import DataConfig
 from chatrlhf.utils.data.fingerprint import tokenizer_fingerprint
 from chatrlhf.utils.data.tokenized import build_step_data
-
-
-class ConfigError(ValueError):
-    """Flags that cannot work together; raised before any model loads."""
 
 
 @dataclass
@@ -119,26 +116,16 @@ class PPORun:
         if args.only_optimize_lora and args.actor_lora_dim == 0 and args.critic_lora_dim == 0:
             raise ConfigError("--only_optimize_lora needs --actor_lora_dim or --critic_lora_dim > 0")
         for flag in ("actor_model_name_or_path", "critic_model_name_or_path"):
-            value = getattr(args, flag)
-            from chatrlhf.utils.model.presets import is_preset
-
-            looks_local = value.startswith((".", "/", "~")) or os.sep in value and not value.count("/") == 1
-            if looks_local and not is_preset(value) and not os.path.isdir(os.path.expanduser(value)):
-                raise ConfigError(f"--{flag} {value}: no such directory; give a trained model directory or a hub name")
+            check_model_path(f"--{flag}", getattr(args, flag))
+        check_data_flags(tuple(args.data_path), (), args.data_split)
+        check_length(f"--max_prompt_seq_len {args.max_prompt_seq_len} + --max_answer_seq_len {args.max_answer_seq_len}",
+                     args.max_prompt_seq_len + args.max_answer_seq_len, args.actor_model_name_or_path)
 
     def _model_options(self, dropout: float | None):
         from chatrlhf.utils.model.loading import ModelOptions
 
         return ModelOptions(dropout=dropout, dtype=device.resolve_dtype(self.actor.engine.dtype),
                             add_eot_token=self.eot[0], eot_token=self.eot[1])
-
-    def _check_lengths(self, config, path: str) -> None:
-        limit = getattr(config, "max_position_embeddings", None)
-        total = self.generation.max_prompt_seq_len + self.generation.max_answer_seq_len
-        if limit is not None and total > limit:
-            raise ConfigError(
-                f"--max_prompt_seq_len {self.generation.max_prompt_seq_len} + --max_answer_seq_len "
-                f"{self.generation.max_answer_seq_len} = {total} exceeds the {limit} positions of {path}; shorten them")
 
     def run(self) -> dict:
         from chatrlhf.step2_reward.reward_model import load_reward_stats
@@ -155,9 +142,9 @@ class PPORun:
             raise ConfigError(
                 f"the actor ({actor_path}) and the critic ({critic_path}) use different tokenizers; the reward "
                 "model must score the actor's tokens: train step 2 on a model with the actor's tokenizer")
-        from transformers import AutoConfig
-
-        self._check_lengths(AutoConfig.from_pretrained(actor_path), actor_path)
+        gen = self.generation
+        check_length(f"--max_prompt_seq_len {gen.max_prompt_seq_len} + --max_answer_seq_len {gen.max_answer_seq_len}",
+                     gen.max_prompt_seq_len + gen.max_answer_seq_len, actor_path)
         data = build_step_data(self.data, 3, tokenizer)
         print_rank0(f"step 3 data: {data.info['num_train']} train / {data.info['num_eval']} eval prompts "
                     f"({'cached' if data.info.get('cache_hit') else 'built'}); {data.info['dropped_by_length']}")

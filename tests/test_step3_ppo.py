@@ -148,18 +148,24 @@ def test_accepts_a_deepspeed_chat_command_line():
         0.1, 5.0, 0.2, 0.2, 1.0, 0.95)
 
 
-def test_batch_arithmetic_is_checked_before_any_model_loads(tmp_path):
-    from chatrlhf.step3_rlhf.run import ConfigError
-
+def test_batch_arithmetic_is_checked_before_any_model_loads(tmp_path, capsys):
     base = ["--output_dir", str(tmp_path / "o"), "--actor_model_name_or_path", "tiny-opt",
             "--critic_model_name_or_path", "tiny-opt"]
-    with pytest.raises(ConfigError, match="not a multiple of --per_device_training_batch_size 3"):
-        ppo_main(base + ["--per_device_generation_batch_size", "4", "--per_device_training_batch_size", "3"])
-    with pytest.raises(ConfigError, match="--gradient_accumulation_steps 3"):
-        ppo_main(base + ["--per_device_generation_batch_size", "4", "--per_device_training_batch_size", "2",
-                         "--gradient_accumulation_steps", "3"])
-    with pytest.raises(ConfigError, match="--inference_tp_size > 1 needs --actor_zero_stage 3"):
-        ppo_main(base + ["--inference_tp_size", "2"])
+    cases = [
+        (["--per_device_generation_batch_size", "4", "--per_device_training_batch_size", "3"],
+         "not a multiple of --per_device_training_batch_size 3"),
+        (["--per_device_generation_batch_size", "4", "--per_device_training_batch_size", "2",
+          "--gradient_accumulation_steps", "3"], "--gradient_accumulation_steps 3"),
+        (["--inference_tp_size", "2"], "--inference_tp_size > 1 needs --actor_zero_stage 3"),
+        (["--enable_mixed_precision_lora"], "--enable_mixed_precision_lora needs"),
+        (["--max_prompt_seq_len", "900", "--max_answer_seq_len", "200"], "exceeds the 1024 positions"),
+        (["--data_split", "1,2"], "--data_split"),
+        (["--data_path", str(tmp_path / "nope.jsonl")], "no such file"),
+    ]
+    for extra, message in cases:
+        assert ppo_main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (extra, err)
 
 
 def test_full_command_trains_saves_and_reports(sft_model, tmp_path, data_cache):
