@@ -122,10 +122,17 @@ class CheckpointManager:
         if saved != set(engines):
             raise CheckpointError(f"{path} holds the models {sorted(saved)}, this run trains {sorted(engines)}")
         for tag, engine in engines.items():
-            loaded, _ = engine.load_checkpoint(path, tag=tag, load_optimizer_states=True,
-                                               load_lr_scheduler_states=True)
+            damaged = f"{path}: the {tag!r} state cannot be loaded; the checkpoint is damaged. Resume from an " \
+                      "earlier checkpoint with --resume_from, or start again without --resume."
+            if not os.path.isdir(os.path.join(path, tag)):
+                raise CheckpointError(damaged)
+            try:
+                loaded, _ = engine.load_checkpoint(path, tag=tag, load_optimizer_states=True,
+                                                   load_lr_scheduler_states=True)
+            except (AssertionError, OSError, RuntimeError, KeyError, EOFError) as exc:
+                raise CheckpointError(f"{damaged} ({type(exc).__name__}: {exc})") from exc
             if loaded is None:
-                raise CheckpointError(f"{path}: DeepSpeed could not load the {tag!r} state; the checkpoint is damaged")
+                raise CheckpointError(damaged)
         try:
             return torch.load(os.path.join(path, STATE_FILE), weights_only=False)
         except (OSError, RuntimeError, EOFError) as exc:

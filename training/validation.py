@@ -65,9 +65,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from chatrlhf.training.checkpoint import CheckpointError
     from chatrlhf.training.run_control import TrainingHealthError
     from chatrlhf.training.run_setup import OutputDirError
+    from chatrlhf.utils.model.loading import ModelLoadError
     from chatrlhf.utils.model.smollm2 import MissingSmolLM2Error
 
-    return (DataError, ConfigError, OutputDirError, CheckpointError, TrainingHealthError, MissingSmolLM2Error)
+    return (DataError, ConfigError, OutputDirError, CheckpointError, TrainingHealthError, MissingSmolLM2Error,
+            ModelLoadError)
 
 
 def run_cli(prog: str, body: Callable[[], int]) -> int:

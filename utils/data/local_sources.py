@@ -185,6 +185,11 @@ def _is_text(value: str) -> bool:
     return True
 
 
+# A single field past this is almost surely not one prompt or answer (a whole document or a broken
+# export); tokenising it would cost minutes and memory for a sample cut to --max_seq_len anyway.
+MAX_FIELD_CHARS = 1_000_000
+
+
 def _validate(row: _Row, schema: Schema) -> tuple[dict | None, str]:
     """The row's fields by role, or the first reason it is broken."""
     if row.values is None:
@@ -202,6 +207,8 @@ def _validate(row: _Row, schema: Schema) -> tuple[dict | None, str]:
             return None, f"field {column!r} holds {type(value).__name__}, expected text"
         if not _is_text(value):
             return None, f"invalid UTF-8 bytes in field {column!r}"
+        if len(value) > MAX_FIELD_CHARS:
+            return None, f"field {column!r} holds {len(value):,} characters, over the {MAX_FIELD_CHARS:,} limit"
         sample[role] = value
     return sample, ""
 

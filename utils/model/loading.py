@@ -27,6 +27,10 @@ PAD_TOKEN = "<pad>"
 EMBEDDING_MULTIPLE = 8
 
 
+class ModelLoadError(ValueError):
+    """A model or tokenizer that cannot be used as it is; the message says what to pass instead."""
+
+
 @dataclass(frozen=True)
 class ModelOptions:
     """Model-related flags shared by all steps (``--dropout``, ``--dtype``, ``--add_eot_token``, ...)."""
@@ -61,6 +65,11 @@ def load_tokenizer(path: str, options: ModelOptions) -> PreTrainedTokenizerBase:
         tokenizer.add_special_tokens({"extra_special_tokens": [options.eot_token]}, replace_extra_special_tokens=False)
         tokenizer.eos_token = options.eot_token
     tokenizer.padding_side = "right"
+    if tokenizer.eos_token_id is None:
+        raise ModelLoadError(
+            f"the tokenizer at {path} has no end-of-text token, so answers could not end; pass --add_eot_token "
+            "(optionally with --eot_token TOKEN) to add one"
+        )
     return tokenizer
 
 
