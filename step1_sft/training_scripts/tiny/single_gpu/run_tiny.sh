@@ -14,12 +14,12 @@ deepspeed --num_gpus 1 "$MAIN" \
    --per_device_train_batch_size 16 \
    --per_device_eval_batch_size 32 \
    --max_seq_len 128 \
-   --learning_rate 2e-3 \
+   --learning_rate 3e-3 \
    --weight_decay 0.0 \
-   --num_train_epochs 8 \
+   --num_train_epochs 6 \
    --gradient_accumulation_steps 1 \
    --lr_scheduler_type cosine \
-   --num_warmup_steps 20 \
+   --num_warmup_steps 30 \
    --seed 1234 \
    --zero_stage "$ZERO_STAGE" \
    --enable_tensorboard \
