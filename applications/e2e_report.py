@@ -1,0 +1,316 @@
+"""``report.md`` of an end-to-end run: wall times, each step's final metrics, training curves, a model comparison.
+
+The figures come from each step's ``metrics.json``. The curves are drawn from the TensorBoard event files the
+steps wrote, so the report shows what TensorBoard would. The comparison generates with the base, step-1 and
+step-3 models on held-out ``synthetic/tasks`` prompts, scored by the task checker and the step-2 reward model.
+Sections whose step has no output yet are left out, so a partial run still gets a report.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPORT_FILE = "report.md"
+PLOTS_DIR = "plots"
+STEP_NAMES = {1: "SFT", 2: "reward model", 3: "PPO"}
+# TensorBoard's default smoothing weight, so the noisy PPO curves read as they do there.
+SMOOTHING = 0.6
+LAST_ITERATIONS = 10
+PPO_CURVES = (("reward_mean", "reward", "step3_reward.png"), ("kl_to_ref", "KL to reference", "step3_kl.png"),
+              ("answer_length", "answer length (tokens)", "step3_answer_length.png"))
+
+Series = dict[str, list[tuple[int, float]]]
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """Where the steps wrote their outputs, what the run was, and how large the comparison is."""
+
+    output_dir: Path
+    step_dirs: dict[int, Path]
+    base_model: str
+    timings: dict[str, dict] = field(default_factory=dict)
+    settings: dict[str, str] = field(default_factory=dict)
+    synthetic: int = 200
+    examples: int = 5
+    max_new_tokens: int = 64
+
+
+def read_metrics(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of the newest event file in each folder below ``folder``: a re-run leaves older files behind."""
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+
+    newest: dict[Path, Path] = {}
+    for file in folder.rglob("events.out.tfevents.*"):
+        current = newest.get(file.parent)
+        if current is None or file.stat().st_mtime >= current.stat().st_mtime:
+            newest[file.parent] = file
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for file in sorted(newest.values()):
+        accumulator = EventAccumulator(str(file), size_guidance={SCALARS: 0})
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            scalars[tag] = [(event.step, event.value) for event in accumulator.Scalars(tag)]
+    return scalars
+
+
+def smooth(values: list[float], weight: float = SMOOTHING) -> list[float]:
+    """TensorBoard's debiased exponential moving average."""
+    smoothed, last = [], 0.0
+    for count, value in enumerate(values, 1):
+        last = last * weight + (1 - weight) * value
+        smoothed.append(last / (1 - weight**count))
+    return smoothed
+
+
+def draw(path: Path, title: str, ylabel: str, series: Series, *, xlabel: str = "step", log_scale: bool = False,
+         smoothed: bool = False, secondary: frozenset[str] = frozenset()) -> bool:
+    """One PNG of ``series`` (label → points), written atomically; False when there is nothing to draw.
+
+    ``secondary`` series (breakdowns of a main one) are drawn thin and dashed so the main curves stand out.
+    """
+    lines = {label: points for label, points in series.items() if points}
+    if not lines:
+        return False
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4), dpi=100)
+    axes = figure.subplots()
+    for label, points in lines.items():
+        steps, values = zip(*points)
+        marker = "o" if len(values) <= 20 else None
+        if smoothed and len(values) > 2:
+            (raw,) = axes.plot(steps, values, alpha=0.3, label=f"{label} (raw)")
+            axes.plot(steps, smooth(list(values)), color=raw.get_color(), label=f"{label} (smoothed)")
+        elif label in secondary:
+            axes.plot(steps, values, linestyle="--", linewidth=1, alpha=0.7, label=label)
+        else:
+            axes.plot(steps, values, marker=marker, linewidth=2, label=label)
+    axes.set_title(title)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    if log_scale:
+        axes.set_yscale("log")
+    axes.grid(alpha=0.3)
+    axes.xaxis.get_major_locator().set_params(integer=True)
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    figure.savefig(tmp, format="png")
+    os.replace(tmp, path)
+    return True
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _duration(seconds: float | None) -> str:
+    return "-" if seconds is None else str(datetime.timedelta(seconds=round(seconds)))
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def _images(plots: list[tuple[str, str]]) -> list[str]:
+    return [" ".join(f"![{alt}]({PLOTS_DIR}/{name})" for alt, name in plots), ""] if plots else []
+
+
+class ReportWriter:
+    """Builds the report's sections one step at a time, drawing each step's plots as it goes."""
+
+    def __init__(self, inputs: ReportInputs) -> None:
+        self.inputs = inputs
+        self.plots_dir = inputs.output_dir / PLOTS_DIR
+
+    def relative(self, folder: Path) -> str:
+        try:
+            return str(folder.relative_to(self.inputs.output_dir))
+        except ValueError:
+            return str(folder)
+
+    def header(self) -> list[str]:
+        when = datetime.datetime.now().isoformat(timespec="seconds")
+        lines = ["# chatrlhf end-to-end run", "", f"Output folder `{self.inputs.output_dir}`, written {when}.", ""]
+        lines += _table(["setting", "value"], [[k, f"`{v}`"] for k, v in self.inputs.settings.items()])
+        return [*lines, ""]
+
+    def wall_times(self) -> list[str]:
+        rows, total = [], 0.0
+        for step in (1, 2, 3):
+            timing = self.inputs.timings.get(str(step), {})
+            metrics = read_metrics(self.inputs.step_dirs[step]) or {}
+            seconds = timing.get("wall_time_s")
+            if seconds is None and not metrics:
+                continue
+            if timing.get("status") == "ok":
+                total += seconds
+            rows.append([f"{step} ({STEP_NAMES[step]})", f"`{self.relative(self.inputs.step_dirs[step])}`",
+                         _duration(seconds), _duration(metrics.get("wall_time_s")), timing.get("status", "not timed")])
+        if not rows:
+            return []
+        rows.append(["total", "", f"**{_duration(total)}**", "", ""])
+        lines = ["## Wall time", "",
+                 "Runner time per step (script start to exit: launcher, imports, data, training, evaluation, "
+                 "saving); the training process's own time is from the step's `metrics.json`.", ""]
+        lines += _table(["step", "output", "wall time", "training process", "status"], rows)
+        return [*lines, ""]
+
+    def step1(self) -> list[str]:
+        folder = self.inputs.step_dirs[1]
+        metrics = read_metrics(folder)
+        if metrics is None:
+            return []
+        evals = metrics.get("evals") or [{}]
+        start, end = evals[0], evals[-1]
+        lines = ["## Step 1: supervised fine-tuning", "",
+                 f"`{self.relative(folder)}`: {metrics.get('steps', 0)} optimizer steps. Held-out evaluation:", ""]
+        lines += _table(["held-out", "start", "end"], [["loss", _num(start.get("loss")), _num(end.get("loss"))],
+                                                      ["perplexity", _num(start.get("perplexity")),
+                                                       _num(end.get("perplexity"))]])
+        history = metrics.get("history") or []
+        if history:
+            last = history[-1]
+            lines += ["", f"Last logged train loss {_num(last.get('loss'))} (perplexity {_num(last.get('perplexity'))})"
+                          f" at step {last.get('step')}."]
+        scalars = read_scalars(folder)
+        plots = []
+        for key, ylabel, name, log_scale in (("loss", "loss", "step1_loss.png", False),
+                                             ("perplexity", "perplexity", "step1_perplexity.png", True)):
+            series = {"train": scalars.get(f"train/{key}", []), "held-out": scalars.get(f"eval/{key}", [])}
+            if draw(self.plots_dir / name, f"Step 1 (SFT): {key}", ylabel, series, xlabel="optimizer step",
+                    log_scale=log_scale):
+                plots.append((f"step 1 {key}", name))
+        return [*lines, "", *_images(plots)]
+
+    def step2(self) -> list[str]:
+        folder = self.inputs.step_dirs[2]
+        metrics = read_metrics(folder)
+        if metrics is None:
+            return []
+        evals = metrics.get("evals") or [{}]
+        start, end = evals[0], evals[-1]
+        lines = ["## Step 2: reward model", "",
+                 f"`{self.relative(folder)}`: {metrics.get('steps', 0)} optimizer steps. Held-out pairs (chosen "
+                 "scored above rejected):", ""]
+        rows = [["accuracy", _pct(start.get("accuracy")), _pct(end.get("accuracy"))]]
+        rows += [[name.replace("_", " "), _num(start.get(name)), _num(end.get(name))]
+                 for name in ("chosen_score", "rejected_score", "margin", "loss") if name in end]
+        lines += _table(["held-out", "start", "end"], rows)
+        for prefix, title in (("acc_task_", "task"), ("acc_mistake_", "mistake")):
+            keys = sorted(k for k in end if k.startswith(prefix))
+            if keys:
+                lines += ["", f"Accuracy per {title}:", ""]
+                lines += _table([title, "start", "end"],
+                                [[k.removeprefix(prefix), _pct(start.get(k)), _pct(end[k])] for k in keys])
+        scalars = read_scalars(folder)
+        series = {"train": scalars.get("train/accuracy", []), "held-out": scalars.get("eval/accuracy", [])}
+        per_task = {f"held-out {tag.removeprefix('eval/acc_task_')}": points for tag, points in sorted(scalars.items())
+                    if tag.startswith("eval/acc_task_")}
+        plots = []
+        if draw(self.plots_dir / "step2_accuracy.png", "Step 2 (reward model): pair accuracy", "accuracy",
+                {**series, **per_task}, xlabel="optimizer step", secondary=frozenset(per_task)):
+            plots.append(("step 2 accuracy", "step2_accuracy.png"))
+        return [*lines, "", *_images(plots)]
+
+    def step3(self) -> list[str]:
+        folder = self.inputs.step_dirs[3]
+        metrics = read_metrics(folder)
+        if metrics is None:
+            return []
+        history = metrics.get("history") or []
+        lines = ["## Step 3: PPO", "",
+                 f"`{self.relative(folder)}`: {metrics.get('iterations', metrics.get('steps', 0))} PPO iterations, "
+                 f"final KL coefficient {_num(metrics.get('kl_coef'))}.", ""]
+        if history:
+            recent = history[-LAST_ITERATIONS:]
+            rows = []
+            for key, label, _ in PPO_CURVES:
+                values = [h[key] for h in recent if key in h]
+                rows.append([label, _num(history[0].get(key)), _num(sum(values) / len(values) if values else None),
+                             _num(history[-1].get(key))])
+            lines += ["Sampled rollouts during training:", ""]
+            lines += _table(["metric", "first iteration", f"mean of last {len(recent)}", "last iteration"], rows)
+        held_out = metrics.get("held_out") or {}
+        start, end = held_out.get("start") or {}, held_out.get("end") or {}
+        if start or end:
+            tasks = sorted(k for k in {**start, **end} if k.startswith("accuracy_") and k != "accuracy_overall")
+            rows = []
+            for key in ["mean_reward", "accuracy_overall", *tasks]:
+                if key not in start and key not in end:
+                    continue
+                fmt = _pct if key.startswith("accuracy_") else _num
+                before, after = start.get(key), end.get(key)
+                change = "-" if before is None or after is None else (
+                    f"{100 * (after - before):+.1f} pt" if fmt is _pct else f"{after - before:+.4g}")
+                rows.append([key.replace("accuracy_", "checker accuracy ").replace("_", " "), fmt(before), fmt(after),
+                             change])
+            lines += ["", "Held-out prompts, greedy answers, before and after PPO:", ""]
+            lines += _table(["held-out", "start", "end", "change"], rows)
+        scalars = read_scalars(folder)
+        plots = []
+        for key, label, name in PPO_CURVES:
+            if draw(self.plots_dir / name, f"Step 3 (PPO): {label}", label, {label: scalars.get(f"ppo/{key}", [])},
+                    xlabel="PPO iteration", smoothed=True):
+                plots.append((f"step 3 {label}", name))
+        return [*lines, "", *_images(plots)]
+
+    def comparison(self) -> list[str]:
+        """Base, step-1 and step-3 models on the same held-out prompts, scored by checker and reward model."""
+        from chatrlhf.applications.comparison import ComparisonSettings, compare_models
+        from chatrlhf.utils.model.generation import GenerationSettings
+
+        step1, step2, step3 = (self.inputs.step_dirs[s] for s in (1, 2, 3))
+        models = {f"base ({self.inputs.base_model})": self.inputs.base_model}
+        if read_metrics(step1) is not None:
+            models["step 1 (SFT)"] = str(step1)
+        if (step3 / "actor" / "config.json").is_file():
+            models["step 3 (PPO)"] = str(step3 / "actor")
+        if len(models) < 2 or self.inputs.synthetic <= 0:
+            return []
+        reward = str(step2) if (step2 / "config.json").is_file() else None
+        lines = [f"## Model comparison on held-out prompts: {', '.join(models)}", "",
+                 f"{self.inputs.synthetic} held-out `synthetic/tasks` prompts, greedy answers of up to "
+                 f"{self.inputs.max_new_tokens} tokens; checker accuracy by the task checker"
+                 + (f", mean reward by the step-2 model `{self.relative(step2)}`." if reward else "."), ""]
+        settings = ComparisonSettings(
+            models=models, synthetic=self.inputs.synthetic, reward_model=reward, examples=self.inputs.examples,
+            generation=GenerationSettings(max_new_tokens=self.inputs.max_new_tokens, batch_size=50),
+        )
+        try:
+            result = compare_models(settings)
+        except (OSError, ValueError, RuntimeError) as exc:
+            print(f"report: the model comparison failed: {exc}", flush=True)
+            return [*lines, f"The comparison failed: `{exc}`", ""]
+        print(result.console(), flush=True)
+        return [*lines, result.markdown()]
+
+
+def write_report(inputs: ReportInputs) -> Path:
+    """Write ``report.md`` (atomically) and its plots into the output folder; returns the report's path."""
+    writer = ReportWriter(inputs)
+    sections = [writer.header(), writer.wall_times(), writer.step1(), writer.step2(), writer.step3(),
+                writer.comparison()]
+    text = "\n".join(line for section in sections for line in section).rstrip() + "\n"
+    path = inputs.output_dir / REPORT_FILE
+    tmp = inputs.output_dir / f".{REPORT_FILE}.tmp"
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,471 @@
+"""``chatrlhf e2e``: run steps 1-3 through their training scripts, timed and checked, then write ``report.md``.
+
+Takes DeepSpeed-Chat's runner flags (``--step``, ``--actor-model``, ``--reward-model``, the ZeRO stages,
+``--output-dir``, ``--deployment-type``). Each step runs its ``training_scripts/<family>/<deployment>/run_<size>.sh``
+from the step's directory, which tees to ``training.log`` in the step's output folder:
+
+    OUTPUT/actor-models/<actor>     step 1 (SFT)
+    OUTPUT/reward-models/<reward>   step 2 (reward model)
+    OUTPUT/step3-models/<actor>     step 3 (PPO: actor/, critic/)
+
+OPT sizes (1.3b, 6.7b, 13b, 66b; 350m for the reward model) and LLaMA-2 sizes (llama2-7b, …) pick the
+``opt`` and ``llama2`` scripts; any other name or path (a preset such as ``tiny-opt``, a hub name, a
+directory) runs the ``tiny`` scripts, the ones that take the model from the environment (``MODEL``).
+Without a GPU the default is the tiny preset on ``synthetic/tasks``, which finishes on a 2-core CPU in
+minutes. A failed step shows the tail of its log (and, after an out-of-memory error, what to change).
+
+Run it as ``chatrlhf e2e …`` or ``python applications/e2e_rlhf.py …``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+STEP_DIRS = {1: PACKAGE_ROOT / "step1_sft", 2: PACKAGE_ROOT / "step2_reward", 3: PACKAGE_ROOT / "step3_rlhf"}
+STEP_NAMES = {1: "SFT", 2: "reward model", 3: "PPO"}
+OUTPUT_KINDS = {1: "actor-models", 2: "reward-models", 3: "step3-models"}
+DEPLOYMENTS = ("single_gpu", "single_node", "multi_node")
+GPU_DEFAULTS = ("1.3b", "350m")
+# Without a GPU: the tiny preset for both; step 2 starts from the base preset, see ``default_models``.
+CPU_DEFAULTS = ("tiny-opt", "tiny-opt")
+FROM_STEP1 = "step1"
+TIMINGS_FILE = "e2e_timings.json"
+LOG_TAIL_LINES = 40
+_OPT_SIZE = re.compile(r"^(?:facebook/opt-)?(\d+(?:\.\d+)?[mb])$", re.IGNORECASE)
+_LLAMA2_SIZE = re.compile(r"^(?:llama2-|meta-llama/llama-2-)(\d+b)(?:-hf)?$", re.IGNORECASE)
+_OOM = re.compile(
+    r"out of memory|OutOfMemoryError|can't allocate memory|cannot allocate memory|std::bad_alloc|MemoryError"
+    r"|exits with return code = -9|^Killed",
+    re.IGNORECASE | re.MULTILINE,
+)
+WEIGHT_FILES = (
+    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
+)
+
+
+class RunnerError(RuntimeError):
+    """A problem found before or while running a step; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """How a ``--actor-model``/``--reward-model`` value is run: script family and size, and the folder name."""
+
+    label: str
+    family: str
+    size: str
+    base: str
+    model_env: str | None = None
+
+    @property
+    def memory_name(self) -> str:
+        """The name ``chatrlhf memory --model`` knows this model by."""
+        if self.family == "opt":
+            return f"opt-{self.size}"
+        if self.family == "llama2":
+            return f"llama-2-{self.size}"
+        return self.base
+
+
+def parse_model(value: str, *, actor_dir: Path | None = None) -> ModelChoice:
+    """OPT and LLaMA-2 sizes pick those script families; ``step1`` (reward only) and any other value the tiny one."""
+    value = value.strip()
+    opt = _OPT_SIZE.match(value)
+    if opt:
+        size = opt.group(1).lower()
+        return ModelChoice(size, "opt", size, f"facebook/opt-{size}")
+    llama = _LLAMA2_SIZE.match(value)
+    if llama:
+        size = llama.group(1).lower()
+        return ModelChoice(f"llama2-{size}", "llama2", size, f"meta-llama/Llama-2-{size}-hf")
+    if value == FROM_STEP1:
+        if actor_dir is None:
+            raise RunnerError(f"--reward-model {FROM_STEP1} starts step 2 from the step-1 model; only for the reward")
+        return ModelChoice(f"{FROM_STEP1}-{actor_dir.name}", "tiny", "tiny", str(actor_dir), str(actor_dir))
+    local = Path(value).expanduser()
+    base = str(local.resolve()) if local.exists() else value
+    label = re.sub(r"[^A-Za-z0-9._-]+", "_", local.name if local.exists() else value.replace("/", "_")).strip("_")
+    return ModelChoice(label or "model", "tiny", "tiny", base, base)
+
+
+def default_models() -> tuple[str, str]:
+    """DeepSpeed-Chat's OPT-1.3b actor and OPT-350m reward model on a GPU; the tiny preset without one.
+
+    Step 2 starts from the base tiny preset rather than the step-1 model: the step-2 owner's figures (in
+    ``step2_reward/training_scripts/tiny/single_gpu/run_tiny.sh``) show no gain from the SFT backbone.
+    """
+    from chatrlhf.utils.device import has_cuda
+
+    return GPU_DEFAULTS if has_cuda() else CPU_DEFAULTS
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a run needs, resolved from the flags before any step starts."""
+
+    steps: tuple[int, ...]
+    actor: ModelChoice
+    reward: ModelChoice
+    actor_zero_stage: str
+    reward_zero_stage: str
+    output_dir: Path
+    deployment: str
+    extra_args: dict[int, list[str]]
+
+    def step_dir(self, step: int) -> Path:
+        label = self.reward.label if step == 2 else self.actor.label
+        return self.output_dir / OUTPUT_KINDS[step] / label
+
+    def choice(self, step: int) -> ModelChoice:
+        return self.reward if step == 2 else self.actor
+
+    def script(self, step: int) -> Path:
+        """``training_scripts/<family>/<deployment>/run_<size>.sh`` (or its ``_lora`` variant) of the step."""
+        choice = self.choice(step)
+        folder = STEP_DIRS[step] / "training_scripts" / choice.family / self.deployment
+        for name in (f"run_{choice.size}.sh", f"run_{choice.size}_lora.sh"):
+            if (folder / name).is_file():
+                return folder / name
+        there = sorted(p.name for p in folder.glob("*.sh")) if folder.is_dir() else []
+        listing = f"; there: {', '.join(there)}" if there else " (no such folder)"
+        raise RunnerError(
+            f"step {step} ({STEP_NAMES[step]}): no script run_{choice.size}.sh for --{self._flag(step)} "
+            f"{choice.base} and --deployment-type {self.deployment} in {folder}{listing}. "
+            "Pick another model size or --deployment-type, or copy a script there as a template."
+        )
+
+    def _flag(self, step: int) -> str:
+        return "reward-model" if step == 2 else "actor-model"
+
+    def command(self, step: int) -> list[str]:
+        """The script's command line: OUTPUT ZERO_STAGE (step 3: ACTOR CRITIC ZEROs OUTPUT), then extra flags."""
+        if step == 3:
+            args = [str(self.step_dir(1)), str(self.step_dir(2)), self.actor_zero_stage, self.reward_zero_stage,
+                    str(self.step_dir(3))]
+        else:
+            args = [str(self.step_dir(step)), self.actor_zero_stage if step == 1 else self.reward_zero_stage]
+        return ["bash", str(self.script(step)), *args, *self.extra_args.get(step, [])]
+
+    def env(self, step: int) -> dict[str, str]:
+        """The tiny scripts read the model from ``MODEL``; no other script may see a stray one."""
+        env = dict(os.environ)
+        env.pop("MODEL", None)
+        choice = self.choice(step)
+        if step in (1, 2) and choice.model_env is not None:
+            env["MODEL"] = choice.model_env
+        return env
+
+    def retrain_hint(self, step: int) -> str:
+        flags = [f"--step {step}", f"--actor-model {shlex.quote(self.actor.base)}"]
+        if step == 2:
+            reward = FROM_STEP1 if self.reward.label.startswith(f"{FROM_STEP1}-") else self.reward.base
+            flags.append(f"--reward-model {shlex.quote(reward)}")
+        flags.append(f"--output-dir {shlex.quote(str(self.output_dir))}")
+        return "chatrlhf e2e " + " ".join(flags)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chatrlhf e2e", description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Extra flags reach a step's script through --stepN-args, e.g. --step1-args=\"--max_steps 50\";\n"
+               "PPO_STEPS=N shortens the tiny step 3.",
+    )
+    parser.add_argument("--step", type=int, nargs="+", choices=(1, 2, 3), default=[1, 2, 3],
+                        help="Which steps to run (any subset; they run in order 1, 2, 3).")
+    parser.add_argument("--actor-model", default=None,
+                        help="1.3b, 6.7b, 13b, 66b (facebook/opt-*), llama2-7b, llama2-13b, llama2-70b, or any name or "
+                             "path (tiny scripts). Default: 1.3b on a GPU, tiny-opt without one.")
+    parser.add_argument("--reward-model", default=None,
+                        help=f"350m (facebook/opt-350m), any name or path (tiny scripts), or '{FROM_STEP1}' to start "
+                             "from the step-1 model. Default: 350m on a GPU, tiny-opt without one.")
+    parser.add_argument("--actor-zero-stage", default="", choices=("", "0", "1", "2", "3"),
+                        help="ZeRO stage of step 1 and of step 3's actor (default: the script's).")
+    parser.add_argument("--reward-zero-stage", default="", choices=("", "0", "1", "2", "3"),
+                        help="ZeRO stage of step 2 and of step 3's critic (default: the script's).")
+    parser.add_argument("--output-dir", default="./output", help="Where actor-models/, reward-models/ and "
+                                                                  "step3-models/ and report.md go.")
+    parser.add_argument("--deployment-type", default="single_gpu", choices=DEPLOYMENTS,
+                        help="Which scripts run: one GPU, one node, or several nodes.")
+    for step in (1, 2, 3):
+        parser.add_argument(f"--step{step}-args", default="", metavar="FLAGS",
+                            help=f"Flags appended to step {step}'s script (one quoted string).")
+    report = parser.add_mutually_exclusive_group()
+    report.add_argument("--no-report", action="store_true", help="Do not write report.md at the end.")
+    report.add_argument("--report-only", action="store_true",
+                        help="Run no step; (re)write report.md from the outputs already in --output-dir.")
+    parser.add_argument("--report-prompts", type=int, default=200,
+                        help="Held-out synthetic/tasks prompts in the report's model comparison.")
+    parser.add_argument("--report-examples", type=int, default=5, help="Answers shown side by side in the report.")
+    return parser
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    actor_default, reward_default = default_models() if None in (args.actor_model, args.reward_model) else ("", "")
+    output_dir = Path(args.output_dir).expanduser().resolve()
+    actor = parse_model(args.actor_model or actor_default)
+    actor_dir = output_dir / OUTPUT_KINDS[1] / actor.label
+    reward = parse_model(args.reward_model or reward_default, actor_dir=actor_dir)
+    try:
+        extra = {step: shlex.split(getattr(args, f"step{step}_args")) for step in (1, 2, 3)}
+    except ValueError as exc:
+        raise RunnerError(f"--stepN-args: {exc}") from exc
+    steps = () if args.report_only else tuple(sorted(set(args.step)))
+    plan = Plan(steps, actor, reward, args.actor_zero_stage, args.reward_zero_stage,
+                output_dir, args.deployment_type, extra)
+    for step in plan.steps:
+        plan.script(step)
+    return plan
+
+
+# ----- checks before step 3
+
+
+def _weights_problem(file: Path) -> str | None:
+    """Why a weights file does not open (a truncated or foreign file), or None; never loads the tensors."""
+    try:
+        if file.name.endswith(".index.json"):
+            shards = sorted(set(json.loads(file.read_text())["weight_map"].values()))
+            for shard in shards:
+                problem = _weights_problem(file.parent / shard)
+                if problem:
+                    return problem
+        elif file.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(file), "pt") as handle:
+                if not list(handle.keys()):
+                    return f"{file.name} holds no tensors"
+        else:
+            import torch
+
+            torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # whatever stops the file from opening is the answer
+        return f"{file.name} does not open ({_first_line(exc)})"
+    return None
+
+
+def model_problem(folder: Path) -> str | None:
+    """Why ``folder`` is not a loadable saved model (config, weights, tokenizer), or None when it is."""
+    if not folder.is_dir():
+        return "the directory does not exist"
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        AutoConfig.from_pretrained(folder)
+    except Exception as exc:  # any load failure is reported as is
+        return f"its config does not load ({_first_line(exc)})"
+    weights = [folder / name for name in WEIGHT_FILES if (folder / name).is_file()]
+    if not weights:
+        return f"it holds no weights ({', '.join(WEIGHT_FILES)})"
+    problem = _weights_problem(weights[0])
+    if problem:
+        return problem
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except Exception as exc:  # any load failure is reported as is
+        return f"its tokenizer does not load ({_first_line(exc)})"
+    if not tokenizer("Human: hello", add_special_tokens=False)["input_ids"]:
+        # Without tokenizer files transformers builds, without complaint, a tokenizer that encodes nothing.
+        return "its tokenizer does not load (no tokenizer files: it encodes text to nothing)"
+    return None
+
+
+def check_step3_inputs(plan: Plan) -> None:
+    """Step 3 starts from the step-1 actor and the step-2 reward model: both must exist and load."""
+    problems = []
+    for step, role in ((1, "actor"), (2, "reward model")):
+        folder = plan.step_dir(step)
+        problem = model_problem(folder)
+        if problem:
+            problems.append(
+                f"step 3 needs the step-{step} {role} in {folder}, but {problem}.\n"
+                f"  Run step {step} first: {plan.retrain_hint(step)}"
+            )
+    if not problems and not same_tokenizer(plan.step_dir(1), plan.step_dir(2)):
+        problems.append(
+            f"the step-1 actor ({plan.step_dir(1)}) and the step-2 reward model ({plan.step_dir(2)}) use different "
+            "tokenizers, so the reward model cannot score the actor's answers (were they trained from different "
+            "base models or preset versions?).\n"
+            f"  Re-run steps 1 and 2: {plan.retrain_hint(2).replace('--step 2', '--step 1 2')}"
+        )
+    if problems:
+        raise RunnerError("\n".join(problems))
+
+
+def same_tokenizer(actor: Path, reward: Path) -> bool:
+    """Whether the two models tokenise alike, compared as step 3 compares them before it trains."""
+    from chatrlhf.utils.data.fingerprint import tokenizer_fingerprint
+    from chatrlhf.utils.model.loading import ModelOptions, load_tokenizer
+
+    options = ModelOptions()
+    return tokenizer_fingerprint(load_tokenizer(str(actor), options)) == tokenizer_fingerprint(
+        load_tokenizer(str(reward), options))
+
+
+# ----- running the steps
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def log_tail(log: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
+    """The last lines of a log, with progress-bar redraws (carriage returns) reduced to their final state."""
+    if not log.is_file():
+        return []
+    text = log.read_text(encoding="utf-8", errors="replace")
+    return [line.rsplit("\r", 1)[-1] for line in text.splitlines()][-lines:]
+
+
+def looks_out_of_memory(log: Path, returncode: int) -> bool:
+    """An OOM message in the log, or the kernel's OOM killer (SIGKILL: 137, -9)."""
+    if returncode in (137, -9):
+        return True
+    return log.is_file() and bool(_OOM.search(log.read_text(encoding="utf-8", errors="replace")))
+
+
+def oom_advice(plan: Plan, step: int) -> str:
+    """What to change when a step runs out of memory, with the flags of that step."""
+    zero_flag = "--reward-zero-stage" if step == 2 else "--actor-zero-stage"
+    current = (plan.reward_zero_stage if step == 2 else plan.actor_zero_stage) or "the script's default"
+    if step == 3:
+        batch = "--per_device_generation_batch_size and --per_device_training_batch_size"
+        checkpointing = "--actor_gradient_checkpointing --critic_gradient_checkpointing"
+        lora = "--actor_lora_dim 128 --critic_lora_dim 128 --only_optimize_lora"
+        zero = "--actor-zero-stage 3 --reward-zero-stage 3"
+        extra = "; --offload_reference_model / --offload_reward_model move the frozen models to the CPU"
+    else:
+        batch = "--per_device_train_batch_size (raise --gradient_accumulation_steps to keep the batch)"
+        checkpointing = "--gradient_checkpointing"
+        lora = "--lora_dim 128 --only_optimize_lora"
+        zero = f"{zero_flag} 3"
+        extra = ""
+    choice = plan.choice(step)
+    device = "" if _has_cuda() else " --device cpu"
+    memory = (f"chatrlhf memory --step {step} --model {shlex.quote(choice.memory_name)}"
+              + (f" --critic_model {shlex.quote(plan.reward.memory_name)}" if step == 3 else "")
+              + f" --zero_stage 3 --offload{device}")
+    return "\n".join([
+        f"Step {step} looks out of memory. Change one of these (in {plan.script(step)}, or append flags with "
+        f"--step{step}-args=\"...\"):",
+        f"  - a smaller batch: {batch}",
+        f"  - a higher ZeRO stage (now {current}): {zero}",
+        f"  - ZeRO-Offload of optimizer states to the CPU: --offload{extra}",
+        f"  - gradient checkpointing: {checkpointing}",
+        f"  - LoRA, training only the adapters: {lora}",
+        f"Estimate what fits before re-running: {memory}",
+    ])
+
+
+def _has_cuda() -> bool:
+    from chatrlhf.utils.device import has_cuda
+
+    return has_cuda()
+
+
+def _duration(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=round(seconds)))
+
+
+def run_step(plan: Plan, step: int) -> float:
+    """Run one step's script from its directory; returns its wall time or raises with the log tail."""
+    command = plan.command(step)
+    folder = plan.step_dir(step)
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"---=== Running step {step} ({STEP_NAMES[step]}) ===---\n{shlex.join(command)}", flush=True)
+    started = time.perf_counter()
+    returncode = subprocess.run(command, cwd=STEP_DIRS[step], env=plan.env(step)).returncode
+    elapsed = time.perf_counter() - started
+    record_timing(plan, step, elapsed, "ok" if returncode == 0 else f"failed (exit code {returncode})")
+    if returncode == 0:
+        print(f"---=== Finished step {step} in {_duration(elapsed)} ===---", flush=True)
+        return elapsed
+    log = folder / "training.log"
+    lines = [f"Step {step} ({STEP_NAMES[step]}) failed with exit code {returncode} after {_duration(elapsed)}.",
+             f"Command (run in {STEP_DIRS[step]}): {shlex.join(command)}"]
+    tail = log_tail(log)
+    if tail:
+        lines += [f"Last {len(tail)} lines of {log}:", *(f"  | {line}" for line in tail)]
+    else:
+        lines.append(f"No log at {log}: the script failed before training started.")
+    if looks_out_of_memory(log, returncode):
+        lines.append(oom_advice(plan, step))
+    raise RunnerError("\n".join(lines))
+
+
+def read_timings(output_dir: Path) -> dict[str, dict]:
+    """Per-step wall times of this and earlier runs into the same output folder (steps may run separately)."""
+    try:
+        return json.loads((output_dir / TIMINGS_FILE).read_text()).get("steps", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def record_timing(plan: Plan, step: int, seconds: float, status: str) -> None:
+    timings = read_timings(plan.output_dir)
+    timings[str(step)] = {
+        "name": STEP_NAMES[step], "output": str(plan.step_dir(step)), "wall_time_s": seconds, "status": status,
+        "finished_at": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+    plan.output_dir.mkdir(parents=True, exist_ok=True)
+    tmp = plan.output_dir / f".{TIMINGS_FILE}.tmp"
+    tmp.write_text(json.dumps({"steps": timings}, indent=1))
+    os.replace(tmp, plan.output_dir / TIMINGS_FILE)
+
+
+def make_report(plan: Plan, args: argparse.Namespace) -> Path:
+    from chatrlhf.applications.e2e_report import ReportInputs, write_report
+
+    inputs = ReportInputs(
+        output_dir=plan.output_dir,
+        step_dirs={step: plan.step_dir(step) for step in (1, 2, 3)},
+        base_model=plan.actor.base,
+        timings=read_timings(plan.output_dir),
+        settings={"actor model": plan.actor.base, "reward model": plan.reward.base,
+                  "actor ZeRO stage": plan.actor_zero_stage or "script default",
+                  "reward ZeRO stage": plan.reward_zero_stage or "script default",
+                  "deployment": plan.deployment, "steps run": " ".join(map(str, plan.steps)) or "none (report only)"},
+        synthetic=args.report_prompts,
+        examples=args.report_examples,
+    )
+    return write_report(inputs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.actor_zero_stage or args.reward_zero_stage:
+        print("note: non-default ZeRO stages may run out of memory or run slower.", flush=True)
+    started = time.perf_counter()
+    try:
+        plan = make_plan(args)
+        for step in plan.steps:
+            if step == 3:
+                check_step3_inputs(plan)
+            run_step(plan, step)
+    except RunnerError as exc:
+        print(f"chatrlhf e2e: {exc}", file=sys.stderr, flush=True)
+        return 1
+    if len(plan.steps) > 1:
+        print(f"---=== Finished steps {' '.join(map(str, plan.steps))} in {_duration(time.perf_counter() - started)}"
+              " ===---", flush=True)
+    if not args.no_report:
+        report_started = time.perf_counter()
+        path = make_report(plan, args)
+        print(f"wrote {path} in {_duration(time.perf_counter() - report_started)}; "
+              f"total {_duration(time.perf_counter() - started)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

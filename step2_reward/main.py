@@ -1,0 +1,54 @@
+"""Step 2: train a reward model to score chosen answers above rejected ones, on DeepSpeed.
+
+Runs as ``deepspeed step2_reward/main.py ...``, ``python step2_reward/main.py ...`` or ``chatrlhf reward ...``
+and accepts DeepSpeed-Chat's step-2 flags (of its successive versions) with the same meaning.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from chatrlhf.utils.device import configure_accelerator
+
+configure_accelerator()
+
+DEFAULT_EVAL_ITERS = 100
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from chatrlhf.training import cli_args
+
+    parser = argparse.ArgumentParser(prog="chatrlhf reward", description=__doc__.splitlines()[0])
+    cli_args.add_data_args(parser, sft_only=False)
+    cli_args.add_model_args(parser, eot=False)
+    cli_args.add_training_args(parser, learning_rate=5e-5)
+    parser.set_defaults(eval_iters=DEFAULT_EVAL_ITERS, tensorboard_path="step2_tensorboard")
+    group = parser.add_argument_group("step 2")
+    group.add_argument("--num_padding_at_beginning", type=int, default=1,
+                       help="Accepted for DeepSpeed-Chat compatibility; scores are read at the last real token "
+                            "of the attention mask, so leading pads never matter.")
+    group.add_argument("--center_rewards_coef", type=float, default=0.0,
+                       help="Weight of mean((r_chosen + r_rejected)^2) in the loss, keeping scores centred on 0.")
+    group.add_argument("--use_margin", action="store_true",
+                       help="Use the data's margin column: loss -log sigmoid(r_chosen - r_rejected - margin).")
+    group.add_argument("--disable_dropout", action="store_true",
+                       help="Set every dropout to 0 (older DeepSpeed-Chat flag; same as --dropout 0.0).")
+    group.add_argument("--no_bf16_to_fp32_loss", action="store_false", dest="bf16_to_fp32_loss",
+                       help="With --dtype bf16, compute the loss in bf16 instead of fp32.")
+    group.add_argument("--no_fused_kernels", action="store_true",
+                       help="Accepted for compatibility; the engine picks the optimizer implementation.")
+    group.add_argument("--print_loss", action="store_true", help="Print the loss of every step.")
+    cli_args.add_deepspeed_args(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from chatrlhf.step2_reward.run import RewardRun
+
+    RewardRun.from_args(args).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

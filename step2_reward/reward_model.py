@@ -1,0 +1,131 @@
+"""The reward model: a causal-LM backbone with a scalar ``score`` head, as a standard Hugging Face class.
+
+It is an ``AutoModelForSequenceClassification`` with ``num_labels=1``, so a saved directory loads with
+``from_pretrained`` anywhere. We do not use the class's own pooling (it finds the last token by comparing ids
+with the pad id, which fails when pad equals eos): we run the backbone and the head over every position, which
+step 3 needs anyway for the critic, and take the value at the last real token of the attention mask.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
+
+from chatrlhf.training.lora import base_model
+from chatrlhf.utils.model.loading import ModelOptions, load_hf_model
+
+HEAD_NAME = "score"
+REWARD_STATS_FILE = "reward_stats.json"
+HEAD_INIT_SEED = 1234
+
+
+def load_reward_model(
+    path: str, tokenizer: PreTrainedTokenizerBase, options: ModelOptions, *, seed: int = HEAD_INIT_SEED
+) -> PreTrainedModel:
+    """A reward model from a causal-LM directory (new head, seeded) or from a saved reward model (its head).
+
+    Step 3 loads the reward model and the critic's initial weights with this.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = load_hf_model(AutoModelForSequenceClassification, path, tokenizer, options, num_labels=1)
+    if not isinstance(getattr(model, HEAD_NAME, None), nn.Module):
+        raise ValueError(
+            f"{type(model).__name__} (from {path}) has no '{HEAD_NAME}' head; the reward model needs a family "
+            f"whose sequence-classification class scores with a '{HEAD_NAME}' linear layer (OPT, LLaMA, GPT-2, ...)"
+        )
+    return model
+
+
+def _takes_position_ids(backbone: nn.Module) -> bool:
+    return "position_ids" in inspect.signature(backbone.forward).parameters
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only, so a left-padded row sees the same positions as a right-padded one."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def token_values(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The head's scalar at every position, shape (B, T); works on the plain, LoRA-wrapped or engine module."""
+    hf = base_model(model)
+    backbone = getattr(hf, hf.base_model_prefix)
+    kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+    if _takes_position_ids(backbone):
+        kwargs["position_ids"] = position_ids_from_mask(attention_mask)
+    hidden = backbone(**kwargs)[0]
+    return getattr(hf, HEAD_NAME)(hidden).squeeze(-1)
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last real token of each row, for right and left padding alike."""
+    positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+    return (positions * (attention_mask != 0)).argmax(-1)
+
+
+def sequence_scores(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """A sequence's reward, shape (B,): the token value at its last real token."""
+    index = last_token_index(attention_mask)
+    return values.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+
+
+@dataclass(frozen=True)
+class RewardStats:
+    """Score statistics on the held-out pairs, saved with the model so step 3 can normalise rewards."""
+
+    mean: float
+    std: float
+    chosen_mean: float
+    chosen_std: float
+    rejected_mean: float
+    rejected_std: float
+    accuracy: float
+    count: int
+
+    @classmethod
+    def from_scores(cls, chosen: list[float], rejected: list[float]) -> RewardStats:
+        if not chosen or len(chosen) != len(rejected):
+            raise ValueError(
+                f"reward statistics need as many chosen as rejected scores, at least one; got "
+                f"{len(chosen)} and {len(rejected)} (is the step-2 eval set empty?)"
+            )
+        both = chosen + rejected
+        correct = sum(c > r for c, r in zip(chosen, rejected))
+        return cls(
+            mean=_mean(both), std=_std(both), chosen_mean=_mean(chosen), chosen_std=_std(chosen),
+            rejected_mean=_mean(rejected), rejected_std=_std(rejected), accuracy=correct / len(chosen),
+            count=len(chosen),
+        )
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def normalise(self, scores: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+        return (scores - self.mean) / max(self.std, eps)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _std(values: list[float]) -> float:
+    mean = _mean(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
+def load_reward_stats(path: str) -> RewardStats | None:
+    """The statistics saved by step 2 in ``path``, or None for a reward model trained elsewhere (no file)."""
+    file = os.path.join(path, REWARD_STATS_FILE)
+    if not os.path.isfile(file):
+        return None
+    try:
+        with open(file) as handle:
+            return RewardStats(**json.load(handle))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise ValueError(f"{file}: not a step-2 reward statistics file ({exc}); re-run step 2 or delete it") from exc

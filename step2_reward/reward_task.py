@@ -1,0 +1,138 @@
+"""Step 2's loss and evaluation: pairwise ranking of chosen over rejected answers.
+
+The collator stacks the chosen rows over the rejected rows, so one forward pass scores both halves.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from chatrlhf.step2_reward.reward_model import RewardStats, sequence_scores, token_values
+from chatrlhf.utils import device
+
+
+def pairwise_loss(
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    margin: torch.Tensor | None = None,
+    center_coef: float = 0.0,
+) -> torch.Tensor:
+    """-log sigmoid(r_c - r_r - margin), averaged, plus ``center_coef * mean((r_c + r_r)^2)``.
+
+    The centring term pins the scores' offset, which the ranking loss leaves free, so step 3 sees
+    rewards near zero; the margin asks for a larger gap where the data says the preference is strong.
+    """
+    diff = chosen - rejected
+    if margin is not None:
+        diff = diff - margin.to(diff.dtype)
+    loss = -F.logsigmoid(diff).mean()
+    if center_coef:
+        loss = loss + center_coef * ((chosen + rejected) ** 2).mean()
+    return loss
+
+
+def pair_scores(model, batch: dict, *, fp32: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chosen and rejected sequence scores of a ``PairCollator`` batch."""
+    values = token_values(model, batch["input_ids"], batch["attention_mask"])
+    scores = sequence_scores(values, batch["attention_mask"])
+    if fp32:
+        scores = scores.float()
+    half = scores.shape[0] // 2
+    return scores[:half], scores[half:]
+
+
+@dataclass
+class ScoredPairs:
+    """Every held-out pair's scores and labels, gathered from all ranks."""
+
+    chosen: list[float]
+    rejected: list[float]
+    tasks: list[str]
+    mistakes: list[str]
+
+
+def score_batches(model, batches, *, fp32: bool = True) -> ScoredPairs:
+    """Score ``batches`` without gradients and gather the results of every rank (all ranks must call this)."""
+    chosen: list[float] = []
+    rejected: list[float] = []
+    tasks: list[str] = []
+    mistakes: list[str] = []
+    with torch.no_grad():
+        for batch in batches:
+            good, bad = pair_scores(model, batch, fp32=fp32)
+            chosen += good.tolist()
+            rejected += bad.tolist()
+            tasks += batch.get("task") or [""] * len(good)
+            mistakes += batch.get("mistake") or [""] * len(good)
+    local = (chosen, rejected, tasks, mistakes)
+    if device.world_size() > 1:
+        parts: list = [None] * device.world_size()
+        torch.distributed.all_gather_object(parts, local)
+        local = tuple(sum((part[i] for part in parts), []) for i in range(4))
+    return ScoredPairs(*local)
+
+
+def pair_metrics(scored: ScoredPairs) -> dict[str, float]:
+    """Accuracy, mean scores and margin, loss, and accuracy per task and per mistake kind when labelled."""
+    if not scored.chosen:
+        return {}
+    chosen = torch.tensor(scored.chosen, dtype=torch.float64)
+    rejected = torch.tensor(scored.rejected, dtype=torch.float64)
+    correct = (chosen > rejected).tolist()
+    metrics = {
+        "accuracy": sum(correct) / len(correct),
+        "chosen_score": float(chosen.mean()),
+        "rejected_score": float(rejected.mean()),
+        "margin": float((chosen - rejected).mean()),
+        "loss": float(pairwise_loss(chosen, rejected)),
+    }
+    for prefix, labels in (("task", scored.tasks), ("mistake", scored.mistakes)):
+        groups: dict[str, list[bool]] = defaultdict(list)
+        for label, ok in zip(labels, correct):
+            if label:
+                groups[label].append(ok)
+        for label in sorted(groups):
+            metrics[f"acc_{prefix}_{label}"] = sum(groups[label]) / len(groups[label])
+    return metrics
+
+
+def reward_stats(engine, loader) -> RewardStats:
+    """Score statistics of the whole held-out set with the trained model, for step 3's reward normalisation."""
+    from chatrlhf.training.loop import to_device
+
+    target = device.local_device()
+    engine.eval()
+    scored = score_batches(engine.module, (to_device(b, target) for b in loader))
+    engine.train()
+    return RewardStats.from_scores(scored.chosen, scored.rejected)
+
+
+@dataclass
+class RewardTask:
+    """The ``StepTask`` of step 2."""
+
+    fp32_loss: bool = False
+    use_margin: bool = False
+    center_rewards_coef: float = 0.0
+
+    def loss(self, engine, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        chosen, rejected = pair_scores(engine.module, batch, fp32=self.fp32_loss)
+        margin = batch["margin"] if self.use_margin else None
+        loss = pairwise_loss(chosen, rejected, margin, self.center_rewards_coef)
+        with torch.no_grad():
+            stats = {
+                "accuracy": float((chosen > rejected).float().mean()),
+                "chosen_score": float(chosen.mean()),
+                "rejected_score": float(rejected.mean()),
+            }
+        return loss, stats
+
+    def evaluate(self, engine, batches: list[dict]) -> dict[str, float]:
+        """Metrics over all ranks' batches at once, so every rank reports the same keys and values."""
+        return pair_metrics(score_batches(engine.module, batches))
+
+    def count_tokens(self, batch: dict) -> tuple[int, int]:
+        return int(batch["attention_mask"].sum()), int(batch["input_ids"].shape[0])

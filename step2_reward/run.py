@@ -1,0 +1,75 @@
+"""Step 2's run: a reward model, the pair collator and ranking loss, saved with its score statistics."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from chatrlhf.training import cli_args
+from chatrlhf.training.loop import make_loader
+from chatrlhf.training.lora import apply_lora
+from chatrlhf.training.metrics_log import print_rank0
+from chatrlhf.training.run_setup import require_output_dir
+from chatrlhf.training.saving import save_hf_model
+from chatrlhf.training.step_runner import ModelSettings, StepRun
+from chatrlhf.utils.data.collators import PairCollator
+from chatrlhf.utils.data.tokenized import StepData
+
+JOB_NAME = "step2_model"
+
+
+@dataclass
+class RewardRun(StepRun):
+    use_margin: bool = False
+    center_rewards_coef: float = 0.0
+    fp32_loss: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RewardRun:
+        output_dir = require_output_dir(args.output_dir, "step 2", args.overwrite_output_dir)
+        engine = cli_args.engine_settings(args, JOB_NAME)
+        dropout = 0.0 if args.disable_dropout else args.dropout
+        return cls(
+            step=2,
+            data=cli_args.data_config(args),
+            model=ModelSettings(args.model_name_or_path, dropout, args.add_eot_token),
+            engine=engine,
+            optim=cli_args.optim_settings(args),
+            lora=cli_args.lora_settings(args),
+            loop=cli_args.loop_settings(args, output_dir),
+            use_margin=args.use_margin,
+            center_rewards_coef=args.center_rewards_coef,
+            # DeepSpeed-Chat computes a bf16 run's loss in fp32 unless --no_bf16_to_fp32_loss.
+            fp32_loss=args.compute_fp32_loss or (engine.dtype == "bf16" and args.bf16_to_fp32_loss),
+        )
+
+    def build_model(self, path: str, tokenizer):
+        from chatrlhf.step2_reward.reward_model import HEAD_NAME, load_reward_model
+
+        model = load_reward_model(path, tokenizer, self.model_options(), seed=self.loop.seed)
+        return apply_lora(model, self.lora, trainable_modules=(HEAD_NAME,)) if self.lora.enabled else model
+
+    def collator(self, tokenizer) -> PairCollator:
+        return PairCollator(tokenizer.pad_token_id)
+
+    def task(self):
+        from chatrlhf.step2_reward.reward_task import RewardTask
+
+        return RewardTask(self.fp32_loss, self.use_margin, self.center_rewards_coef)
+
+    def save(self, engine, tokenizer, data: StepData) -> None:
+        """The model with ``reward_stats.json``: mean and std of its scores on the held-out pairs."""
+        from chatrlhf.step2_reward.reward_model import REWARD_STATS_FILE
+        from chatrlhf.step2_reward.reward_task import reward_stats
+
+        loader = make_loader(
+            data.eval, self.loop.per_device_eval_batch_size, self.collator(tokenizer), shuffle=False,
+            seed=self.loop.seed,
+        )
+        stats = reward_stats(engine, loader)
+        print_rank0(
+            f"reward statistics on {stats.count} held-out pairs: mean {stats.mean:.4f} std {stats.std:.4f}"
+            f" accuracy {stats.accuracy:.2%}"
+        )
+        extra = {REWARD_STATS_FILE: stats.to_json()}
+        save_hf_model(engine.module, tokenizer, self.loop.output_dir, zero_stage=self.engine.zero_stage,
+                      extra_json=extra)

@@ -1,0 +1,30 @@
+#!/bin/bash
+# Step 2 (reward model) for facebook/opt-350m, as DeepSpeed-Chat runs it. Usage: bash opt/single_gpu/run_350m.sh [OUTPUT] [ZERO_STAGE]
+OUTPUT=${1:-./output_step2_350m}
+ZERO_STAGE=${2:-0}
+MAIN="$(cd "$(dirname "$0")/../../.." && pwd)/main.py"
+mkdir -p "$OUTPUT"
+
+deepspeed --num_gpus 1 "$MAIN" \
+   --data_path Dahoas/rm-static \
+   --data_split 2,4,4 \
+   --model_name_or_path facebook/opt-350m \
+   --num_padding_at_beginning 1 \
+   --per_device_train_batch_size 16 \
+   --per_device_eval_batch_size 16 \
+   --max_seq_len 512 \
+   --learning_rate 5e-5 \
+   --weight_decay 0.1 \
+   --dropout 0.0 \
+   --num_train_epochs 1 \
+   --gradient_accumulation_steps 4 \
+   --lr_scheduler_type cosine \
+   --num_warmup_steps 0 \
+   --seed 1234 \
+   --zero_stage "$ZERO_STAGE" \
+   --enable_tensorboard \
+   --tensorboard_path "$OUTPUT" \
+   --deepspeed \
+   --output_dir "$OUTPUT" \
+   "${@:3}" 2>&1 | tee "$OUTPUT/training.log"
+exit "${PIPESTATUS[0]}"
