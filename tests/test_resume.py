@@ -18,8 +18,8 @@ STEP1 = ["--max_steps", "8", "--per_device_train_batch_size", "4", "--max_seq_le
          "3e-3", "--log_interval", "1", "--eval_iters", "1", "--save_interval", "2", "--seed", "11"]
 
 
-def start(out: Path, data_cache: str, env: dict, *extra: str) -> subprocess.Popen:
-    command = [sys.executable, str(ROOT / "step1_sft" / "main.py"), "--output_dir", str(out),
+def start(out: Path, data_cache: str, env: dict, *extra: str, step: str = "step1_sft") -> subprocess.Popen:
+    command = [sys.executable, str(ROOT / step / "main.py"), "--output_dir", str(out),
                "--data_output_path", data_cache, *STEP1, *extra]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -43,26 +43,18 @@ def comparable(history: list[dict]) -> list[tuple]:
     return [(h["step"], h["loss"], h["lr"], h["window_tokens"]) for h in history]
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, sft_model, data_cache) -> Path:
-    from conftest import DIST_VARIABLES
-
-    env = {k: v for k, v in os.environ.items() if k not in DIST_VARIABLES}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    out = tmp_path_factory.mktemp("whole")
-    finish(start(out, data_cache, env))
-    return out
-
-
-def test_sigkill_then_resume_is_bit_exact(uninterrupted, tmp_path, data_cache, subprocess_env):
+@pytest.mark.parametrize("step", ["step1_sft", "step2_reward"])
+def test_sigkill_then_resume_is_bit_exact(step, tmp_path, sft_model, data_cache, subprocess_env):
+    uninterrupted = tmp_path / "whole"
+    finish(start(uninterrupted, data_cache, subprocess_env, step=step))
     kill_after = random.Random(os.getpid()).choice([2, 4, 6])
     out = tmp_path / "killed"
-    process = start(out, data_cache, subprocess_env)
+    process = start(out, data_cache, subprocess_env, step=step)
     wait_for(process, f"step {kill_after}: checkpoint written")
     time.sleep(random.Random(kill_after).random() * 0.5)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
-    resumed = finish(start(out, data_cache, subprocess_env, "--resume"))
+    resumed = finish(start(out, data_cache, subprocess_env, "--resume", step=step))
     assert "resuming at step" in resumed
     expected = load_file(uninterrupted / "model.safetensors")
     actual = load_file(out / "model.safetensors")
