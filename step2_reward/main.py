@@ -45,9 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from chatrlhf.step2_reward.run import RewardRun
+    from chatrlhf.training.validation import run_cli
 
-    RewardRun.from_args(args).run()
-    return 0
+    def body() -> int:
+        RewardRun.from_args(args).run()
+        return 0
+
+    return run_cli("chatrlhf reward", body)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from chatrlhf.training.metrics_log import print_rank0
 from chatrlhf.training.run_setup import require_output_dir
 from chatrlhf.training.saving import save_hf_model
 from chatrlhf.training.step_runner import ModelSettings, StepRun
+from chatrlhf.training.validation import check_data_flags, check_length, check_model_path
 from chatrlhf.utils.data.collators import PairCollator
 from chatrlhf.utils.data.tokenized import StepData
 
@@ -25,6 +26,9 @@ class RewardRun(StepRun):
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> RewardRun:
+        check_model_path("--model_name_or_path", args.model_name_or_path)
+        check_data_flags(tuple(args.data_path), (), args.data_split)
+        check_length(f"--max_seq_len {args.max_seq_len}", args.max_seq_len, args.model_name_or_path)
         output_dir = require_output_dir(args.output_dir, "step 2", args.overwrite_output_dir)
         engine = cli_args.engine_settings(args, JOB_NAME)
         dropout = 0.0 if args.disable_dropout else args.dropout

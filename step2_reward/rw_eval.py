@@ -67,16 +67,17 @@ def built_in_pairs(seed: int, template: str = "hh") -> Pairs:
 
 
 def read_pairs(name: str, args: argparse.Namespace) -> Pairs:
-    """Every pair of a source (its train part, then its eval part), through the data layer's validation."""
+    """Every pair of a source through the data layer's validation; a held-out (eval) part comes first."""
     from chatrlhf.utils.data.options import SourceOptions
     from chatrlhf.utils.data.sources import open_source, to_records
 
     options = SourceOptions(seed=args.seed, skip_bad_records=args.skip_bad_records,
                             prompt_template=args.prompt_template)
     raw = open_source(name, seed=args.seed, options=options)
-    records = to_records(raw, "train", skip_bad_records=args.skip_bad_records)[0]
+    records = []
     if raw.get_eval_data() is not None:
         records += to_records(raw, "eval", skip_bad_records=args.skip_bad_records)[0]
+    records += to_records(raw, "train", skip_bad_records=args.skip_bad_records)[0]
     records = [r for r in records if r.is_pair]
     if not records:
         raise DataError("no chosen/rejected pairs (only prompt/response rows?)", where=name,
