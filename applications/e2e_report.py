@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +33,7 @@ class ReportInputs:
     output_dir: Path
     step_dirs: dict[int, Path]
     base_model: str
-    timings: dict[str, dict] = field(default_factory=dict)
+    timings: dict[str, dict] = field(default_factory=dict)  # by step output folder
     settings: dict[str, str] = field(default_factory=dict)
     synthetic: int = 200
     examples: int = 5
@@ -152,10 +153,10 @@ class ReportWriter:
         lines += _table(["setting", "value"], [[k, f"`{v}`"] for k, v in self.inputs.settings.items()])
         return [*lines, ""]
 
-    def wall_times(self) -> list[str]:
+    def wall_times(self, report_seconds: float) -> list[str]:
         rows, total = [], 0.0
         for step in (1, 2, 3):
-            timing = self.inputs.timings.get(str(step), {})
+            timing = self.inputs.timings.get(str(self.inputs.step_dirs[step]), {})
             metrics = read_metrics(self.inputs.step_dirs[step]) or {}
             seconds = timing.get("wall_time_s")
             if seconds is None and not metrics:
@@ -166,10 +167,12 @@ class ReportWriter:
                          _duration(seconds), _duration(metrics.get("wall_time_s")), timing.get("status", "not timed")])
         if not rows:
             return []
-        rows.append(["total", "", f"**{_duration(total)}**", "", ""])
+        rows.append(["report", f"`{REPORT_FILE}`, `{PLOTS_DIR}/`", _duration(report_seconds), "", "ok"])
+        rows.append(["total", "", f"**{_duration(total + report_seconds)}**", "", ""])
         lines = ["## Wall time", "",
                  "Runner time per step (script start to exit: launcher, imports, data, training, evaluation, "
-                 "saving); the training process's own time is from the step's `metrics.json`.", ""]
+                 "saving); the training process's own time is from the step's `metrics.json`. The report's time "
+                 "is mostly the model comparison.", ""]
         lines += _table(["step", "output", "wall time", "training process", "status"], rows)
         return [*lines, ""]
 
@@ -305,9 +308,10 @@ class ReportWriter:
 
 def write_report(inputs: ReportInputs) -> Path:
     """Write ``report.md`` (atomically) and its plots into the output folder; returns the report's path."""
+    started = time.perf_counter()
     writer = ReportWriter(inputs)
-    sections = [writer.header(), writer.wall_times(), writer.step1(), writer.step2(), writer.step3(),
-                writer.comparison()]
+    body = [writer.step1(), writer.step2(), writer.step3(), writer.comparison()]
+    sections = [writer.header(), writer.wall_times(time.perf_counter() - started), *body]
     text = "\n".join(line for section in sections for line in section).rstrip() + "\n"
     path = inputs.output_dir / REPORT_FILE
     tmp = inputs.output_dir / f".{REPORT_FILE}.tmp"

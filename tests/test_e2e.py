@@ -30,6 +30,7 @@ FAILING_SCRIPT = """#!/bin/bash
 OUTPUT=$1
 mkdir -p "$OUTPUT"
 for i in $(seq 1 100); do echo "log line $i"; done > "$OUTPUT/training.log"
+printf 'train:  10%%\rtrain:  50%%\rtrain: 100%%\n' >> "$OUTPUT/training.log"
 echo "$LAST_LINE" >> "$OUTPUT/training.log"
 exit 3
 """
@@ -76,8 +77,8 @@ def test_runs_only_the_selected_steps_with_the_scripts_arguments(fake_steps, tmp
     ]
     printed = capsys.readouterr().out
     assert "Finished step 1 in 0:00:0" in printed and "Finished steps 1 2 in" in printed
-    timings = json.loads((out / "e2e_timings.json").read_text())["steps"]
-    assert set(timings) == {"1", "2"} and timings["2"]["status"] == "ok"
+    timings = json.loads((out / "e2e_timings.json").read_text())["outputs"]
+    assert set(timings) == {str(actor), str(reward)} and timings[str(reward)]["status"] == "ok"
 
 
 def test_step3_alone_gets_the_step1_and_step2_folders(fake_steps, tmp_path, monkeypatch) -> None:
@@ -117,9 +118,11 @@ def test_a_failing_step_shows_its_log_tail_and_stops_the_run(tmp_path, monkeypat
     err = capsys.readouterr().err
     assert "Step 1 (SFT) failed with exit code 3" in err
     assert "log line 100" in err and "ValueError: bad flag" in err and "log line 50\n" not in err
+    assert "| train: 100%\n" in err and "train:  50%" not in err
     assert "out of memory" not in err
     assert calls_of(calls) == [] and not (out / "report.md").exists()
-    assert json.loads((out / "e2e_timings.json").read_text())["steps"]["1"]["status"] == "failed (exit code 3)"
+    timing = json.loads((out / "e2e_timings.json").read_text())["outputs"][str(out / "actor-models" / "tiny-opt")]
+    assert timing["status"] == "failed (exit code 3)"
 
 
 def test_an_out_of_memory_error_gives_the_settings_to_change(tmp_path, monkeypatch, capsys) -> None:
@@ -172,7 +175,7 @@ def test_report_has_every_steps_figures_and_plots(e2e_run) -> None:
     for section in ("## Wall time", "## Step 1: supervised fine-tuning", "## Step 2: reward model", "## Step 3: PPO",
                     "## Model comparison on held-out prompts"):
         assert section in report
-    assert "| 1 (SFT) | `actor-models/tiny-opt` |" in report and "| total |" in report
+    assert "| 1 (SFT) | `actor-models/tiny-opt` |" in report and "| report |" in report and "| total |" in report
     assert "| perplexity |" in report and "| accuracy |" in report
     assert "Accuracy per task:" in report and "Accuracy per mistake:" in report and "| off_by_n |" in report
     assert "| reward | " in report and "| KL to reference |" in report and "| answer length (tokens) |" in report
