@@ -84,7 +84,10 @@ def test_tiny_preset_builds_and_generates(tiny_dir: str) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     assert 2_000_000 <= n_params <= 5_000_000
     assert model.config.max_position_embeddings >= 1024
-    assert model.config.vocab_size == len(tokenizer) == 2048
+    # Letter-level pre-tokenisation keeps the vocabulary to bytes plus a few merges, padded to a multiple of 8.
+    assert model.config.vocab_size % 8 == 0 and 0 <= model.config.vocab_size - len(tokenizer) < 8
+    assert len(tokenizer) < 400
+    assert tokenizer.tokenize(" apple") == ["Ġ", "a", "p", "p", "l", "e"]
     assert model.generation_config.pad_token_id == tokenizer.pad_token_id == 0
     assert model.generation_config.eos_token_id == tokenizer.eos_token_id == 1
     batch = tokenizer(["\n\nHuman: What is 2 + 2?\n\nAssistant:"], return_tensors="pt")
@@ -95,7 +98,7 @@ def test_tiny_preset_builds_and_generates(tiny_dir: str) -> None:
 def test_preset_config_matches_built_model(tiny_dir: str) -> None:
     name = json.loads((Path(tiny_dir) / presets.METADATA_FILE).read_text())["preset"]
     built = AutoModelForCausalLM.from_pretrained(tiny_dir).config
-    expected = preset_config(name)
+    expected = preset_config(name, vocab_size=built.vocab_size)
     for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings", "vocab_size"):
         assert getattr(built, key) == getattr(expected, key)
 
@@ -108,7 +111,6 @@ def test_cache_is_reused_and_keyed_by_corpus(tiny_dir: str, cache_root: Path) ->
     assert time.perf_counter() - start < 0.5
     other = resolve_model_path(name, corpus=lambda: make_corpus(seed=1), corpus_key="corpus-b", cache_dir=cache_root)
     assert other != tiny_dir
-    assert tokenizer_fingerprint(other) != tokenizer_fingerprint(tiny_dir)
 
 
 def test_same_corpus_key_gives_identical_model(tmp_path: Path) -> None:
@@ -167,7 +169,7 @@ def test_opt_without_pad_pads_with_eos(cache_root: Path, tmp_path: Path) -> None
     path = strip_pad_token(source, tmp_path, "opt")
     tokenizer = load_tokenizer(path, ModelOptions())
     assert tokenizer.pad_token == tokenizer.eos_token == "</s>"
-    assert len(tokenizer) == 2048
+    assert len(tokenizer) == len(AutoTokenizer.from_pretrained(source))
     assert tokenizer.padding_side == "right"
 
 
@@ -179,7 +181,7 @@ def test_llama_without_pad_gets_a_pad_token_distinct_from_eos(cache_root: Path, 
     assert tokenizer.pad_token == "<pad>" and tokenizer.pad_token_id == 0
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
     model = load_causal_lm(path, tokenizer, ModelOptions())
-    assert model.get_input_embeddings().weight.shape[0] == 2048
+    assert model.get_input_embeddings().weight.shape[0] == -(-len(tokenizer) // 8) * 8
     assert model.config.pad_token_id == 0
     assert model.config.end_token_id == tokenizer.eos_token_id == 1
 
@@ -189,13 +191,14 @@ def test_eot_token_becomes_eos(tiny_dir: str) -> None:
     tokenizer = load_tokenizer(tiny_dir, options)
     assert tokenizer.eos_token == "<|endoftext|>"
     eot_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    assert tokenizer.eos_token_id == eot_id == 2048
+    assert tokenizer.eos_token_id == eot_id == len(tokenizer) - 1
     assert tokenizer.pad_token_id == 0
     assert tokenizer(" done<|endoftext|>")["input_ids"][-1] == eot_id
     model = load_causal_lm(tiny_dir, tokenizer, options)
-    # 2049 tokens round up to the next multiple of 8, output layer included.
-    assert model.get_input_embeddings().weight.shape[0] == 2056
-    assert model.get_output_embeddings().weight.shape[0] == 2056
+    # The added token rounds the vocabulary up to the next multiple of 8, output layer included.
+    rounded = -(-len(tokenizer) // 8) * 8
+    assert model.get_input_embeddings().weight.shape[0] == rounded
+    assert model.get_output_embeddings().weight.shape[0] == rounded
     assert model.config.end_token_id == eot_id
     assert model.generation_config.eos_token_id == [eot_id, 1]
 
