@@ -78,12 +78,12 @@ def test_same_seed_same_samples_other_seed_different(data: SyntheticTasks) -> No
 
 def test_sizes_balance_and_disjoint_splits(data: SyntheticTasks) -> None:
     train, evals = data.get_train_data(), data.get_eval_data()
-    assert len(train) == 4000 and len(evals) == 400
-    assert Counter(s["task"] for s in train) == {task: 800 for task in TASKS}
+    assert len(train) == 9000 and len(evals) == 400
+    assert Counter(s["task"] for s in train) == {task: 1800 for task in TASKS}
     assert Counter(s["task"] for s in evals) == {task: 80 for task in TASKS}
     train_prompts = {s["prompt"] for s in train}
     eval_prompts = {s["prompt"] for s in evals}
-    assert len(train_prompts) == 4000 and len(eval_prompts) == 400
+    assert len(train_prompts) == 9000 and len(eval_prompts) == 400
     assert not train_prompts & eval_prompts
 
 
