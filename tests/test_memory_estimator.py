@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
@@ -261,3 +263,33 @@ def test_cpu_process_bytes_for_a_measured_run() -> None:
     assert small > BASELINE_PROCESS_BYTES + 16 * params  # fp32 weights + grads + Adam m, v
     assert small < BASELINE_PROCESS_BYTES + 160 * 2**20
     assert cpu_process_bytes("tiny-llama", replace(run, train_batch_size=8)) > small
+
+
+def _measured_peak_mib(module: str, argv: list[str], output_dir, env: dict[str, str]) -> float:
+    """Run one step in its own process and read the peak resident memory it recorded in metrics.json."""
+    proc = subprocess.run([sys.executable, "-m", module, *argv], env=env, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads((output_dir / "metrics.json").read_text())["peak_rss_mib"]
+
+
+@pytest.mark.parametrize("step", [1, 3])
+def test_cpu_estimate_is_within_25_percent_of_a_measured_run(step, tmp_path, sft_model, data_cache, subprocess_env):
+    """The estimate for a real tiny run on this CPU, against the peak RSS that run measured itself."""
+    out = tmp_path / "out"
+    if step == 1:
+        argv = ["--model_name_or_path", sft_model, "--per_device_train_batch_size", "16", "--max_seq_len", "128",
+                "--max_steps", "6", "--eval_iters", "2"]
+        run = RunSettings(step=1, dtype="fp32", train_batch_size=16, max_seq_len=128)
+        module = "chatrlhf.step1_sft.main"
+    else:
+        argv = ["--actor_model_name_or_path", sft_model, "--critic_model_name_or_path", sft_model,
+                "--per_device_generation_batch_size", "16", "--per_device_training_batch_size", "16",
+                "--max_prompt_seq_len", "64", "--max_answer_seq_len", "48", "--max_steps", "2",
+                "--eval_prompts", "16"]
+        run = RunSettings(step=3, dtype="fp32", train_batch_size=16, generation_batch_size=16,
+                          max_prompt_seq_len=64, max_answer_seq_len=48, critic=load_model_spec(sft_model))
+        module = "chatrlhf.step3_rlhf.main"
+    argv += ["--data_output_path", data_cache, "--output_dir", str(out)]
+    measured = _measured_peak_mib(module, argv, out, subprocess_env)
+    estimated = cpu_process_bytes(sft_model, run) / 2**20
+    assert abs(estimated - measured) <= 0.25 * measured, f"estimated {estimated:.0f} MiB, measured {measured:.0f} MiB"

@@ -9,6 +9,7 @@ import itertools
 import json
 import math
 import os
+import resource
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -230,11 +231,17 @@ def _mean_over_ranks(value: float) -> float:
 
 
 def write_metrics(output_dir: str, result: TrainResult, extra: dict | None = None) -> None:
-    """``metrics.json`` beside the model: the logged history and evaluations, for reports."""
+    """``metrics.json`` beside the model: the logged history and evaluations, for reports.
+
+    It also records this process's peak resident memory, so a run's real footprint can be set against
+    ``chatrlhf memory``'s estimate.
+    """
     if not device.is_main_process():
         return
     os.makedirs(output_dir, exist_ok=True)
-    payload = {"steps": result.steps, "history": result.history, "evals": result.evals, **(extra or {})}
+    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    payload = {"steps": result.steps, "history": result.history, "evals": result.evals,
+               "peak_rss_mib": round(peak_rss_mib, 1), **(extra or {})}
     tmp = os.path.join(output_dir, ".metrics.json.tmp")
     with open(tmp, "w") as handle:
         json.dump(payload, handle, indent=1)

@@ -6,6 +6,8 @@ import socket
 
 import torch
 
+from chatrlhf.utils.host_memory import release_large_blocks
+
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -14,9 +16,11 @@ def has_cuda() -> bool:
 
 
 def configure_accelerator() -> None:
-    """Point DeepSpeed at the CPU accelerator on machines without CUDA (must run before importing it)."""
+    """On machines without CUDA: point DeepSpeed at its CPU accelerator (must run before importing it) and
+    keep the host allocator from holding on to freed activations."""
     if not has_cuda():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        release_large_blocks()
 
 
 def default_dtype_name() -> str:

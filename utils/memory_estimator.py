@@ -42,9 +42,11 @@ Device = Literal["cuda", "cpu"]
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 GIB = 2**30
 STEP_NAMES = {1: "SFT", 2: "reward model", 3: "PPO"}
-# Max RSS (ru_maxrss, 268,012 KiB) of `import torch, transformers, deepspeed` measured on the project's 2-core CPU
-# machine (torch 2.13 CPU, transformers 5.23, deepspeed 0.19.8): every training process pays it before any model.
-BASELINE_PROCESS_BYTES = 268_012 * 1024
+# What a training process holds before any model: Python, torch, transformers, DeepSpeed and its process group,
+# the tokenizer, the data set and TensorBoard. Measured on the project's 2-core CPU machine (torch 2.13 CPU,
+# transformers 5.23, deepspeed 0.19.8) as the peak RSS of a step-1 run of a 2.6-thousand-parameter model
+# (571,802 KiB; step 3 with that model as all four: 584,909 KiB). The imports alone are 268,012 KiB.
+BASELINE_PROCESS_BYTES = 571_802 * 1024
 # DeepSpeed-Chat README: GPU GB / 3 = billions of parameters for step 1 with ZeRO-3 + LoRA + gradient
 # checkpointing (step 2 trains one model, so the same); GPU GB / 6 for actor plus critic in step 3.
 RULE_OF_THUMB_DIVISOR = {1: 3, 2: 3, 3: 6}

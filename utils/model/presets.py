@@ -26,7 +26,7 @@ TINY_PRESETS = ("tiny-opt", "tiny-llama")
 SMOLLM2_PRESET = "smollm2-135m"
 PRESETS = (*TINY_PRESETS, SMOLLM2_PRESET)
 # Bump whenever a builder's output changes, so stale cache entries are not reused.
-BUILDER_VERSION = 3
+BUILDER_VERSION = 4
 INIT_SEED = 1234
 TINY_POSITIONS = 1024
 METADATA_FILE = "chatrlhf_preset.json"
@@ -52,7 +52,7 @@ def preset_config(name: str, *, vocab_size: int | None = None) -> PretrainedConf
         )
     if name == "tiny-llama":
         return LlamaConfig(
-            vocab_size=vocab, hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
+            vocab_size=vocab, hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
             num_key_value_heads=4, max_position_embeddings=TINY_POSITIONS, attention_dropout=0.0,
             tie_word_embeddings=True, **ids,
         )

@@ -3,13 +3,13 @@
 # Usage: bash training_scripts/tiny/single_gpu/run_tiny.sh [OUTPUT] [ZERO_STAGE]   (MODEL=tiny-llama to switch)
 OUTPUT=${1:-./output_step1_tiny}
 ZERO_STAGE=${2:-0}
-MODEL=${MODEL:-tiny-opt}
+MODEL=${MODEL:-tiny-llama}
 MAIN="$(cd "$(dirname "$0")/../../.." && pwd)/main.py"
 mkdir -p "$OUTPUT"
 
 deepspeed --num_gpus 1 "$MAIN" \
    --data_path synthetic/tasks \
-   --data_split 2,4,4 \
+   --data_split 4,4,2 \
    --model_name_or_path "$MODEL" \
    --per_device_train_batch_size 16 \
    --per_device_eval_batch_size 32 \

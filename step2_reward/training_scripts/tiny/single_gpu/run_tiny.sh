@@ -7,13 +7,13 @@
 # The step-1 model as backbone scored the same within noise (76% vs 76-79%), so the base stays the default.
 OUTPUT=${1:-./output_step2_tiny}
 ZERO_STAGE=${2:-0}
-MODEL=${MODEL:-tiny-opt}
+MODEL=${MODEL:-tiny-llama}
 MAIN="$(cd "$(dirname "$0")/../../.." && pwd)/main.py"
 mkdir -p "$OUTPUT"
 
 deepspeed --num_gpus 1 "$MAIN" \
    --data_path synthetic/tasks \
-   --data_split 2,4,4 \
+   --data_split 4,4,2 \
    --model_name_or_path "$MODEL" \
    --num_padding_at_beginning 0 \
    --per_device_train_batch_size 16 \

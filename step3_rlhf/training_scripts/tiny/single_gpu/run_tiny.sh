@@ -11,7 +11,7 @@ mkdir -p "$OUTPUT"
 
 deepspeed --num_gpus 1 "$MAIN" \
    --data_path synthetic/tasks \
-   --data_split 2,4,4 \
+   --data_split 4,4,2 \
    --actor_model_name_or_path "$ACTOR_MODEL_PATH" \
    --critic_model_name_or_path "$CRITIC_MODEL_PATH" \
    --num_padding_at_beginning 0 \
