@@ -12,6 +12,7 @@ from chatrlhf.utils.model.lm_forward import causal_lm_loss
 @dataclass
 class SFTTask:
     fp32_loss: bool = False
+    loss_is_token_nll: bool = True
 
     def loss(self, engine, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         loss, _ = causal_lm_loss(

@@ -117,6 +117,7 @@ class RewardTask:
     fp32_loss: bool = False
     use_margin: bool = False
     center_rewards_coef: float = 0.0
+    loss_is_token_nll: bool = False
 
     def loss(self, engine, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         chosen, rejected = pair_scores(engine.module, batch, fp32=self.fp32_loss)

@@ -27,6 +27,9 @@ from chatrlhf.utils import device
 
 
 class StepTask(Protocol):
+    loss_is_token_nll: bool
+    """True when the loss is a mean next-token log-loss, so its exponential (perplexity) means something."""
+
     def loss(self, engine, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         """The loss to back-propagate and the figures to log for one micro-batch."""
 
@@ -215,7 +218,7 @@ class Trainer:
         values["window_tokens"] = float(self.throughput.tokens * device.world_size())
         values["clock"] = time.perf_counter()
         values.update(self.throughput.report())
-        if "loss" in values:
+        if "loss" in values and self.task.loss_is_token_nll:
             values["perplexity"] = math.exp(min(values["loss"], 50.0))
         self.logger.scalars("train", values, self.result.steps)
         self.result.history.append({"step": self.result.steps, "epoch": epoch, **values})

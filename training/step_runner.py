@@ -94,7 +94,8 @@ class StepRun:
         steps = total_optimizer_steps(len(train_loader), self.engine.gradient_accumulation_steps, self.loop)
         engine = init_train_engine(model, self.engine, self.optim, self.lora, steps)
         logger = MetricsLogger(self.engine.enable_tensorboard, self.engine.tensorboard_path, self.engine.job_name)
-        num_params = sum(p.numel() for p in model.parameters())
+        # ZeRO-3 leaves each rank an empty placeholder per parameter; ds_numel keeps the full size.
+        num_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
         trainer = Trainer(engine, self.task(), train_loader, eval_loader, self.loop, logger, num_params)
         manager = CheckpointManager(self.loop.output_dir, self.loop.save_total_limit)
         point = self._resume_point(manager)

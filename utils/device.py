@@ -35,7 +35,8 @@ def resolve_dtype(name: str | None) -> torch.dtype:
     return DTYPES[name]
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port nobody listens on now, for a process group of our own."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -51,7 +52,7 @@ def ensure_dist_env() -> None:
             "LOCAL_RANK": "0",
             "WORLD_SIZE": "1",
             "MASTER_ADDR": os.environ.get("MASTER_ADDR", "127.0.0.1"),
-            "MASTER_PORT": os.environ.get("MASTER_PORT", str(_free_port())),
+            "MASTER_PORT": os.environ.get("MASTER_PORT", str(free_port())),
         }
     )
 

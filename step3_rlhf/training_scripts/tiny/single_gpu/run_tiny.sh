@@ -9,7 +9,7 @@ OUTPUT=${5:-./output_step3_tiny}
 MAIN="$(cd "$(dirname "$0")/../../.." && pwd)/main.py"
 mkdir -p "$OUTPUT"
 
-deepspeed --num_gpus 1 "$MAIN" \
+deepspeed --num_gpus 1 --master_port "${MASTER_PORT:-29500}" "$MAIN" \
    --data_path synthetic/tasks \
    --data_split 4,4,2 \
    --actor_model_name_or_path "$ACTOR_MODEL_PATH" \
