@@ -160,14 +160,15 @@ class Plan:
     def env(self, step: int) -> dict[str, str]:
         """The tiny scripts read the model from ``MODEL``; no other script may see a stray one.
 
-        They also take the launcher's port from ``MASTER_PORT``: a free one per step, unless the user set it,
-        so a run never collides with another job on DeepSpeed's default port 29500.
+        They also take the launcher's port from ``MASTER_PORT``: a port free at that moment, chosen per step, so
+        a run never collides with another job on DeepSpeed's default 29500 or with an inherited ``MASTER_PORT``
+        (a caller's own process group may still hold that one).
         """
         from chatrlhf.utils.device import free_port
 
         env = dict(os.environ)
         env.pop("MODEL", None)
-        env.setdefault("MASTER_PORT", str(free_port()))
+        env["MASTER_PORT"] = str(free_port())
         choice = self.choice(step)
         if step in (1, 2) and choice.model_env is not None:
             env["MODEL"] = choice.model_env
