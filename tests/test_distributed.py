@@ -25,6 +25,8 @@ COMMON = ["--max_steps", str(STEPS), "--log_interval", "1", "--max_seq_len", "96
 def run_step1(out: Path, data_cache: str, *, ranks: int, zero_stage: int, micro_batch: int) -> list[float]:
     from conftest import DIST_VARIABLES
 
+    from chatrlhf.utils.device import free_port
+
     env = {k: v for k, v in os.environ.items() if k not in DIST_VARIABLES}
     env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
     args = [str(ROOT / "step1_sft" / "main.py"), "--output_dir", str(out), "--zero_stage", str(zero_stage),
@@ -33,7 +35,7 @@ def run_step1(out: Path, data_cache: str, *, ranks: int, zero_stage: int, micro_
         command = [sys.executable, *args]
     else:
         command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
-                   "--master_port", "29617", *args]
+                   "--master_port", str(free_port()), *args]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     history = json.loads((out / "metrics.json").read_text())["history"]

@@ -82,7 +82,7 @@ def test_tiny_preset_builds_and_generates(tiny_dir: str) -> None:
     model = AutoModelForCausalLM.from_pretrained(tiny_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
     n_params = sum(p.numel() for p in model.parameters())
-    assert 2_000_000 <= n_params <= 5_000_000
+    assert 500_000 <= n_params <= 5_000_000  # tiny-llama 1.1M, tiny-opt 3.3M: minutes on a laptop CPU
     assert model.config.max_position_embeddings >= 1024
     # Letter-level pre-tokenisation keeps the vocabulary to bytes plus a few merges, padded to a multiple of 8.
     assert model.config.vocab_size % 8 == 0 and 0 <= model.config.vocab_size - len(tokenizer) < 8
