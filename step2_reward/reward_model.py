@@ -18,6 +18,7 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
 from chatrlhf.training.lora import base_model
+from chatrlhf.utils.model.lm_forward import position_ids_from_mask
 from chatrlhf.utils.model.loading import ModelOptions, load_hf_model
 
 HEAD_NAME = "score"
@@ -45,11 +46,6 @@ def load_reward_model(
 
 def _takes_position_ids(backbone: nn.Module) -> bool:
     return "position_ids" in inspect.signature(backbone.forward).parameters
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions counted over real tokens only, so a left-padded row sees the same positions as a right-padded one."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def token_values(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from chatrlhf.step3_rlhf.config import GenerationConfig
+from chatrlhf.utils.model.kv_cache import preallocated_cache
 from chatrlhf.utils.model.lm_forward import position_ids_from_mask
 
 
@@ -44,6 +45,17 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     return logits
 
 
+def sample_tokens(probs: torch.Tensor) -> torch.Tensor:
+    """One draw per row from the (unnormalised) distributions ``probs`` by inverting their CDF.
+
+    Same distribution as ``torch.multinomial(probs, 1)``, at a fraction of its cost on a large
+    vocabulary: one cumulative sum and one binary search instead of an exponential draw per entry.
+    """
+    cdf = probs.cumsum(-1)
+    draw = (1.0 - torch.rand(probs.shape[0], 1, dtype=cdf.dtype, device=cdf.device)) * cdf[:, -1:]
+    return torch.searchsorted(cdf, draw).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
+
+
 def answer_mask_from(tokens: torch.Tensor, eos_id: int) -> torch.Tensor:
     """1 up to and including each row's first end-of-text token, 0 after it."""
     is_eos = (tokens == eos_id).long()
@@ -68,6 +80,7 @@ def sample(
         input_ids=prompt_ids,
         attention_mask=mask,
         position_ids=position_ids_from_mask(mask),
+        past_key_values=preallocated_cache(prompt_ids.shape[1] + cfg.max_answer_seq_len),
         use_cache=True,
         logits_to_keep=1,
     )
@@ -83,7 +96,7 @@ def sample(
             token = logits.argmax(-1)
         else:
             probs = torch.softmax(filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p), dim=-1)
-            token = torch.multinomial(probs, 1).squeeze(-1)
+            token = sample_tokens(probs)
         token = token.masked_fill(finished, pad_id)
         tokens.append(token)
         finished |= token == eos_id

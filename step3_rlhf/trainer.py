@@ -11,6 +11,7 @@ from chatrlhf.step3_rlhf.config import GenerationConfig, PPOConfig, RunConfig
 from chatrlhf.step3_rlhf.engines import PPOEngines, update_ema
 from chatrlhf.step3_rlhf.experience import Experience, micro_batches
 from chatrlhf.step3_rlhf.kl_control import KLController
+from chatrlhf.step3_rlhf.length_groups import grouped, plan_groups
 from chatrlhf.step3_rlhf.ppo_math import (
     explained_variance,
     gae,
@@ -24,6 +25,7 @@ from chatrlhf.step3_rlhf.rollout import Rollout, sample
 from chatrlhf.training.metrics_log import MetricsLogger, format_metrics, print_rank0
 from chatrlhf.utils import device
 from chatrlhf.utils.model.lm_forward import answer_logits, causal_lm_loss, entropy, token_logprobs
+from chatrlhf.utils.model.packed_linear import packed_linears
 
 
 @dataclass
@@ -73,15 +75,20 @@ class PPOTrainer:
         """The frozen reward model's score of each prompt + answer (at its last real token)."""
         from chatrlhf.step2_reward.reward_model import sequence_scores, token_values
 
-        values = token_values(self.engines.reward, rollout.sequences, rollout.attention_mask)
-        return sequence_scores(values, rollout.attention_mask).float()
+        def score(ids: torch.Tensor, mask: torch.Tensor, _: int) -> tuple[torch.Tensor]:
+            return (sequence_scores(token_values(self.engines.reward, ids, mask), mask).float(),)
+
+        with packed_linears(self.engines.reward):
+            return grouped(score, rollout.sequences, rollout.attention_mask, rollout.prompt_width)[0]
 
     def generate(self, batch: dict, cfg: GenerationConfig | None = None):
         actor = self.engines.actor.module
         was_training = actor.training
         actor.eval()
-        rollout = sample(actor, batch["input_ids"].to(self.target), batch["attention_mask"].to(self.target),
-                         cfg or self.generation, eos_id=self.tokenizer.eos_token_id, pad_id=self.tokenizer.pad_token_id)
+        with packed_linears(actor):
+            rollout = sample(actor, batch["input_ids"].to(self.target), batch["attention_mask"].to(self.target),
+                             cfg or self.generation, eos_id=self.tokenizer.eos_token_id,
+                             pad_id=self.tokenizer.pad_token_id)
         actor.train(was_training)
         return rollout
 
@@ -90,10 +97,13 @@ class PPOTrainer:
         started = time.perf_counter()
         rollout = self.generate(batch)
         generated = time.perf_counter()
-        start = rollout.prompt_width
-        with self.engines.reference_policy() as reference:
-            ref_logits = answer_logits(reference, rollout.sequences, rollout.attention_mask, start)
-        ref_logprobs = token_logprobs(ref_logits, rollout.answers)
+        with self.engines.reference_policy() as reference, packed_linears(reference):
+
+            def reference_logprobs(ids: torch.Tensor, mask: torch.Tensor, start: int) -> tuple[torch.Tensor]:
+                return (token_logprobs(answer_logits(reference, ids, mask, start), ids[:, start:]),)
+
+            (ref_logprobs,) = grouped(reference_logprobs, rollout.sequences, rollout.attention_mask,
+                                      rollout.prompt_width)
         scores = self.reward_scores(rollout)
         finite = torch.isfinite(scores)
         if not bool(finite.all()):
@@ -120,13 +130,23 @@ class PPOTrainer:
         """Actor answer log-probs and entropy, and critic values, at the answer positions."""
         from chatrlhf.step2_reward.reward_model import token_values
 
-        start = exp.prompt_width
-        logits = answer_logits(self.engines.actor.module, exp.sequences, exp.attention_mask, start)
-        logprobs = token_logprobs(logits, exp.answers)
-        with torch.no_grad():
-            ent = entropy(logits)
-        values = token_values(self.engines.critic.module, exp.sequences, exp.attention_mask)[:, start - 1 : -1]
-        return logprobs, ent, values.float()
+        actor, critic = self.engines.actor.module, self.engines.critic.module
+
+        def policy(ids: torch.Tensor, mask: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+            logits = answer_logits(actor, ids, mask, start)
+            with torch.no_grad():
+                ent = entropy(logits)
+            return token_logprobs(logits, ids[:, start:]), ent
+
+        def value(ids: torch.Tensor, mask: torch.Tensor, start: int) -> tuple[torch.Tensor]:
+            return (token_values(critic, ids, mask)[:, start - 1 : -1].float(),)
+
+        groups = plan_groups(exp.attention_mask, exp.prompt_width)
+        with packed_linears(actor):
+            logprobs, ent = grouped(policy, exp.sequences, exp.attention_mask, exp.prompt_width, groups)
+        with packed_linears(critic):
+            (values,) = grouped(value, exp.sequences, exp.attention_mask, exp.prompt_width, groups)
+        return logprobs, ent, values
 
     @torch.no_grad()
     def _score_old(self, exp: Experience) -> None:

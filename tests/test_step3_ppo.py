@@ -9,10 +9,11 @@ import torch
 
 from chatrlhf.step3_rlhf.config import GenerationConfig
 from chatrlhf.step3_rlhf.kl_control import KLController
+from chatrlhf.step3_rlhf.length_groups import grouped, plan_groups
 from chatrlhf.step3_rlhf.main import build_parser
 from chatrlhf.step3_rlhf.main import main as ppo_main
 from chatrlhf.step3_rlhf.ppo_math import gae, kl_penalty, policy_loss, token_rewards, value_loss
-from chatrlhf.step3_rlhf.rollout import answer_mask_from, filter_logits, sample
+from chatrlhf.step3_rlhf.rollout import answer_mask_from, filter_logits, sample, sample_tokens
 
 
 def test_gae_matches_a_hand_computed_recursion():
@@ -235,3 +236,91 @@ def test_lora_actor_uses_itself_without_adapters_as_reference(sft_model, tmp_pat
     from safetensors.torch import load_file
 
     assert not [k for k in load_file(out / "actor" / "model.safetensors") if "lora" in k]
+
+
+def test_inverse_cdf_sampling_matches_the_distribution():
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.2], [0.0, 0.0, 0.0, 2.0]]).repeat(20_000, 1)
+    torch.manual_seed(0)
+    drawn = sample_tokens(probs).view(20_000, 2)
+    first = torch.bincount(drawn[:, 0], minlength=4).float() / 20_000
+    assert first.tolist() == pytest.approx([0.5, 0.0, 0.3, 0.2], abs=0.015)
+    assert (drawn[:, 1] == 3).all()
+
+
+def _rollout_of_varied_lengths(model, tokenizer):
+    from chatrlhf.utils.data.collators import pad_sequences
+    from chatrlhf.utils.model.generation import encode_prompts
+
+    prompts = ["\n\nHuman: Reverse the word 'banana' please, letter by letter.\n\nAssistant:",
+               "\n\nHuman: Hi?\n\nAssistant:", "\n\nHuman: What is 12 plus 30?\n\nAssistant:",
+               "\n\nHuman: Sort: c a b\n\nAssistant:"]
+    ids, mask = pad_sequences(encode_prompts(tokenizer, prompts), tokenizer.pad_token_id, left=True)
+    torch.manual_seed(3)
+    return sample(model, ids, mask, GenerationConfig(max_answer_seq_len=10, temperature=1.5),
+                  eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
+
+
+def test_length_groups_give_the_padded_batch_results_and_gradients(tiny_lm):
+    from chatrlhf.utils.model.lm_forward import answer_logits, token_logprobs
+
+    model, tokenizer = tiny_lm
+    rollout = _rollout_of_varied_lengths(model, tokenizer)
+    start = rollout.prompt_width
+    groups = plan_groups(rollout.attention_mask, start, overhead=0)
+    assert sorted(torch.cat([g.rows for g in groups]).tolist()) == list(range(4))
+    assert len(groups) > 1 and sum(len(g.rows) * (g.right - g.left) for g in groups) < rollout.sequences.numel()
+    assert len(plan_groups(rollout.attention_mask, start, overhead=10_000)) == 1
+
+    def logprobs(ids, mask, begin):
+        return (token_logprobs(answer_logits(model, ids, mask, begin), ids[:, begin:]),)
+
+    answer = rollout.answer_mask.bool()
+    results = []
+    for plan in (None, groups):
+        model.zero_grad()
+        if plan is None:
+            (out,) = logprobs(rollout.sequences, rollout.attention_mask, start)
+        else:
+            (out,) = grouped(logprobs, rollout.sequences, rollout.attention_mask, start, plan)
+        out[answer].sum().backward()
+        results.append((out.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    model.zero_grad()
+    (padded, padded_grads), (split, split_grads) = results
+    assert split.shape == padded.shape
+    assert torch.allclose(split[answer], padded[answer], atol=1e-4)
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(split_grads, padded_grads))
+
+
+def test_packed_linears_keep_outputs_and_gradients_and_restore_the_layers(tiny_lm):
+    from chatrlhf.utils.model.packed_linear import packed_linears, packing_supported
+
+    model, tokenizer = tiny_lm
+    if not packing_supported(model):
+        pytest.skip("this PyTorch build has no oneDNN")
+    ids = torch.tensor([tokenizer("Human: hello there, how are you")["input_ids"]])
+    runs = []
+    for packed in (False, True):
+        model.zero_grad()
+        with packed_linears(model, enabled=packed):
+            logits = model(input_ids=ids).logits
+        logits.square().mean().backward()
+        runs.append((logits.detach(), [p.grad.clone() for p in model.parameters()]))
+    model.zero_grad()
+    (plain, plain_grads), (fast, fast_grads) = runs
+    assert torch.allclose(fast, plain, atol=1e-4)
+    assert all(torch.allclose(a, b, rtol=1e-3, atol=1e-5) for a, b in zip(fast_grads, plain_grads))
+    assert not any("forward" in vars(m) for m in model.modules())
+    half = torch.nn.Linear(4, 4).to(torch.float64)
+    assert not packing_supported(half)
+
+
+def test_preallocated_cache_returns_the_filled_part_and_refuses_to_overflow():
+    from chatrlhf.utils.model.kv_cache import preallocated_cache
+
+    cache = preallocated_cache(3)
+    first, second = torch.ones(1, 2, 2, 4), torch.full((1, 2, 1, 4), 2.0)
+    cache.update(first, first, 0)
+    keys, values = cache.update(second, second, 0)
+    assert torch.equal(keys, torch.cat([first, second], dim=2)) and cache.get_seq_length(0) == 3
+    with pytest.raises(RuntimeError, match="holds 3 positions"):
+        cache.update(second, second, 0)
