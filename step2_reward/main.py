@@ -29,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "of the attention mask, so leading pads never matter.")
     group.add_argument("--center_rewards_coef", type=float, default=0.0,
                        help="Weight of mean((r_chosen + r_rejected)^2) in the loss, keeping scores centred on 0.")
+    group.add_argument("--lm_loss_coef", type=float, default=0.0,
+                       help="Weight of a next-token loss on the chosen rows (prompt and answer), predicted through "
+                            "the tied input embeddings. It keeps the backbone a language model of good answers, which "
+                            "regularises the ranking on small data (tied-embedding families, ZeRO stage 0-2).")
     group.add_argument("--use_margin", action="store_true",
                        help="Use the data's margin column: loss -log sigmoid(r_chosen - r_rejected - margin).")
     group.add_argument("--disable_dropout", action="store_true",

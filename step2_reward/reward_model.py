@@ -48,15 +48,38 @@ def _takes_position_ids(backbone: nn.Module) -> bool:
     return "position_ids" in inspect.signature(backbone.forward).parameters
 
 
-def token_values(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The head's scalar at every position, shape (B, T); works on the plain, LoRA-wrapped or engine module."""
+def backbone_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The backbone's final hidden states, (B, T, H); works on the plain, LoRA-wrapped or engine module."""
     hf = base_model(model)
     backbone = getattr(hf, hf.base_model_prefix)
     kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
     if _takes_position_ids(backbone):
         kwargs["position_ids"] = position_ids_from_mask(attention_mask)
-    hidden = backbone(**kwargs)[0]
-    return getattr(hf, HEAD_NAME)(hidden).squeeze(-1)
+    return backbone(**kwargs)[0]
+
+
+def score_head(model: nn.Module) -> nn.Module:
+    return getattr(base_model(model), HEAD_NAME)
+
+
+def token_values(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The head's scalar at every position, shape (B, T)."""
+    return score_head(model)(backbone_hidden(model, input_ids, attention_mask)).squeeze(-1)
+
+
+def check_tied_embeddings(model: nn.Module, flag: str) -> None:
+    """``flag`` needs the input embeddings to double as the LM head, as in the families that tie them."""
+    config = base_model(model).config
+    if not getattr(config, "tie_word_embeddings", False):
+        raise ValueError(
+            f"{flag} predicts tokens with the input embedding matrix, which {config.model_type} models with "
+            f"tie_word_embeddings=False do not use as their LM head; drop {flag} for this model"
+        )
+
+
+def tied_lm_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """Next-token logits from hidden states through the (tied) input embedding matrix."""
+    return hidden @ base_model(model).get_input_embeddings().weight.t()
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:

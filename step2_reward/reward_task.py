@@ -10,7 +10,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from chatrlhf.step2_reward.reward_model import RewardStats, sequence_scores, token_values
+from chatrlhf.step2_reward.reward_model import (
+    RewardStats,
+    backbone_hidden,
+    score_head,
+    sequence_scores,
+    tied_lm_logits,
+)
 from chatrlhf.utils import device
 
 
@@ -34,14 +40,29 @@ def pairwise_loss(
     return loss
 
 
-def pair_scores(model, batch: dict, *, fp32: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """The chosen and rejected sequence scores of a ``PairCollator`` batch."""
-    values = token_values(model, batch["input_ids"], batch["attention_mask"])
-    scores = sequence_scores(values, batch["attention_mask"])
+def pair_forward(model, batch: dict, *, fp32: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The chosen and rejected sequence scores of a ``PairCollator`` batch, and the backbone's hidden states."""
+    hidden = backbone_hidden(model, batch["input_ids"], batch["attention_mask"])
+    scores = sequence_scores(score_head(model)(hidden).squeeze(-1), batch["attention_mask"])
     if fp32:
         scores = scores.float()
     half = scores.shape[0] // 2
-    return scores[:half], scores[half:]
+    return scores[:half], scores[half:], hidden
+
+
+def pair_scores(model, batch: dict, *, fp32: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chosen and rejected sequence scores of a ``PairCollator`` batch."""
+    chosen, rejected, _ = pair_forward(model, batch, fp32=fp32)
+    return chosen, rejected
+
+
+def chosen_lm_loss(model, hidden: torch.Tensor, batch: dict) -> torch.Tensor:
+    """Mean next-token cross-entropy over the real tokens of the chosen rows (the first half of the batch)."""
+    half = hidden.shape[0] // 2
+    targets = batch["input_ids"][:half, 1:]
+    keep = batch["attention_mask"][:half, 1:].bool()
+    logits = tied_lm_logits(model, hidden[:half, :-1][keep])
+    return F.cross_entropy(logits.float(), targets[keep])
 
 
 @dataclass
@@ -117,10 +138,11 @@ class RewardTask:
     fp32_loss: bool = False
     use_margin: bool = False
     center_rewards_coef: float = 0.0
+    lm_loss_coef: float = 0.0
     loss_is_token_nll: bool = False
 
     def loss(self, engine, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        chosen, rejected = pair_scores(engine.module, batch, fp32=self.fp32_loss)
+        chosen, rejected, hidden = pair_forward(engine.module, batch, fp32=self.fp32_loss)
         margin = batch["margin"] if self.use_margin else None
         loss = pairwise_loss(chosen, rejected, margin, self.center_rewards_coef)
         with torch.no_grad():
@@ -129,6 +151,10 @@ class RewardTask:
                 "chosen_score": float(chosen.mean()),
                 "rejected_score": float(rejected.mean()),
             }
+        if self.lm_loss_coef:
+            lm_loss = chosen_lm_loss(engine.module, hidden, batch)
+            loss = loss + self.lm_loss_coef * lm_loss
+            stats["lm_loss"] = float(lm_loss.detach())
         return loss, stats
 
     def evaluate(self, engine, batches: list[dict]) -> dict[str, float]:

@@ -22,6 +22,7 @@ JOB_NAME = "step2_model"
 class RewardRun(StepRun):
     use_margin: bool = False
     center_rewards_coef: float = 0.0
+    lm_loss_coef: float = 0.0
     fp32_loss: bool = False
 
     @classmethod
@@ -31,6 +32,11 @@ class RewardRun(StepRun):
         check_length(f"--max_seq_len {args.max_seq_len}", args.max_seq_len, args.model_name_or_path)
         output_dir = require_output_dir(args.output_dir, "step 2", args.overwrite_output_dir)
         engine = cli_args.engine_settings(args, JOB_NAME)
+        if args.lm_loss_coef < 0:
+            raise ValueError(f"--lm_loss_coef {args.lm_loss_coef}: must be 0 (off) or positive")
+        if args.lm_loss_coef and engine.zero_stage == 3:
+            raise ValueError("--lm_loss_coef needs ZeRO stage 0, 1 or 2: under stage 3 the embedding matrix it "
+                             "predicts with is partitioned outside the forward pass; drop the flag or use stage 2")
         dropout = 0.0 if args.disable_dropout else args.dropout
         return cls(
             step=2,
@@ -42,14 +48,17 @@ class RewardRun(StepRun):
             loop=cli_args.loop_settings(args, output_dir),
             use_margin=args.use_margin,
             center_rewards_coef=args.center_rewards_coef,
+            lm_loss_coef=args.lm_loss_coef,
             # DeepSpeed-Chat computes a bf16 run's loss in fp32 unless --no_bf16_to_fp32_loss.
             fp32_loss=args.compute_fp32_loss or (engine.dtype == "bf16" and args.bf16_to_fp32_loss),
         )
 
     def build_model(self, path: str, tokenizer):
-        from chatrlhf.step2_reward.reward_model import HEAD_NAME, load_reward_model
+        from chatrlhf.step2_reward.reward_model import HEAD_NAME, check_tied_embeddings, load_reward_model
 
         model = load_reward_model(path, tokenizer, self.model_options(), seed=self.loop.seed)
+        if self.lm_loss_coef:
+            check_tied_embeddings(model, "--lm_loss_coef")
         return apply_lora(model, self.lora, trainable_modules=(HEAD_NAME,)) if self.lora.enabled else model
 
     def collator(self, tokenizer) -> PairCollator:
@@ -58,7 +67,7 @@ class RewardRun(StepRun):
     def task(self):
         from chatrlhf.step2_reward.reward_task import RewardTask
 
-        return RewardTask(self.fp32_loss, self.use_margin, self.center_rewards_coef)
+        return RewardTask(self.fp32_loss, self.use_margin, self.center_rewards_coef, self.lm_loss_coef)
 
     def save(self, engine, tokenizer, data: StepData) -> None:
         """The model with ``reward_stats.json``: mean and std of its scores on the held-out pairs."""

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from chatrlhf.step1_sft.main import main as sft_main
+from chatrlhf.step2_reward.main import main as reward_main
 from chatrlhf.step3_rlhf.main import main as ppo_main
 from chatrlhf.utils.data.report import main as data_main
 
@@ -136,6 +137,8 @@ def test_missing_paths_and_bad_flags_fail_before_loading(tmp_path, capsys):
     assert ppo_main(["--output_dir", str(tmp_path / "p"), "--actor_model_name_or_path",
                      str(tmp_path / "gone")]) == 2
     assert "no such model directory" in capsys.readouterr().err
+    assert reward_main(["--output_dir", str(tmp_path / "r"), "--lm_loss_coef", "1", "--zero_stage", "3"]) == 2
+    assert "--lm_loss_coef needs ZeRO stage 0, 1 or 2" in capsys.readouterr().err
 
 
 def test_foreign_output_dir_is_refused(tmp_path, capsys):

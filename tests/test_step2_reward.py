@@ -146,7 +146,7 @@ def reward_dir(sft_model, data_cache, tmp_path_factory) -> str:
                         "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "32",
                         "--max_seq_len", "96", "--learning_rate", "1e-3", "--data_output_path", data_cache,
                         "--eval_iters", "2", "--eval_interval", "3", "--log_interval", "2", "--use_margin",
-                        "--center_rewards_coef", "0.01", "--enable_tensorboard",
+                        "--center_rewards_coef", "0.01", "--lm_loss_coef", "0.5", "--enable_tensorboard",
                         "--tensorboard_path", str(out / "tb")]) == 0
     return str(out)
 
@@ -160,8 +160,31 @@ def test_training_run_saves_model_stats_and_metrics(reward_dir):
     assert [e["label"] for e in metrics["evals"]] == ["start", "step 3", "epoch 1"]
     for key in ("accuracy", "chosen_score", "rejected_score", "margin", "acc_task_add", "acc_mistake_off_by_n"):
         assert key in metrics["evals"][-1], key
-    assert metrics["steps"] == 5 and "accuracy" in metrics["history"][-1]
+    assert metrics["steps"] == 5 and "accuracy" in metrics["history"][-1] and "lm_loss" in metrics["history"][-1]
     assert os.listdir(os.path.join(reward_dir, "tb", "step2_model"))
+
+
+def test_lm_loss_is_the_causal_lm_loss_of_the_chosen_rows(sft_model, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from chatrlhf.step2_reward.reward_model import check_tied_embeddings
+    from chatrlhf.step2_reward.reward_task import chosen_lm_loss, pair_forward
+
+    reward = load_reward_model(sft_model, tokenizer, ModelOptions()).eval()
+    ids, mask = pad_sequences(SEQUENCES[:2] + SEQUENCES[1:], tokenizer.pad_token_id)
+    batch = {"input_ids": ids, "attention_mask": mask}
+    with torch.no_grad():
+        _, _, hidden = pair_forward(reward, batch)
+        ours = chosen_lm_loss(reward, hidden, batch)
+        lm = AutoModelForCausalLM.from_pretrained(sft_model).eval()
+        labels = ids[:2].masked_fill(mask[:2] == 0, -100)
+        expected = lm(input_ids=ids[:2], attention_mask=mask[:2], labels=labels).loss
+    assert ours.item() == pytest.approx(expected.item(), rel=1e-4)
+    check_tied_embeddings(reward, "--lm_loss_coef")
+    untied = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, tie_word_embeddings=False)
+    with pytest.raises(ValueError, match="--lm_loss_coef predicts tokens with the input embedding"):
+        check_tied_embeddings(AutoModelForSequenceClassification.from_config(untied), "--lm_loss_coef")
 
 
 def test_rw_eval_scores_a_pairs_file_and_the_built_ins(reward_dir, tmp_path, capsys):

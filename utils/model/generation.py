@@ -7,6 +7,7 @@ import torch
 
 from chatrlhf.utils.data.collators import pad_sequences
 from chatrlhf.utils.data.tokenized import prompt_prefix_ids
+from chatrlhf.utils.model.packed_linear import packed_linears
 
 STOP_MARKERS = ("\n\nHuman:", "\nHuman:")
 
@@ -49,16 +50,17 @@ def generate(model, tokenizer, prompts: list[str], settings: GenerationSettings)
         ids, mask = pad_sequences(encode_prompts(tokenizer, prompts[start : start + settings.batch_size]),
                                   tokenizer.pad_token_id, left=True)
         sampling = {"temperature": settings.temperature, "top_p": settings.top_p, "top_k": settings.top_k}
-        out = model.generate(
-            input_ids=ids.to(target),
-            attention_mask=mask.to(target),
-            max_new_tokens=settings.max_new_tokens,
-            do_sample=settings.do_sample,
-            num_beams=settings.num_beams,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            **(sampling if settings.do_sample else {}),
-        )
+        with packed_linears(model):
+            out = model.generate(
+                input_ids=ids.to(target),
+                attention_mask=mask.to(target),
+                max_new_tokens=settings.max_new_tokens,
+                do_sample=settings.do_sample,
+                num_beams=settings.num_beams,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                **(sampling if settings.do_sample else {}),
+            )
         texts = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
         answers.extend(cut_at_new_turn(t) for t in texts)
     return answers
