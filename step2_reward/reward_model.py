@@ -18,6 +18,7 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
 from chatrlhf.training.lora import base_model
+from chatrlhf.training.validation import ConfigError
 from chatrlhf.utils.model.lm_forward import position_ids_from_mask
 from chatrlhf.utils.model.loading import ModelOptions, load_hf_model
 
@@ -71,7 +72,7 @@ def check_tied_embeddings(model: nn.Module, flag: str) -> None:
     """``flag`` needs the input embeddings to double as the LM head, as in the families that tie them."""
     config = base_model(model).config
     if not getattr(config, "tie_word_embeddings", False):
-        raise ValueError(
+        raise ConfigError(
             f"{flag} predicts tokens with the input embedding matrix, which {config.model_type} models with "
             f"tie_word_embeddings=False do not use as their LM head; drop {flag} for this model"
         )

@@ -11,7 +11,7 @@ from chatrlhf.training.metrics_log import print_rank0
 from chatrlhf.training.run_setup import require_output_dir
 from chatrlhf.training.saving import save_hf_model
 from chatrlhf.training.step_runner import ModelSettings, StepRun
-from chatrlhf.training.validation import check_data_flags, check_length, check_model_path
+from chatrlhf.training.validation import ConfigError, check_data_flags, check_length, check_model_path
 from chatrlhf.utils.data.collators import PairCollator
 from chatrlhf.utils.data.tokenized import StepData
 
@@ -33,9 +33,9 @@ class RewardRun(StepRun):
         output_dir = require_output_dir(args.output_dir, "step 2", args.overwrite_output_dir)
         engine = cli_args.engine_settings(args, JOB_NAME)
         if args.lm_loss_coef < 0:
-            raise ValueError(f"--lm_loss_coef {args.lm_loss_coef}: must be 0 (off) or positive")
+            raise ConfigError(f"--lm_loss_coef {args.lm_loss_coef}: must be 0 (off) or positive")
         if args.lm_loss_coef and engine.zero_stage == 3:
-            raise ValueError("--lm_loss_coef needs ZeRO stage 0, 1 or 2: under stage 3 the embedding matrix it "
+            raise ConfigError("--lm_loss_coef needs ZeRO stage 0, 1 or 2: under stage 3 the embedding matrix it "
                              "predicts with is partitioned outside the forward pass; drop the flag or use stage 2")
         dropout = 0.0 if args.disable_dropout else args.dropout
         return cls(
