@@ -256,16 +256,17 @@ class ReportWriter:
         if start or end:
             tasks = sorted(k for k in {**start, **end} if k.startswith("accuracy_") and k != "accuracy_overall")
             rows = []
-            for key in ["mean_reward", "accuracy_overall", *tasks]:
+            for key in ["mean_reward", "accuracy_overall", *tasks, "sampled_mean_reward", "sampled_accuracy_overall"]:
                 if key not in start and key not in end:
                     continue
-                fmt = _pct if key.startswith("accuracy_") else _num
+                fmt = _pct if "accuracy_" in key else _num
                 before, after = start.get(key), end.get(key)
                 change = "-" if before is None or after is None else (
                     f"{100 * (after - before):+.1f} pt" if fmt is _pct else f"{after - before:+.4g}")
                 rows.append([key.replace("accuracy_", "checker accuracy ").replace("_", " "), fmt(before), fmt(after),
                              change])
-            lines += ["", "Held-out prompts, greedy answers, before and after PPO:", ""]
+            lines += ["", "Held-out prompts before and after PPO, greedy answers (the `sampled` rows: 4 answers a "
+                          "prompt at the training temperature, the same random draws before and after):", ""]
             lines += _table(["held-out", "start", "end", "change"], rows)
         scalars = read_scalars(folder)
         plots = []

@@ -27,6 +27,9 @@ from chatrlhf.utils.data.config import DataConfig
 from chatrlhf.utils.data.fingerprint import tokenizer_fingerprint
 from chatrlhf.utils.data.tokenized import build_step_data
 
+# Sampled answers a held-out prompt gets in the start and end evaluations.
+EVAL_SAMPLES = 4
+
 
 @dataclass
 class PPORun:
@@ -268,28 +271,46 @@ class PPORun:
 
     @torch.no_grad()
     def evaluate(self, trainer: PPOTrainer, eval_set) -> dict[str, float]:
-        """Greedy answers to held-out prompts: mean reward and, on synthetic/tasks, checker accuracy."""
-        from chatrlhf.utils.checker_eval import accuracy_by_task
+        """Held-out prompts: mean reward and, on synthetic/tasks, checker accuracy of greedy answers and of
+        ``EVAL_SAMPLES`` sampled answers a prompt at the training temperature.
 
+        PPO optimises the sampling policy, so the sampled figures show its effect most directly; the greedy
+        ones show what a deterministic user of the model sees. Sampling uses a fixed seed, so the start and
+        end evaluations draw the same random numbers and the training run's random stream is untouched.
+        """
         count = min(self.eval_prompts, len(eval_set))
         if count == 0:
             return {}
         rows = eval_set.select(range(count))
         collate = PromptCollator(trainer.tokenizer.pad_token_id)
-        greedy = replace(self.generation, temperature=0.0)
-        scores, prompts, answers, tasks = [], [], [], []
         size = self.run_config.per_device_generation_batch_size
-        for start in range(0, count, size):
-            batch = collate([rows[i] for i in range(start, min(start + size, count))])
-            rollout = trainer.generate(batch, greedy)
+        batches = [collate([rows[i] for i in range(start, min(start + size, count))])
+                   for start in range(0, count, size)]
+        result = self._answer_metrics(trainer, batches, replace(self.generation, temperature=0.0), "")
+        rng_devices = [device.local_device()] if device.has_cuda() else []
+        with torch.random.fork_rng(devices=rng_devices):
+            torch.manual_seed(self.run_config.seed)
+            result.update(self._answer_metrics(trainer, batches * EVAL_SAMPLES, self.generation, "sampled_"))
+        print_rank0(f"[held-out] {format_metrics(result)}")
+        return result
+
+    @staticmethod
+    def _answer_metrics(trainer: PPOTrainer, batches: list[dict], cfg: GenerationConfig,
+                        prefix: str) -> dict[str, float]:
+        from chatrlhf.utils.checker_eval import accuracy_by_task
+
+        scores, prompts, answers, tasks = [], [], [], []
+        for batch in batches:
+            rollout = trainer.generate(batch, cfg)
             scores += trainer.reward_scores(rollout).tolist()
             answers += trainer.tokenizer.batch_decode(rollout.answers, skip_special_tokens=True)
             prompts += batch["prompt"]
             tasks += batch["task"]
-        result = {"mean_reward": sum(scores) / len(scores)}
+        result = {f"{prefix}mean_reward": sum(scores) / len(scores)}
         if all(tasks):
-            result.update({f"accuracy_{k}": v for k, v in accuracy_by_task(prompts, answers).items()})
-        print_rank0(f"[held-out] {format_metrics(result)}")
+            accuracy = accuracy_by_task(prompts, answers)
+            keys = accuracy if not prefix else ["overall"]
+            result.update({f"{prefix}accuracy_{k}": accuracy[k] for k in keys})
         return result
 
     def save(self, engines, tokenizer, critic_path: str) -> None:

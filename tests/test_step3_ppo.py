@@ -187,7 +187,9 @@ def test_full_command_trains_saves_and_reports(sft_model, tmp_path, data_cache):
     assert critic.config.num_labels == 1
     metrics = json.load(open(out / "metrics.json"))
     assert metrics["iterations"] == 2
-    assert set(metrics["held_out"]) == {"start", "end"} and "accuracy_overall" in metrics["held_out"]["end"]
+    assert set(metrics["held_out"]) == {"start", "end"}
+    for key in ("mean_reward", "accuracy_overall", "accuracy_add", "sampled_mean_reward", "sampled_accuracy_overall"):
+        assert key in metrics["held_out"]["end"], key
     step = metrics["history"][-1]
     for key in ("reward_mean", "reward_std", "kl_to_ref", "entropy", "answer_length", "actor_loss", "critic_loss",
                 "clip_frac", "approx_kl", "explained_variance", "generation_s", "training_s",

@@ -1,6 +1,10 @@
 #!/bin/bash
 # Step 3 (PPO) on the offline tiny preset and synthetic/tasks: runs on a laptop CPU in minutes.
 # Usage: bash training_scripts/tiny/single_gpu/run_tiny.sh ACTOR CRITIC [ACTOR_ZERO_STAGE] [CRITIC_ZERO_STAGE] [OUTPUT]
+# Measured on 2 idle CPU cores from the step-1 model and an 82.5% reward model, 200 held-out prompts: 2.2 min; greedy
+# mean reward 3.70 -> 4.24, checker accuracy 61.5% -> 61.5%. Alternatives tried (same prompts): lr 2e-5 for 60
+# iterations (the old default) 3.70 -> 3.66, 61.5% -> 60.5%; lr 1e-4 with KL coefficient 0.05: 4.52, 61.0%;
+# lr 5e-5: 4.10, 60.5%; adding the pretraining-loss mix on synthetic/tasks (--unsup_coef 1): 3.61, 41.5%.
 ACTOR_MODEL_PATH=${1:?usage: run_tiny.sh ACTOR CRITIC [ACTOR_ZERO_STAGE] [CRITIC_ZERO_STAGE] [OUTPUT]}
 CRITIC_MODEL_PATH=${2:?usage: run_tiny.sh ACTOR CRITIC [ACTOR_ZERO_STAGE] [CRITIC_ZERO_STAGE] [OUTPUT]}
 ACTOR_ZERO_STAGE=${3:-0}
@@ -21,16 +25,17 @@ deepspeed --num_gpus 1 --master_port "${MASTER_PORT:-29500}" "$MAIN" \
    --ppo_epochs 1 \
    --max_prompt_seq_len 64 \
    --max_answer_seq_len 48 \
-   --actor_learning_rate 2e-5 \
+   --actor_learning_rate 1e-4 \
    --critic_learning_rate 1e-4 \
    --actor_weight_decay 0.0 \
    --critic_weight_decay 0.0 \
-   --num_train_epochs 1 \
-   --max_steps ${PPO_STEPS:-60} \
+   --num_train_epochs 2 \
+   --max_steps ${PPO_STEPS:-112} \
    --lr_scheduler_type constant \
    --num_warmup_steps 0 \
    --temperature 1.0 \
-   --kl_ctl 0.05 \
+   --kl_ctl 0.1 \
+   --normalize_reward \
    --seed 1234 \
    --actor_zero_stage "$ACTOR_ZERO_STAGE" \
    --critic_zero_stage "$CRITIC_ZERO_STAGE" \
