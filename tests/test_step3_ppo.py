@@ -246,6 +246,7 @@ def test_inverse_cdf_sampling_matches_the_distribution():
     drawn = sample_tokens(probs).view(20_000, 2)
     first = torch.bincount(drawn[:, 0], minlength=4).float() / 20_000
     assert first.tolist() == pytest.approx([0.5, 0.0, 0.3, 0.2], abs=0.015)
+    assert not (drawn[:, 0] == 1).any()
     assert (drawn[:, 1] == 3).all()
 
 
