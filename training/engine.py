@@ -35,6 +35,10 @@ def init_train_engine(
     scheduler = make_scheduler(optimizer, optim, num_training_steps)
     config = train_ds_config(engine, device.world_size(), optim.max_grad_norm)
     ds_engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
+    if engine.zero_stage == 0 and device.world_size() == 1:
+        # One process has nothing to average, yet DeepSpeed's stage-0 fallback would still flatten, reduce and
+        # copy back every gradient after each backward (about 50 ms a step for a 24M-parameter model on a CPU).
+        ds_engine.enable_backward_allreduce = False
     return ds_engine
 
 
