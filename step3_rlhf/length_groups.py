@@ -76,8 +76,9 @@ def grouped(
         ids = sequences[group.rows, group.left : group.right]
         mask = attention_mask[group.rows, group.left : group.right]
         parts.append(tuple(forward(ids, mask, start - group.left)))
-    inverse = torch.empty_like(torch.cat([g.rows for g in groups]))
-    inverse[torch.cat([g.rows for g in groups])] = torch.arange(len(inverse), device=inverse.device)
+    order = torch.cat([g.rows for g in groups])
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order), device=order.device)
     outputs = []
     for index in range(len(parts[0])):
         pieces = [_pad_columns(part[index], answer_width) for part in parts]

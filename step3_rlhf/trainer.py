@@ -24,7 +24,12 @@ from chatrlhf.step3_rlhf.ppo_math import (
 from chatrlhf.step3_rlhf.rollout import Rollout, sample
 from chatrlhf.training.metrics_log import MetricsLogger, format_metrics, print_rank0
 from chatrlhf.utils import device
-from chatrlhf.utils.model.lm_forward import answer_logits, causal_lm_loss, entropy, token_logprobs
+from chatrlhf.utils.model.lm_forward import (
+    answer_logits,
+    causal_lm_loss,
+    token_logprobs,
+    token_logprobs_and_entropy,
+)
 from chatrlhf.utils.model.packed_linear import packed_linears
 
 
@@ -133,10 +138,7 @@ class PPOTrainer:
         actor, critic = self.engines.actor.module, self.engines.critic.module
 
         def policy(ids: torch.Tensor, mask: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
-            logits = answer_logits(actor, ids, mask, start)
-            with torch.no_grad():
-                ent = entropy(logits)
-            return token_logprobs(logits, ids[:, start:]), ent
+            return token_logprobs_and_entropy(answer_logits(actor, ids, mask, start), ids[:, start:])
 
         def value(ids: torch.Tensor, mask: torch.Tensor, start: int) -> tuple[torch.Tensor]:
             return (token_values(critic, ids, mask)[:, start - 1 : -1].float(),)
