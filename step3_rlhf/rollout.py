@@ -5,13 +5,16 @@ dominates small models, and PPO needs only sampling with temperature, top-k and 
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
 from chatrlhf.step3_rlhf.config import GenerationConfig
+from chatrlhf.utils.model.fast_decode import DecodeStep, fast_decoder
 from chatrlhf.utils.model.kv_cache import preallocated_cache
 from chatrlhf.utils.model.lm_forward import position_ids_from_mask
+from chatrlhf.utils.model.packed_linear import packed_linears
 
 
 @dataclass
@@ -56,6 +59,17 @@ def sample_tokens(probs: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cdf, draw).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
 
+def _model_step(model) -> DecodeStep:
+    """A decode step through the model's own forward (any family, any device)."""
+
+    def step(tokens: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor, cache) -> torch.Tensor:
+        out = model(input_ids=tokens.unsqueeze(-1), attention_mask=attention_mask, position_ids=position_ids,
+                    past_key_values=cache, use_cache=True)
+        return out.logits[:, -1]
+
+    return step
+
+
 def answer_mask_from(tokens: torch.Tensor, eos_id: int) -> torch.Tensor:
     """1 up to and including each row's first end-of-text token, 0 after it."""
     is_eos = (tokens == eos_id).long()
@@ -63,29 +77,21 @@ def answer_mask_from(tokens: torch.Tensor, eos_id: int) -> torch.Tensor:
     return (ended_before == 0).long()
 
 
-@torch.no_grad()
-def sample(
-    model,
-    prompt_ids: torch.Tensor,
-    prompt_mask: torch.Tensor,
-    cfg: GenerationConfig,
-    *,
-    eos_id: int,
-    pad_id: int,
-) -> Rollout:
-    """Sample up to ``max_answer_seq_len`` tokens per prompt; stop when every row has ended."""
-    batch = prompt_ids.shape[0]
-    mask = prompt_mask
-    out = model(
+def _answer_tokens(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cfg: GenerationConfig,
+                      decode: DecodeStep, *, eos_id: int, pad_id: int) -> torch.Tensor:
+    """The answer tokens, (B, answer length), pad after a row's end-of-text token."""
+    batch, width = prompt_ids.shape
+    mask = torch.cat([prompt_mask, prompt_mask.new_ones(batch, cfg.max_answer_seq_len)], dim=1)
+    cache = preallocated_cache(width + cfg.max_answer_seq_len)
+    logits = model(
         input_ids=prompt_ids,
-        attention_mask=mask,
-        position_ids=position_ids_from_mask(mask),
-        past_key_values=preallocated_cache(prompt_ids.shape[1] + cfg.max_answer_seq_len),
+        attention_mask=prompt_mask,
+        position_ids=position_ids_from_mask(prompt_mask),
+        past_key_values=cache,
         use_cache=True,
         logits_to_keep=1,
-    )
-    cache, logits = out.past_key_values, out.logits[:, -1]
-    next_position = mask.sum(1, keepdim=True)
+    ).logits[:, -1]
+    next_position = prompt_mask.sum(1, keepdim=True)
     finished = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)
     tokens: list[torch.Tensor] = []
     for step in range(cfg.max_answer_seq_len):
@@ -102,19 +108,32 @@ def sample(
         finished |= token == eos_id
         if bool(finished.all()) or step + 1 == cfg.max_answer_seq_len:
             break
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        out = model(
-            input_ids=token.unsqueeze(-1),
-            attention_mask=mask,
-            position_ids=next_position,
-            past_key_values=cache,
-            use_cache=True,
-        )
-        cache, logits = out.past_key_values, out.logits[:, -1]
+        logits = decode(token, next_position, mask[:, : width + step + 1], cache)
         next_position = next_position + 1
-    answers = torch.stack(tokens, dim=1)
-    answer_mask = answer_mask_from(answers, eos_id)
-    answers = answers.masked_fill(answer_mask == 0, pad_id)
+    return torch.stack(tokens, dim=1)
+
+
+@torch.no_grad()
+def sample(
+    model,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    cfg: GenerationConfig,
+    *,
+    eos_id: int,
+    pad_id: int,
+) -> Rollout:
+    """Sample up to ``max_answer_seq_len`` tokens per prompt; stop when every row has ended.
+
+    Decode steps run through ``fast_decoder`` where the model allows it, else through the model's own
+    forward with packed weights.
+    """
+    decode = fast_decoder(model)
+    with nullcontext() if decode else packed_linears(model):
+        decode = decode or _model_step(model)
+        tokens = _answer_tokens(model, prompt_ids, prompt_mask, cfg, decode, eos_id=eos_id, pad_id=pad_id)
+    answer_mask = answer_mask_from(tokens, eos_id)
+    answers = tokens.masked_fill(answer_mask == 0, pad_id)
     return Rollout(
         sequences=torch.cat([prompt_ids, answers], dim=1),
         attention_mask=torch.cat([prompt_mask, answer_mask], dim=1),

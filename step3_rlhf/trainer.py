@@ -30,7 +30,7 @@ from chatrlhf.utils.model.lm_forward import (
     token_logprobs,
     token_logprobs_and_entropy,
 )
-from chatrlhf.utils.model.packed_linear import packed_linears
+from chatrlhf.utils.model.packed_linear import PackedWeights, packed_linears, packing_supported
 
 
 @dataclass
@@ -73,6 +73,13 @@ class PPOTrainer:
         self.target = device.local_device()
         self.steps = 0
         self.history: list[dict] = []
+        self._frozen_packs: dict[int, PackedWeights | None] = {}
+
+    def _packed_frozen(self, model: torch.nn.Module):
+        """``packed_linears`` for a model that never changes during the run: packed on first use, then kept."""
+        if id(model) not in self._frozen_packs:
+            self._frozen_packs[id(model)] = PackedWeights(model) if packing_supported(model) else None
+        return packed_linears(model, weights=self._frozen_packs[id(model)])
 
     # ----- rollout and scoring
     @torch.no_grad()
@@ -83,17 +90,15 @@ class PPOTrainer:
         def score(ids: torch.Tensor, mask: torch.Tensor, _: int) -> tuple[torch.Tensor]:
             return (sequence_scores(token_values(self.engines.reward, ids, mask), mask).float(),)
 
-        with packed_linears(self.engines.reward):
+        with self._packed_frozen(self.engines.reward):
             return grouped(score, rollout.sequences, rollout.attention_mask, rollout.prompt_width)[0]
 
     def generate(self, batch: dict, cfg: GenerationConfig | None = None):
         actor = self.engines.actor.module
         was_training = actor.training
         actor.eval()
-        with packed_linears(actor):
-            rollout = sample(actor, batch["input_ids"].to(self.target), batch["attention_mask"].to(self.target),
-                             cfg or self.generation, eos_id=self.tokenizer.eos_token_id,
-                             pad_id=self.tokenizer.pad_token_id)
+        rollout = sample(actor, batch["input_ids"].to(self.target), batch["attention_mask"].to(self.target),
+                         cfg or self.generation, eos_id=self.tokenizer.eos_token_id, pad_id=self.tokenizer.pad_token_id)
         actor.train(was_training)
         return rollout
 
@@ -102,7 +107,9 @@ class PPOTrainer:
         started = time.perf_counter()
         rollout = self.generate(batch)
         generated = time.perf_counter()
-        with self.engines.reference_policy() as reference, packed_linears(reference):
+        frozen = self.engines.reference is not None
+        with self.engines.reference_policy() as reference, \
+                (self._packed_frozen if frozen else packed_linears)(reference):
 
             def reference_logprobs(ids: torch.Tensor, mask: torch.Tensor, start: int) -> tuple[torch.Tensor]:
                 return (token_logprobs(answer_logits(reference, ids, mask, start), ids[:, start:]),)

@@ -70,9 +70,22 @@ def _packed_forward(layer: nn.Linear, packed: torch.Tensor):
     return forward
 
 
+class PackedWeights:
+    """oneDNN-packed copies of a model's linear weights, valid for as long as those weights do not change.
+
+    A frozen model (PPO's reference and reward models) is packed once for the whole run instead of on
+    every use, at the cost of a second copy of its linear weights.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.layers = [m for m in model.modules() if type(m) is nn.Linear]
+        with torch.no_grad():
+            self.packs = [torch.ops.mkldnn._reorder_linear_weight(m.weight.detach()) for m in self.layers]
+
+
 @contextmanager
-def packed_linears(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
-    """Within the block, ``model``'s ``nn.Linear`` layers use weights packed on entry.
+def packed_linears(model: nn.Module, enabled: bool = True, weights: PackedWeights | None = None) -> Iterator[nn.Module]:
+    """Within the block, ``model``'s ``nn.Linear`` layers use packed weights: ``weights``, or packed on entry.
 
     A no-op when ``enabled`` is False or ``packing_supported`` says no. Weights must not change inside
     the block (pack again after an optimizer step by entering the block again).
@@ -80,13 +93,11 @@ def packed_linears(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module
     if not enabled or not packing_supported(model):
         yield model
         return
-    layers = [m for m in model.modules() if type(m) is nn.Linear]
-    with torch.no_grad():
-        packs = [torch.ops.mkldnn._reorder_linear_weight(m.weight.detach()) for m in layers]
-    for layer, packed in zip(layers, packs):
+    weights = weights or PackedWeights(model)
+    for layer, packed in zip(weights.layers, weights.packs):
         layer.forward = _packed_forward(layer, packed)
     try:
         yield model
     finally:
-        for layer in layers:
+        for layer in weights.layers:
             del layer.forward

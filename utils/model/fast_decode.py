@@ -1,0 +1,168 @@
+"""One decode step of an OPT- or LLaMA-family model as a flat loop, without transformers' per-call machinery.
+
+At a few rows and tens of millions of parameters, a decode step's matrix products take a few
+milliseconds on a CPU, and the Hugging Face forward's module calls, mask building, attention dispatch
+and output objects take as long again. ``fast_decoder`` runs the same arithmetic on the same KV cache:
+the q/k/v products (and LLaMA's gate/up products) fused into one oneDNN-packed weight each, attention
+written out for a single query, norms and activations the model's own modules.
+
+It serves plain fp32 CPU models of the two families only (checked below); for anything else it
+returns None and the caller keeps the model's own forward. Weights are packed when the decoder is
+built, so build one per rollout.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers.cache_utils import Cache
+
+from chatrlhf.training.lora import base_model
+from chatrlhf.utils.model.packed_linear import packing_supported
+
+DecodeStep = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Cache], torch.Tensor]
+
+
+class _Packed:
+    """``x @ W.T + b`` through a oneDNN-packed copy of one or more linear layers stacked along outputs."""
+
+    def __init__(self, *layers: nn.Linear) -> None:
+        weight = torch.cat([layer.weight.detach() for layer in layers])
+        biases = [layer.bias for layer in layers]
+        self.bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight)
+        self.sizes = [layer.out_features for layer in layers]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+
+    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self(x).split(self.sizes, dim=-1)
+
+
+def _attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+            scale: float) -> torch.Tensor:
+    """Attention of one query per row, (B, H, D), over cached (B, KV, L, D) keys/values; grouped heads share them.
+
+    ``mask`` is additive, (B, 1, 1, L). Returns (B, H * D).
+    """
+    batch, heads, dim = query.shape
+    kv_heads = keys.shape[1]
+    query = query.reshape(batch, kv_heads, heads // kv_heads, dim)
+    scores = torch.matmul(query, keys.transpose(-1, -2))
+    if scale != 1.0:
+        scores = scores * scale
+    weights = torch.softmax(scores + mask, dim=-1, dtype=torch.float32).to(query.dtype)
+    return torch.matmul(weights, values).reshape(batch, heads * dim)
+
+
+def _additive(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    mask = torch.zeros(attention_mask.shape[0], 1, 1, attention_mask.shape[1], dtype=dtype,
+                       device=attention_mask.device)
+    return mask.masked_fill_((attention_mask == 0)[:, None, None, :], torch.finfo(dtype).min)
+
+
+def _plain_linears(*layers: nn.Module) -> bool:
+    return all(type(layer) is nn.Linear for layer in layers)
+
+
+def _opt_decoder(hf: nn.Module) -> DecodeStep | None:
+    config, decoder = hf.config, hf.model.decoder
+    if not config.do_layer_norm_before:
+        return None
+    blocks = []
+    for layer in decoder.layers:
+        attn = layer.self_attn
+        if not _plain_linears(attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj, layer.fc1, layer.fc2):
+            return None
+        blocks.append((layer, _Packed(attn.q_proj, attn.k_proj, attn.v_proj), _Packed(attn.out_proj),
+                       _Packed(layer.fc1), _Packed(layer.fc2), attn.scaling))
+    ends = [m for m in (decoder.project_in, decoder.project_out, hf.lm_head) if m is not None]
+    if not _plain_linears(*ends):
+        return None
+    project_in, project_out = (_Packed(m) if m is not None else None for m in (decoder.project_in, decoder.project_out))
+    head = _Packed(hf.lm_head)
+    heads = config.num_attention_heads
+
+    def step(tokens: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
+             cache: Cache) -> torch.Tensor:
+        batch = tokens.shape[0]
+        x = decoder.embed_tokens(tokens)
+        if project_in is not None:
+            x = project_in(x)
+        x = x + decoder.embed_positions(attention_mask, 0, position_ids=position_ids[:, -1])
+        mask = _additive(attention_mask, x.dtype)
+        for index, (layer, qkv, out, fc1, fc2, scaling) in enumerate(blocks):
+            q, k, v = qkv.split(layer.self_attn_layer_norm(x))
+            k, v = (t.view(batch, heads, 1, -1) for t in (k, v))
+            keys, values = cache.layers[index].update(k, v)
+            x = x + out(_attend((q * scaling).view(batch, heads, -1), keys, values, mask, 1.0))
+            x = x + fc2(layer.activation_fn(fc1(layer.final_layer_norm(x))))
+        if decoder.final_layer_norm is not None:
+            x = decoder.final_layer_norm(x)
+        if project_out is not None:
+            x = project_out(x)
+        return head(x)
+
+    return step
+
+
+def _llama_decoder(hf: nn.Module) -> DecodeStep | None:
+    config, body = hf.config, hf.model
+    if getattr(config, "pretraining_tp", 1) != 1:
+        return None
+    blocks = []
+    for layer in body.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        if not _plain_linears(attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj,
+                              mlp.down_proj):
+            return None
+        blocks.append((layer, _Packed(attn.q_proj, attn.k_proj, attn.v_proj), _Packed(attn.o_proj),
+                       _Packed(mlp.gate_proj, mlp.up_proj), _Packed(mlp.down_proj), attn.scaling, attn.head_dim))
+    if not _plain_linears(hf.lm_head):
+        return None
+    head = _Packed(hf.lm_head)
+
+    def step(tokens: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
+             cache: Cache) -> torch.Tensor:
+        batch = tokens.shape[0]
+        x = body.embed_tokens(tokens)
+        cos, sin = body.rotary_emb(x, position_ids)
+        cos, sin = cos.view(batch, 1, -1), sin.view(batch, 1, -1)
+        mask = _additive(attention_mask, x.dtype)
+        for index, (layer, qkv, out, gate_up, down, scaling, head_dim) in enumerate(blocks):
+            q, k, v = qkv.split(layer.input_layernorm(x))
+            q, k = (_rotate(t.view(batch, -1, head_dim), cos, sin) for t in (q, k))
+            keys, values = cache.layers[index].update(k.unsqueeze(2), v.view(batch, -1, 1, head_dim))
+            x = x + out(_attend(q, keys, values, mask, scaling))
+            gate, up = gate_up.split(layer.post_attention_layernorm(x))
+            x = x + down(layer.mlp.act_fn(gate) * up)
+        return head(body.norm(x))
+
+    return step
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding of (B, H, D) vectors, as transformers' ``apply_rotary_pos_emb``."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+FAMILIES = {"OPTForCausalLM": _opt_decoder, "LlamaForCausalLM": _llama_decoder}
+
+
+@torch.no_grad()
+def fast_decoder(model: nn.Module) -> DecodeStep | None:
+    """``step(tokens (B,), position_ids (B, 1), attention_mask (B, L), cache) -> next-token logits (B, V)``, or None.
+
+    ``cache`` already holds the earlier positions (the prefill runs through the model's own forward)
+    and receives the new one; ``attention_mask`` covers the cache plus the new token. None unless the
+    model is an OPT or LLaMA causal LM in eval mode whose projections are plain fp32 CPU ``nn.Linear``
+    layers (not LoRA, not ZeRO-3 partitions).
+    """
+    hf = base_model(model)
+    build = FAMILIES.get(type(hf).__name__)
+    if build is None or hf.training or not packing_supported(hf):
+        return None
+    return build(hf)
