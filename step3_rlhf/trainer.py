@@ -24,6 +24,7 @@ from chatrlhf.step3_rlhf.ppo_math import (
 from chatrlhf.step3_rlhf.rollout import Rollout, sample
 from chatrlhf.training.metrics_log import MetricsLogger, format_metrics, print_rank0
 from chatrlhf.utils import device
+from chatrlhf.utils.model.last_layer import outputs_from
 from chatrlhf.utils.model.lm_forward import (
     answer_logits,
     causal_lm_loss,
@@ -87,8 +88,9 @@ class PPOTrainer:
         """The frozen reward model's score of each prompt + answer (at its last real token)."""
         from chatrlhf.step2_reward.reward_model import sequence_scores, token_values
 
-        def score(ids: torch.Tensor, mask: torch.Tensor, _: int) -> tuple[torch.Tensor]:
-            return (sequence_scores(token_values(self.engines.reward, ids, mask), mask).float(),)
+        def score(ids: torch.Tensor, mask: torch.Tensor, start: int) -> tuple[torch.Tensor]:
+            with outputs_from(self.engines.reward, start - 1):
+                return (sequence_scores(token_values(self.engines.reward, ids, mask), mask).float(),)
 
         with self._packed_frozen(self.engines.reward):
             return grouped(score, rollout.sequences, rollout.attention_mask, rollout.prompt_width)[0]
@@ -148,7 +150,8 @@ class PPOTrainer:
             return token_logprobs_and_entropy(answer_logits(actor, ids, mask, start), ids[:, start:])
 
         def value(ids: torch.Tensor, mask: torch.Tensor, start: int) -> tuple[torch.Tensor]:
-            return (token_values(critic, ids, mask)[:, start - 1 : -1].float(),)
+            with outputs_from(critic, start - 1):
+                return (token_values(critic, ids, mask)[:, start - 1 : -1].float(),)
 
         groups = plan_groups(exp.attention_mask, exp.prompt_width)
         with packed_linears(actor):

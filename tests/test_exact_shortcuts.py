@@ -1,32 +1,42 @@
-"""The flat decode step and reusable packed weights give the Hugging Face forward's numbers."""
+"""Speed shortcuts that must not change a number: flat decode steps, reused packed weights, a trimmed last layer."""
 from __future__ import annotations
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+    OPTConfig,
+    OPTForCausalLM,
+    OPTForSequenceClassification,
+)
 
 from chatrlhf.step3_rlhf.rollout import _model_step
 from chatrlhf.utils.model.fast_decode import fast_decoder
 from chatrlhf.utils.model.kv_cache import preallocated_cache
+from chatrlhf.utils.model.last_layer import outputs_from
 from chatrlhf.utils.model.lm_forward import position_ids_from_mask
 from chatrlhf.utils.model.packed_linear import PackedWeights, packed_linears, packing_supported
 
 pytestmark = pytest.mark.skipif(not packing_supported(torch.nn.Linear(2, 2)), reason="this PyTorch has no oneDNN")
 
 
-def opt(**overrides) -> OPTForCausalLM:
+def opt(cls=OPTForCausalLM, **overrides):
     config = dict(vocab_size=300, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
-                  max_position_embeddings=64, word_embed_proj_dim=32)
+                  max_position_embeddings=64, word_embed_proj_dim=32, dropout=0.0, pad_token_id=0)
     torch.manual_seed(0)
-    return OPTForCausalLM(OPTConfig(**(config | overrides))).eval()
+    return cls(OPTConfig(**(config | overrides))).eval()
 
 
-def llama() -> LlamaForCausalLM:
+def llama(cls=LlamaForCausalLM):
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0,
                          rope_scaling={"rope_type": "linear", "factor": 2.0})
-    return LlamaForCausalLM(config).eval()
+    return cls(config).eval()
 
 
 def decode_logits(model, step, steps: int = 5) -> torch.Tensor:
@@ -78,3 +88,50 @@ def test_packed_weights_are_reused_until_the_block_ends():
             with packed_linears(model, weights=weights):
                 torch.testing.assert_close(model(input_ids=ids).logits, plain, rtol=1e-4, atol=1e-5)
     assert not any("forward" in vars(m) for m in model.modules())
+
+
+def padded_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(2)
+    ids = torch.randint(2, 300, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0
+    mask[2, 10:] = 0
+    return ids, mask
+
+
+@pytest.mark.parametrize("build", [opt, llama, lambda: opt(OPTForSequenceClassification, num_labels=1),
+                                   lambda: llama(LlamaForSequenceClassification)],
+                         ids=["opt", "llama", "opt-score", "llama-score"])
+def test_trimmed_last_layer_gives_the_same_outputs_and_gradients(build):
+    model = build().train()
+    ids, mask = padded_batch()
+    first = 5
+    layers = model.base_model.layers if hasattr(model.base_model, "layers") else model.base_model.decoder.layers
+    runs = []
+    for trim in (False, True):
+        model.zero_grad()
+        with outputs_from(model, first if trim else 0):
+            assert type(layers[-1]).__name__.endswith("Tail") == trim
+            hidden = model.base_model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                                      use_cache=False)[0]
+        tail = hidden[:, first:]
+        tail.square().mean().backward()
+        runs.append((tail.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (plain, plain_grads), (trimmed, trimmed_grads) = runs
+    torch.testing.assert_close(trimmed, plain, rtol=1e-4, atol=1e-5)
+    assert len(trimmed_grads) == len(plain_grads)
+    for got, want in zip(trimmed_grads, plain_grads):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-5)
+    assert type(layers[-1]).__name__.endswith("DecoderLayer")
+
+
+def test_trimmed_last_layer_stands_aside_where_it_cannot_be_exact():
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100))
+    with outputs_from(gpt2, 3):
+        assert type(gpt2.transformer.h[-1]).__name__ == "GPT2Block"
+    dropping = opt(dropout=0.1).train()
+    with outputs_from(dropping, 3):
+        assert type(dropping.model.decoder.layers[-1]).__name__ == "OPTDecoderLayer"
+    model = opt()
+    with outputs_from(model, 3), pytest.raises(RuntimeError, match="full forward passes"):
+        model(input_ids=torch.ones(1, 4, dtype=torch.long), use_cache=True, past_key_values=preallocated_cache(8))
