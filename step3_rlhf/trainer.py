@@ -31,7 +31,7 @@ from chatrlhf.utils.model.lm_forward import (
     token_logprobs,
     token_logprobs_and_entropy,
 )
-from chatrlhf.utils.model.packed_linear import PackedWeights, packed_linears, packing_supported
+from chatrlhf.utils.model.packed_linear import PackedWeights, onednn_linears, packed_linears, packing_supported
 
 
 @dataclass
@@ -154,9 +154,9 @@ class PPOTrainer:
                 return (token_values(critic, ids, mask)[:, start - 1 : -1].float(),)
 
         groups = plan_groups(exp.attention_mask, exp.prompt_width)
-        with packed_linears(actor):
+        with onednn_linears(actor):
             logprobs, ent = grouped(policy, exp.sequences, exp.attention_mask, exp.prompt_width, groups)
-        with packed_linears(critic):
+        with onednn_linears(critic):
             (values,) = grouped(value, exp.sequences, exp.attention_mask, exp.prompt_width, groups)
         return logprobs, ent, values
 

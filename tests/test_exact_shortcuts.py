@@ -19,7 +19,7 @@ from chatrlhf.utils.model.fast_decode import fast_decoder
 from chatrlhf.utils.model.kv_cache import preallocated_cache
 from chatrlhf.utils.model.last_layer import outputs_from
 from chatrlhf.utils.model.lm_forward import position_ids_from_mask
-from chatrlhf.utils.model.packed_linear import PackedWeights, packed_linears, packing_supported
+from chatrlhf.utils.model.packed_linear import PackedWeights, onednn_linears, packed_linears, packing_supported
 
 pytestmark = pytest.mark.skipif(not packing_supported(torch.nn.Linear(2, 2)), reason="this PyTorch has no oneDNN")
 
@@ -87,6 +87,27 @@ def test_packed_weights_are_reused_until_the_block_ends():
         for _ in range(2):
             with packed_linears(model, weights=weights):
                 torch.testing.assert_close(model(input_ids=ids).logits, plain, rtol=1e-4, atol=1e-5)
+    assert not any("forward" in vars(m) for m in model.modules())
+
+
+def test_onednn_linears_keep_gradients_and_follow_weight_updates():
+    model = opt().train()
+    ids = torch.randint(2, 300, (2, 9))
+    runs = []
+    for fast in (False, True):
+        model.zero_grad()
+        with onednn_linears(model) if fast else torch.enable_grad():
+            model(input_ids=ids).logits.square().mean().backward()
+        runs.append([p.grad.clone() for p in model.parameters()])
+    for got, want in zip(*runs):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-6)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with onednn_linears(model):
+        before = model(input_ids=ids).logits.detach()
+        optimizer.step()
+        after = model(input_ids=ids).logits.detach()
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, model(input_ids=ids).logits.detach(), rtol=1e-4, atol=1e-5)
     assert not any("forward" in vars(m) for m in model.modules())
 
 

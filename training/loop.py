@@ -24,6 +24,7 @@ from chatrlhf.training.metrics_log import MetricsLogger, Throughput, format_metr
 from chatrlhf.training.run_control import LossGuard, StopRequested, StopSignals
 from chatrlhf.training.samplers import LengthGroupedSampler
 from chatrlhf.utils import device
+from chatrlhf.utils.model.packed_linear import onednn_linears
 
 
 class StepTask(Protocol):
@@ -154,7 +155,8 @@ class Trainer:
         signals = StopSignals()
         signals.install()
         try:
-            self._epochs(start_epoch, skip, bar, signals, on_save)
+            with onednn_linears(self.engine.module):
+                self._epochs(start_epoch, skip, bar, signals, on_save)
         finally:
             signals.uninstall()
             bar.close()

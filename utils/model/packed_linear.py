@@ -1,14 +1,18 @@
-"""oneDNN pre-packed weights for every linear layer of a model on the CPU.
+"""oneDNN matrix products for every linear layer of a model on the CPU, forward and backward.
 
-PyTorch's default CPU matmul for ``x @ W.T`` reaches 5-9 GB/s of weight traffic on the few rows of a
-decode step and 110-180 GFLOP/s on a training batch; the same product with the weight reordered once
-into oneDNN's blocked layout reaches 15-18 GB/s and 170-210 GFLOP/s (measured on the 2-core AMD EPYC
-this project is tested on). Packing costs one copy of the weights, so it pays off whenever a packed
-weight serves at least one forward pass; weights are packed on entering ``packed_linears`` and the
-layers are restored on leaving it, so an optimizer step between two uses is always picked up.
+PyTorch's default CPU matmul (MKL) for ``x @ W.T`` reaches 5-9 GB/s of weight traffic on the few rows
+of a decode step and 110-170 GFLOP/s on a training batch; oneDNN's product reaches 15-18 GB/s with
+the weight reordered once into its blocked layout ("packed"), and 180-210 GFLOP/s on training-size
+batches even from the plain weight (measured on the 2-core AMD EPYC this project is tested on).
 
-The backward pass stays PyTorch's (``grad_out @ W`` and ``grad_out.T @ x``), so gradients are the
-ordinary ones; only the forward product runs through the packed weight.
+Two ways in, both restoring the layers on leaving the block:
+- ``packed_linears``: forward passes through packed weights. Packing costs one copy of the weights,
+  so it pays off for generation (many small products per weight) and for frozen models packed once
+  (``PackedWeights``); an optimizer step between two uses is picked up by entering the block again.
+- ``onednn_linears``: training passes through the plain weights, nothing copied. The backward's
+  input gradient ``grad_out @ W`` also runs through oneDNN (on the transposed view of the weight);
+  the weight gradient stays PyTorch's ``grad_out.T @ x``. Gradients are the ordinary ones up to
+  floating-point rounding.
 """
 from __future__ import annotations
 
@@ -19,21 +23,27 @@ import torch
 from torch import nn
 
 
-class _PackedLinearFunction(torch.autograd.Function):
-    """``x @ W.T + b`` forward through a packed weight, the standard gradients backward."""
+def _onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ weight.T + bias`` by oneDNN; ``weight`` is plain (any strides) or packed."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+class _OneDNNLinearFunction(torch.autograd.Function):
+    """``x @ W.T + b`` through oneDNN (from ``packed`` when given, else the plain weight), oneDNN backward."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, packed: torch.Tensor):
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, packed: torch.Tensor | None):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+        return _onednn_product(x, weight if packed is None else packed, bias)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         x, weight = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = grad_out @ weight
+            grad_x = _onednn_product(grad_out, weight.t(), None)
         flat_grad = grad_out.reshape(-1, grad_out.shape[-1])
         if ctx.needs_input_grad[1]:
             grad_w = flat_grad.t() @ x.reshape(-1, x.shape[-1])
@@ -58,16 +68,27 @@ def packing_supported(model: nn.Module) -> bool:
     )
 
 
-def _packed_forward(layer: nn.Linear, packed: torch.Tensor):
+def _onednn_forward(layer: nn.Linear, packed: torch.Tensor | None):
     def forward(x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.float32 or x.device.type != "cpu":
             return nn.functional.linear(x, layer.weight, layer.bias)
         needs_grad = any(t is not None and t.requires_grad for t in (x, layer.weight, layer.bias))
         if not (torch.is_grad_enabled() and needs_grad):
-            return torch.ops.mkldnn._linear_pointwise(x, packed, layer.bias, "none", [], "")
-        return _PackedLinearFunction.apply(x, layer.weight, layer.bias, packed)
+            return _onednn_product(x, layer.weight if packed is None else packed, layer.bias)
+        return _OneDNNLinearFunction.apply(x, layer.weight, layer.bias, packed)
 
     return forward
+
+
+@contextmanager
+def _installed(layers: list[nn.Linear], packs: list[torch.Tensor | None]) -> Iterator[None]:
+    for layer, packed in zip(layers, packs):
+        layer.forward = _onednn_forward(layer, packed)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward
 
 
 class PackedWeights:
@@ -94,10 +115,20 @@ def packed_linears(model: nn.Module, enabled: bool = True, weights: PackedWeight
         yield model
         return
     weights = weights or PackedWeights(model)
-    for layer, packed in zip(weights.layers, weights.packs):
-        layer.forward = _packed_forward(layer, packed)
-    try:
+    with _installed(weights.layers, weights.packs):
         yield model
-    finally:
-        for layer in weights.layers:
-            del layer.forward
+
+
+@contextmanager
+def onednn_linears(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, ``model``'s ``nn.Linear`` layers run forward and backward products through oneDNN.
+
+    Nothing is copied, so weights may change inside the block. A no-op where ``packing_supported``
+    says no.
+    """
+    if not packing_supported(model):
+        yield model
+        return
+    layers = [m for m in model.modules() if type(m) is nn.Linear]
+    with _installed(layers, [None] * len(layers)):
+        yield model
