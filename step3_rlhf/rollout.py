@@ -5,7 +5,6 @@ dominates small models, and PPO needs only sampling with temperature, top-k and 
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -14,7 +13,7 @@ from chatrlhf.step3_rlhf.config import GenerationConfig
 from chatrlhf.utils.model.fast_decode import DecodeStep, fast_decoder
 from chatrlhf.utils.model.kv_cache import preallocated_cache
 from chatrlhf.utils.model.lm_forward import position_ids_from_mask
-from chatrlhf.utils.model.packed_linear import packed_linears
+from chatrlhf.utils.model.packed_linear import onednn_linears, packed_linears
 
 
 @dataclass
@@ -126,10 +125,10 @@ def sample(
     """Sample up to ``max_answer_seq_len`` tokens per prompt; stop when every row has ended.
 
     Decode steps run through ``fast_decoder`` where the model allows it, else through the model's own
-    forward with packed weights.
+    forward with packed weights; the prompt's forward pass runs oneDNN products either way.
     """
     decode = fast_decoder(model)
-    with nullcontext() if decode else packed_linears(model):
+    with onednn_linears(model) if decode else packed_linears(model):
         decode = decode or _model_step(model)
         tokens = _answer_tokens(model, prompt_ids, prompt_mask, cfg, decode, eos_id=eos_id, pad_id=pad_id)
     answer_mask = answer_mask_from(tokens, eos_id)

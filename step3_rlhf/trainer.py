@@ -31,7 +31,7 @@ from chatrlhf.utils.model.lm_forward import (
     token_logprobs,
     token_logprobs_and_entropy,
 )
-from chatrlhf.utils.model.packed_linear import PackedWeights, onednn_linears, packed_linears, packing_supported
+from chatrlhf.utils.model.packed_linear import onednn_linears
 
 
 @dataclass
@@ -74,13 +74,6 @@ class PPOTrainer:
         self.target = device.local_device()
         self.steps = 0
         self.history: list[dict] = []
-        self._frozen_packs: dict[int, PackedWeights | None] = {}
-
-    def _packed_frozen(self, model: torch.nn.Module):
-        """``packed_linears`` for a model that never changes during the run: packed on first use, then kept."""
-        if id(model) not in self._frozen_packs:
-            self._frozen_packs[id(model)] = PackedWeights(model) if packing_supported(model) else None
-        return packed_linears(model, weights=self._frozen_packs[id(model)])
 
     # ----- rollout and scoring
     @torch.no_grad()
@@ -92,7 +85,7 @@ class PPOTrainer:
             with outputs_from(self.engines.reward, start - 1):
                 return (sequence_scores(token_values(self.engines.reward, ids, mask), mask).float(),)
 
-        with self._packed_frozen(self.engines.reward):
+        with onednn_linears(self.engines.reward):
             return grouped(score, rollout.sequences, rollout.attention_mask, rollout.prompt_width)[0]
 
     def generate(self, batch: dict, cfg: GenerationConfig | None = None):
@@ -109,9 +102,7 @@ class PPOTrainer:
         started = time.perf_counter()
         rollout = self.generate(batch)
         generated = time.perf_counter()
-        frozen = self.engines.reference is not None
-        with self.engines.reference_policy() as reference, \
-                (self._packed_frozen if frozen else packed_linears)(reference):
+        with self.engines.reference_policy() as reference, onednn_linears(reference):
 
             def reference_logprobs(ids: torch.Tensor, mask: torch.Tensor, start: int) -> tuple[torch.Tensor]:
                 return (token_logprobs(answer_logits(reference, ids, mask, start), ids[:, start:]),)

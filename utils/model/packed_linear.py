@@ -7,9 +7,9 @@ batches even from the plain weight (measured on the 2-core AMD EPYC this project
 
 Two ways in, both restoring the layers on leaving the block:
 - ``packed_linears``: forward passes through packed weights. Packing costs one copy of the weights,
-  so it pays off for generation (many small products per weight) and for frozen models packed once
-  (``PackedWeights``); an optimizer step between two uses is picked up by entering the block again.
-- ``onednn_linears``: training passes through the plain weights, nothing copied. The backward's
+  so it pays off for generation (many small products per weight); an optimizer step between two
+  uses is picked up by entering the block again.
+- ``onednn_linears``: scoring and training passes through the plain weights, nothing copied. The backward's
   input gradient ``grad_out @ W`` also runs through oneDNN (on the transposed view of the weight);
   the weight gradient stays PyTorch's ``grad_out.T @ x``. Gradients are the ordinary ones up to
   floating-point rounding.
@@ -82,31 +82,23 @@ def _onednn_forward(layer: nn.Linear, packed: torch.Tensor | None):
 
 @contextmanager
 def _installed(layers: list[nn.Linear], packs: list[torch.Tensor | None]) -> Iterator[None]:
+    """Each layer's forward replaced for the block; blocks nest (the outer one's forward comes back)."""
+    outer = [vars(layer).get("forward") for layer in layers]
     for layer, packed in zip(layers, packs):
         layer.forward = _onednn_forward(layer, packed)
     try:
         yield
     finally:
-        for layer in layers:
-            del layer.forward
-
-
-class PackedWeights:
-    """oneDNN-packed copies of a model's linear weights, valid for as long as those weights do not change.
-
-    A frozen model (PPO's reference and reward models) is packed once for the whole run instead of on
-    every use, at the cost of a second copy of its linear weights.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        self.layers = [m for m in model.modules() if type(m) is nn.Linear]
-        with torch.no_grad():
-            self.packs = [torch.ops.mkldnn._reorder_linear_weight(m.weight.detach()) for m in self.layers]
+        for layer, previous in zip(layers, outer):
+            if previous is None:
+                del layer.forward
+            else:
+                layer.forward = previous
 
 
 @contextmanager
-def packed_linears(model: nn.Module, enabled: bool = True, weights: PackedWeights | None = None) -> Iterator[nn.Module]:
-    """Within the block, ``model``'s ``nn.Linear`` layers use packed weights: ``weights``, or packed on entry.
+def packed_linears(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
+    """Within the block, ``model``'s ``nn.Linear`` layers run their products through weights packed on entry.
 
     A no-op when ``enabled`` is False or ``packing_supported`` says no. Weights must not change inside
     the block (pack again after an optimizer step by entering the block again).
@@ -114,8 +106,10 @@ def packed_linears(model: nn.Module, enabled: bool = True, weights: PackedWeight
     if not enabled or not packing_supported(model):
         yield model
         return
-    weights = weights or PackedWeights(model)
-    with _installed(weights.layers, weights.packs):
+    layers = [m for m in model.modules() if type(m) is nn.Linear]
+    with torch.no_grad():
+        packs = [torch.ops.mkldnn._reorder_linear_weight(m.weight.detach()) for m in layers]
+    with _installed(layers, packs):
         yield model
 
 
