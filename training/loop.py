@@ -24,7 +24,6 @@ from chatrlhf.training.metrics_log import MetricsLogger, Throughput, format_metr
 from chatrlhf.training.run_control import LossGuard, StopRequested, StopSignals
 from chatrlhf.training.samplers import LengthGroupedSampler
 from chatrlhf.utils import device
-from chatrlhf.utils.model.packed_linear import onednn_linears
 
 
 class StepTask(Protocol):
@@ -155,8 +154,7 @@ class Trainer:
         signals = StopSignals()
         signals.install()
         try:
-            with onednn_linears(self.engine.module):
-                self._epochs(start_epoch, skip, bar, signals, on_save)
+            self._epochs(start_epoch, skip, bar, signals, on_save)
         finally:
             signals.uninstall()
             bar.close()
