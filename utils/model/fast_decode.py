@@ -19,7 +19,7 @@ from torch import nn
 from transformers.cache_utils import Cache
 
 from chatrlhf.training.lora import base_model
-from chatrlhf.utils.model.packed_linear import packing_supported
+from chatrlhf.utils.model.packed_linear import onednn_product, packing_supported
 
 DecodeStep = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Cache], torch.Tensor]
 
@@ -35,7 +35,7 @@ class _Packed:
         self.sizes = [layer.out_features for layer in layers]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        return onednn_product(x, self.weight, self.bias)
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self(x).split(self.sizes, dim=-1)

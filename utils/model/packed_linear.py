@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 
-def _onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``x @ weight.T + bias`` by oneDNN; ``weight`` is plain (any strides) or packed."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
@@ -35,7 +35,7 @@ class _OneDNNLinearFunction(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, packed: torch.Tensor | None):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return _onednn_product(x, weight if packed is None else packed, bias)
+        return onednn_product(x, weight if packed is None else packed, bias)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
@@ -43,7 +43,7 @@ class _OneDNNLinearFunction(torch.autograd.Function):
         grad_out = grad_out.contiguous()
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = _onednn_product(grad_out, weight.t(), None)
+            grad_x = onednn_product(grad_out, weight.t(), None)
         flat_grad = grad_out.reshape(-1, grad_out.shape[-1])
         if ctx.needs_input_grad[1]:
             grad_w = flat_grad.t() @ x.reshape(-1, x.shape[-1])
@@ -74,7 +74,7 @@ def _onednn_forward(layer: nn.Linear, packed: torch.Tensor | None):
             return nn.functional.linear(x, layer.weight, layer.bias)
         needs_grad = any(t is not None and t.requires_grad for t in (x, layer.weight, layer.bias))
         if not (torch.is_grad_enabled() and needs_grad):
-            return _onednn_product(x, layer.weight if packed is None else packed, layer.bias)
+            return onednn_product(x, layer.weight if packed is None else packed, layer.bias)
         return _OneDNNLinearFunction.apply(x, layer.weight, layer.bias, packed)
 
     return forward
