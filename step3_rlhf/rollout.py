@@ -77,7 +77,7 @@ def answer_mask_from(tokens: torch.Tensor, eos_id: int) -> torch.Tensor:
 
 
 def _answer_tokens(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cfg: GenerationConfig,
-                      decode: DecodeStep, *, eos_id: int, pad_id: int) -> torch.Tensor:
+                   decode: DecodeStep, *, eos_id: int, pad_id: int) -> torch.Tensor:
     """The answer tokens, (B, answer length), pad after a row's end-of-text token."""
     batch, width = prompt_ids.shape
     mask = torch.cat([prompt_mask, prompt_mask.new_ones(batch, cfg.max_answer_seq_len)], dim=1)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 from transformers.cache_utils import Cache
+from transformers.models.llama.modeling_llama import rotate_half
 
 from chatrlhf.training.lora import base_model
 from chatrlhf.utils.model.packed_linear import onednn_product, packing_supported
@@ -145,8 +146,7 @@ def _llama_decoder(hf: nn.Module) -> DecodeStep | None:
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary position embedding of (B, H, D) vectors, as transformers' ``apply_rotary_pos_emb``."""
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+    return x * cos + rotate_half(x) * sin
 
 
 FAMILIES = {"OPTForCausalLM": _opt_decoder, "LlamaForCausalLM": _llama_decoder}

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.models.llama.modeling_llama import rotate_half
 
 from chatrlhf.training.lora import base_model
 
@@ -72,8 +73,8 @@ class _LlamaTail(nn.Module):
         query = attn.q_proj(normed[:, first:]).view(batch, length - first, -1, attn.head_dim).transpose(1, 2)
         keys, values = (proj(normed).view(batch, length, -1, attn.head_dim).transpose(1, 2)
                         for proj in (attn.k_proj, attn.v_proj))
-        query = query * cos[:, :, first:] + _rotate_half(query) * sin[:, :, first:]
-        keys = keys * cos + _rotate_half(keys) * sin
+        query = query * cos[:, :, first:] + rotate_half(query) * sin[:, :, first:]
+        keys = keys * cos + rotate_half(keys) * sin
         mixed = _attend(attention_mask, query, keys, values, first, attn.scaling)
         tail = hidden_states[:, first:] + attn.o_proj(mixed)
         tail = tail + layer.mlp(layer.post_attention_layernorm(tail))
@@ -84,11 +85,6 @@ def _refuse_cache(past_key_values) -> None:
     if past_key_values is not None:
         raise RuntimeError("outputs_from() is for full forward passes; a cached (generation) forward needs every "
                            "position of the final layer")
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 def _decoder_layers(model: nn.Module) -> tuple[nn.ModuleList, type[nn.Module]] | None:
