@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 import torch
 
@@ -65,8 +66,29 @@ def init_distributed() -> None:
 
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if has_cuda() else "gloo")
+        unlink_shm_workspace()
     if has_cuda():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def shm_workspace_path() -> Path:
+    """Where DeepSpeed's CPU communication op names this rank's shared-memory all-reduce workspace."""
+    env = os.environ
+    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{env.get('MASTER_ADDR', '')}_{env.get('MASTER_PORT', '')}_"
+            f"{rank()}")
+    return Path("/dev/shm") / name
+
+
+def unlink_shm_workspace() -> None:
+    """Remove the name of this rank's shared-memory workspace once every rank has mapped its peers'.
+
+    DeepSpeed's CPU op creates a 67 MB segment per rank and never unlinks it, so each run used to leave
+    its segments in /dev/shm (host RAM) until reboot. Mappings outlive the name, so the running job keeps
+    its workspace and the kernel frees it when the last rank exits, even after a crash."""
+    if has_cuda():
+        return
+    barrier()
+    shm_workspace_path().unlink(missing_ok=True)
 
 
 def local_device() -> torch.device:
