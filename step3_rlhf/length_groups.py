@@ -30,13 +30,21 @@ class RowGroup:
     right: int
 
 
-def plan_groups(attention_mask: torch.Tensor, start: int, overhead: int = GROUP_OVERHEAD_TOKENS) -> list[RowGroup]:
-    """Contiguous groups of length-sorted rows minimising padded positions + ``overhead`` per group."""
+def plan_groups(attention_mask: torch.Tensor, start: int, overhead: int = GROUP_OVERHEAD_TOKENS, *,
+                split: bool = True) -> list[RowGroup]:
+    """Contiguous groups of length-sorted rows minimising padded positions + ``overhead`` per group.
+
+    ``split=False`` gives one group of all rows, trimmed to the columns any row uses: ranks that must
+    make the same forward calls (``lockstep_needed``) cannot each pick their own number of groups.
+    """
     real = attention_mask != 0
     columns = torch.arange(real.shape[1], device=real.device)
     width = real.shape[1]
     first = torch.where(real, columns, width).amin(1).clamp(max=start - 1).tolist()
     last = torch.where(real, columns, -1).amax(1).clamp(min=start).tolist()
+    if not split:
+        rows = torch.arange(len(first), device=attention_mask.device)
+        return [RowGroup(rows, min(first), max(last) + 1)]
     order = sorted(range(len(first)), key=lambda r: (last[r] - first[r], first[r]))
     best = [0.0] + [float("inf")] * len(order)
     cut = [0] * (len(order) + 1)

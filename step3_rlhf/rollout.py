@@ -8,10 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers.cache_utils import Cache, DynamicCache
 
 from chatrlhf.step3_rlhf.config import GenerationConfig
+from chatrlhf.step3_rlhf.length_groups import plan_groups
+from chatrlhf.utils import device
 from chatrlhf.utils.model.fast_decode import DecodeStep, fast_decoder
-from chatrlhf.utils.model.kv_cache import preallocated_cache
+from chatrlhf.utils.model.kv_cache import merged_cache, preallocated_cache
+from chatrlhf.utils.model.last_layer import outputs_from
 from chatrlhf.utils.model.lm_forward import position_ids_from_mask
 from chatrlhf.utils.model.packed_linear import onednn_linears, packed_linears
 
@@ -76,20 +80,46 @@ def answer_mask_from(tokens: torch.Tensor, eos_id: int) -> torch.Tensor:
     return (ended_before == 0).long()
 
 
+def _prefill(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, capacity: int,
+             lockstep: bool) -> tuple[torch.Tensor, Cache]:
+    """Next-token logits after each prompt, (B, V), and a cache of ``capacity`` positions holding the prompts.
+
+    The prompts run in length groups (``plan_groups``): a batch left-padded to its longest prompt is
+    about 40% padding on the peer workload. Within each group the final layer computes its output at
+    the last position only (``outputs_from``); every position's keys and values are kept.
+    """
+    batch, width = prompt_ids.shape
+    groups = plan_groups(prompt_mask, max(width - 1, 1), split=not lockstep)
+    if len(groups) == 1:
+        return _prompt_pass(model, prompt_ids, prompt_mask, preallocated_cache(capacity))
+    parts, logits = [], []
+    for group in groups:
+        cache = DynamicCache()
+        logits.append(_prompt_pass(model, prompt_ids[group.rows, group.left :], prompt_mask[group.rows, group.left :],
+                                   cache)[0])
+        parts.append((group.rows, group.left, cache))
+    order = torch.cat([group.rows for group in groups])
+    return torch.cat(logits)[torch.argsort(order)], merged_cache(parts, batch, width, capacity)
+
+
+def _prompt_pass(model, ids: torch.Tensor, mask: torch.Tensor, cache: Cache) -> tuple[torch.Tensor, Cache]:
+    """One forward pass of left-padded prompts into an empty ``cache``; the logits after each prompt."""
+    with outputs_from(model, ids.shape[1] - 1):
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                    past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1], cache
+
+
 def _answer_tokens(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cfg: GenerationConfig,
-                   decode: DecodeStep, *, eos_id: int, pad_id: int) -> torch.Tensor:
-    """The answer tokens, (B, answer length), pad after a row's end-of-text token."""
+                   decode: DecodeStep, *, eos_id: int, pad_id: int, lockstep: bool) -> torch.Tensor:
+    """The answer tokens, (B, answer length), pad after a row's end-of-text token.
+
+    In ``lockstep`` every rank keeps decoding until all ranks' rows have ended (ZeRO-3 gathers weights
+    with collectives at every step).
+    """
     batch, width = prompt_ids.shape
     mask = torch.cat([prompt_mask, prompt_mask.new_ones(batch, cfg.max_answer_seq_len)], dim=1)
-    cache = preallocated_cache(width + cfg.max_answer_seq_len)
-    logits = model(
-        input_ids=prompt_ids,
-        attention_mask=prompt_mask,
-        position_ids=position_ids_from_mask(prompt_mask),
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    ).logits[:, -1]
+    logits, cache = _prefill(model, prompt_ids, prompt_mask, width + cfg.max_answer_seq_len, lockstep)
     next_position = prompt_mask.sum(1, keepdim=True)
     finished = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)
     tokens: list[torch.Tensor] = []
@@ -105,7 +135,10 @@ def _answer_tokens(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, c
         token = token.masked_fill(finished, pad_id)
         tokens.append(token)
         finished |= token == eos_id
-        if bool(finished.all()) or step + 1 == cfg.max_answer_seq_len:
+        if step + 1 == cfg.max_answer_seq_len:
+            break
+        done = bool(finished.all())
+        if device.all_ranks(done) if lockstep else done:
             break
         logits = decode(token, next_position, mask[:, : width + step + 1], cache)
         next_position = next_position + 1
@@ -121,16 +154,19 @@ def sample(
     *,
     eos_id: int,
     pad_id: int,
+    lockstep: bool = False,
 ) -> Rollout:
     """Sample up to ``max_answer_seq_len`` tokens per prompt; stop when every row has ended.
 
     Decode steps run through ``fast_decoder`` where the model allows it, else through the model's own
-    forward with packed weights; the prompt's forward pass runs oneDNN products either way.
+    forward with packed weights; the prompt's forward pass runs oneDNN products either way. ``lockstep``
+    (see ``lockstep_needed``) keeps every rank's forward calls the same.
     """
     decode = fast_decoder(model)
     with onednn_linears(model) if decode else packed_linears(model):
         decode = decode or _model_step(model)
-        tokens = _answer_tokens(model, prompt_ids, prompt_mask, cfg, decode, eos_id=eos_id, pad_id=pad_id)
+        tokens = _answer_tokens(model, prompt_ids, prompt_mask, cfg, decode, eos_id=eos_id, pad_id=pad_id,
+                                lockstep=lockstep)
     answer_mask = answer_mask_from(tokens, eos_id)
     answers = tokens.masked_fill(answer_mask == 0, pad_id)
     return Rollout(

@@ -11,7 +11,7 @@ from chatrlhf.step3_rlhf.config import GenerationConfig, PPOConfig, RunConfig
 from chatrlhf.step3_rlhf.engines import PPOEngines, update_ema
 from chatrlhf.step3_rlhf.experience import Experience, micro_batches
 from chatrlhf.step3_rlhf.kl_control import KLController
-from chatrlhf.step3_rlhf.length_groups import grouped, plan_groups
+from chatrlhf.step3_rlhf.length_groups import RowGroup, grouped, plan_groups
 from chatrlhf.step3_rlhf.ppo_math import (
     explained_variance,
     gae,
@@ -32,6 +32,7 @@ from chatrlhf.utils.model.lm_forward import (
     token_logprobs_and_entropy,
 )
 from chatrlhf.utils.model.packed_linear import onednn_linears
+from chatrlhf.utils.model.zero3 import lockstep_needed
 
 
 @dataclass
@@ -74,6 +75,11 @@ class PPOTrainer:
         self.target = device.local_device()
         self.steps = 0
         self.history: list[dict] = []
+        self.lockstep = lockstep_needed(engines.actor.module, engines.critic.module, engines.reference, engines.reward)
+
+    def _groups(self, rollout: Rollout | Experience) -> list[RowGroup]:
+        """Length groups for a rollout's forward passes; one group when ranks must run in lockstep."""
+        return plan_groups(rollout.attention_mask, rollout.prompt_width, split=not self.lockstep)
 
     # ----- rollout and scoring
     @torch.no_grad()
@@ -86,14 +92,16 @@ class PPOTrainer:
                 return (sequence_scores(token_values(self.engines.reward, ids, mask), mask).float(),)
 
         with onednn_linears(self.engines.reward):
-            return grouped(score, rollout.sequences, rollout.attention_mask, rollout.prompt_width)[0]
+            return grouped(score, rollout.sequences, rollout.attention_mask, rollout.prompt_width,
+                           self._groups(rollout))[0]
 
     def generate(self, batch: dict, cfg: GenerationConfig | None = None):
         actor = self.engines.actor.module
         was_training = actor.training
         actor.eval()
         rollout = sample(actor, batch["input_ids"].to(self.target), batch["attention_mask"].to(self.target),
-                         cfg or self.generation, eos_id=self.tokenizer.eos_token_id, pad_id=self.tokenizer.pad_token_id)
+                         cfg or self.generation, eos_id=self.tokenizer.eos_token_id, pad_id=self.tokenizer.pad_token_id,
+                         lockstep=self.lockstep)
         actor.train(was_training)
         return rollout
 
@@ -108,7 +116,7 @@ class PPOTrainer:
                 return (token_logprobs(answer_logits(reference, ids, mask, start), ids[:, start:]),)
 
             (ref_logprobs,) = grouped(reference_logprobs, rollout.sequences, rollout.attention_mask,
-                                      rollout.prompt_width)
+                                      rollout.prompt_width, self._groups(rollout))
         scores = self.reward_scores(rollout)
         finite = torch.isfinite(scores)
         if not bool(finite.all()):
@@ -144,7 +152,7 @@ class PPOTrainer:
             with outputs_from(critic, start - 1):
                 return (token_values(critic, ids, mask)[:, start - 1 : -1].float(),)
 
-        groups = plan_groups(exp.attention_mask, exp.prompt_width)
+        groups = self._groups(exp)
         with onednn_linears(actor):
             logprobs, ent = grouped(policy, exp.sequences, exp.attention_mask, exp.prompt_width, groups)
         with onednn_linears(critic):

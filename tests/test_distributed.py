@@ -6,6 +6,10 @@ differ slightly: each rank averages over its own response tokens and DeepSpeed a
 gradients, while one process averages over all tokens of the 8 samples; with samples of similar
 length this reweighting moves the loss by well under 3%, so curves within 3% agree.
 
+Step 3 runs on two ranks under ZeRO-3 too. There every module call gathers weights with a collective,
+so both ranks must make the same calls although their rollouts end at different steps and their
+prompts differ in length (``lockstep_needed``); before that a run died in its first rollout.
+
 Every run must also leave nothing in /dev/shm: DeepSpeed's CPU op never unlinks its 67 MB per-rank
 all-reduce workspaces, so before ``device.unlink_shm_workspace`` each launcher run kept them in RAM.
 """
@@ -66,3 +70,26 @@ def test_two_ranks_follow_the_single_process_loss_curve(zero_stage, single_proce
 
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "two")
     assert sum(p.numel() for p in model.parameters()) > 1_000_000
+
+
+@pytest.mark.multiprocess
+def test_step3_on_two_ranks_under_zero3_runs_its_ranks_in_lockstep(sft_model, tmp_path, data_cache):
+    from conftest import DIST_VARIABLES
+
+    from chatrlhf.utils.device import free_port
+
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARIABLES}
+    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
+    out, port = tmp_path / "ppo", free_port()
+    command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(port),
+               str(ROOT / "step3_rlhf" / "main.py"), "--actor_model_name_or_path", sft_model,
+               "--critic_model_name_or_path", sft_model, "--actor_zero_stage", "3", "--critic_zero_stage", "3",
+               "--per_device_generation_batch_size", "4", "--per_device_training_batch_size", "4",
+               "--max_prompt_seq_len", "48", "--max_answer_seq_len", "24", "--max_steps", "2", "--eval_prompts", "4",
+               "--data_output_path", data_cache, "--output_dir", str(out), "--seed", "3"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["iterations"] == 2
+    assert all(h["critic_loss"] == h["critic_loss"] for h in metrics["history"])
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"))

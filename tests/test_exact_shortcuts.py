@@ -147,5 +147,58 @@ def test_trimmed_last_layer_stands_aside_where_it_cannot_be_exact():
     with outputs_from(dropping, 3):
         assert type(dropping.model.decoder.layers[-1]).__name__ == "OPTDecoderLayer"
     model = opt()
-    with outputs_from(model, 3), pytest.raises(RuntimeError, match="full forward passes"):
-        model(input_ids=torch.ones(1, 4, dtype=torch.long), use_cache=True, past_key_values=preallocated_cache(8))
+    cache = preallocated_cache(8)
+    model(input_ids=torch.ones(1, 4, dtype=torch.long), use_cache=True, past_key_values=cache)
+    with outputs_from(model, 3), pytest.raises(RuntimeError, match="prefills of an empty cache"):
+        model(input_ids=torch.ones(1, 1, dtype=torch.long), use_cache=True, past_key_values=cache)
+
+
+@pytest.mark.parametrize("build", [opt, llama], ids=["opt", "llama"])
+def test_trimmed_last_layer_prefills_a_cache_exactly(build):
+    """A prompt pass into an empty cache: the same last-position logits and the same keys and values."""
+    model = build()
+    ids, mask = padded_batch()
+    ids, mask = ids[:, :10], mask[:, :10]
+    runs = []
+    for first in (0, ids.shape[1] - 1):
+        cache = preallocated_cache(16)
+        with torch.no_grad(), outputs_from(model, first):
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                           past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+        runs.append((logits, [(layer.keys, layer.values) for layer in cache.layers]))
+    (plain, plain_kv), (trimmed, trimmed_kv) = runs
+    torch.testing.assert_close(trimmed, plain, rtol=1e-4, atol=1e-5)
+    for (keys, values), (want_keys, want_values) in zip(trimmed_kv, plain_kv, strict=True):
+        torch.testing.assert_close(keys, want_keys)
+        torch.testing.assert_close(values, want_values)
+
+
+@pytest.mark.parametrize("build", [opt, llama], ids=["opt", "llama"])
+def test_length_grouped_prefill_equals_one_padded_pass(build):
+    """Prompts of 3 to 40 tokens prefill in length groups; logits, cache and greedy rollout match one padded pass."""
+    from chatrlhf.step3_rlhf.config import GenerationConfig
+    from chatrlhf.step3_rlhf.length_groups import plan_groups
+    from chatrlhf.step3_rlhf.rollout import _prefill, sample
+
+    model = build()
+    torch.manual_seed(3)
+    lengths = [3, 40, 5, 38]
+    ids = torch.randint(2, 300, (4, 40))
+    mask = torch.zeros_like(ids)
+    for row, length in enumerate(lengths):
+        mask[row, 40 - length :] = 1
+    ids = ids.masked_fill(mask == 0, 0)
+    assert len(plan_groups(mask, 39)) == 2
+    with torch.no_grad():
+        (grouped_logits, grouped_cache), (padded_logits, padded_cache) = (
+            _prefill(model, ids, mask, 48, lockstep=one_pass) for one_pass in (False, True))
+    torch.testing.assert_close(grouped_logits, padded_logits, rtol=1e-4, atol=1e-5)
+    real = mask.bool()
+    for got, want in zip(grouped_cache.layers, padded_cache.layers, strict=True):
+        for got_part, want_part in ((got.keys, want.keys), (got.values, want.values)):
+            torch.testing.assert_close(got_part.transpose(1, 2)[real], want_part.transpose(1, 2)[real], rtol=1e-4,
+                                       atol=1e-5)
+    cfg = GenerationConfig(max_answer_seq_len=8, min_answer_seq_len=8, temperature=0.0)
+    grouped, padded = (sample(model, ids, mask, cfg, eos_id=1, pad_id=0, lockstep=one_pass)
+                       for one_pass in (False, True))
+    assert torch.equal(grouped.sequences, padded.sequences)

@@ -42,14 +42,18 @@ def train_ds_config(settings: EngineSettings, world_size: int, max_grad_norm: fl
     return config
 
 
-def eval_ds_config(settings: EngineSettings) -> dict:
-    """A frozen model (reference, reward): ZeRO-3 shards it only when asked, no optimizer."""
+def eval_ds_config(settings: EngineSettings, world_size: int) -> dict:
+    """A frozen model (reference, reward): ZeRO-3 shards it only when asked, no optimizer.
+
+    DeepSpeed checks the batch arithmetic of every engine (train batch = micro batch x accumulation x
+    ranks), so a frozen engine states one accumulation step on every rank."""
     zero: dict = {"stage": 3 if settings.zero_stage == 3 else 0, "stage3_param_persistence_threshold": 1e4}
     if settings.offload and settings.zero_stage == 3:
         zero["offload_param"] = {"device": "cpu", "pin_memory": has_cuda()}
     return {
         "train_micro_batch_size_per_gpu": settings.micro_batch_size,
-        "train_batch_size": settings.micro_batch_size,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": settings.micro_batch_size * world_size,
         "steps_per_print": 10**9,
         "zero_optimization": zero,
         "fp16": {"enabled": settings.dtype == "fp16"},

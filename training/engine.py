@@ -48,6 +48,6 @@ def init_eval_engine(model: nn.Module, engine: EngineSettings):
 
     for param in model.parameters():
         param.requires_grad_(False)
-    ds_engine, *_ = deepspeed.initialize(model=model, config=eval_ds_config(engine))
+    ds_engine, *_ = deepspeed.initialize(model=model, config=eval_ds_config(engine, device.world_size()))
     ds_engine.eval()
     return ds_engine

@@ -112,6 +112,15 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+def all_ranks(flag: bool) -> bool:
+    """True when ``flag`` holds on every rank (one all-reduce); ``flag`` itself in a single process."""
+    if world_size() == 1:
+        return flag
+    agreed = torch.tensor([int(flag)], device=local_device())
+    torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MIN)
+    return bool(agreed.item())
+
+
 def barrier() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.barrier()

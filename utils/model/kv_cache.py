@@ -36,6 +36,24 @@ class _PreallocatedLayer(DynamicLayer):
         return self.keys, self.values
 
 
+def merged_cache(parts: list[tuple[torch.Tensor, int, Cache]], batch: int, width: int, capacity: int) -> Cache:
+    """One preallocated cache for a left-padded batch ``width`` wide, from the caches of row groups.
+
+    Each part is (rows, left, cache) with the keys and values of those rows' columns ``left..width-1``.
+    Columns a group did not compute (its rows' padding) hold zeros; the attention mask hides them.
+    """
+    merged = preallocated_cache(capacity)
+    for index in range(len(parts[0][2].layers)):
+        sample = parts[0][2].layers[index]
+        keys = sample.keys.new_zeros(batch, sample.keys.shape[1], width, sample.keys.shape[3])
+        values = sample.values.new_zeros(batch, sample.values.shape[1], width, sample.values.shape[3])
+        for rows, left, part in parts:
+            keys[rows, :, left:] = part.layers[index].keys
+            values[rows, :, left:] = part.layers[index].values
+        merged.update(keys, values, index)
+    return merged
+
+
 def preallocated_cache(capacity: int) -> Cache:
     """An empty cache for at most ``capacity`` positions (prompt width + answer length)."""
     layer = type("PreallocatedLayer", (_PreallocatedLayer,), {"capacity": capacity})

@@ -20,6 +20,7 @@ from torch import nn
 from transformers.models.llama.modeling_llama import rotate_half
 
 from chatrlhf.training.lora import base_model
+from chatrlhf.utils.model.zero3 import lockstep_needed
 
 
 def _attend(layer_attn_mask: torch.Tensor | None, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
@@ -44,13 +45,15 @@ class _OPTTail(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 past_key_values=None, **_) -> torch.Tensor:
-        _refuse_cache(past_key_values)
         layer, attn, first = self.layer, self.layer.self_attn, self.first
+        _refuse_filled(past_key_values, attn.layer_idx)
         batch, length, _ = hidden_states.shape
         normed = layer.self_attn_layer_norm(hidden_states)
         query = (attn.q_proj(normed[:, first:]) * attn.scaling).view(batch, length - first, attn.num_heads, -1)
         keys, values = (proj(normed).view(batch, length, attn.num_heads, -1).transpose(1, 2)
                         for proj in (attn.k_proj, attn.v_proj))
+        if past_key_values is not None:
+            keys, values = past_key_values.update(keys, values, attn.layer_idx)
         mixed = _attend(attention_mask, query.transpose(1, 2), keys, values, first, 1.0)
         tail = hidden_states[:, first:] + attn.out_proj(mixed)
         tail = tail + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(tail))))
@@ -65,8 +68,8 @@ class _LlamaTail(nn.Module):
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None, past_key_values=None,
                 **_) -> torch.Tensor:
-        _refuse_cache(past_key_values)
         layer, attn, first = self.layer, self.layer.self_attn, self.first
+        _refuse_filled(past_key_values, attn.layer_idx)
         batch, length, _ = hidden_states.shape
         cos, sin = (t.unsqueeze(1) for t in position_embeddings)
         normed = layer.input_layernorm(hidden_states)
@@ -75,16 +78,19 @@ class _LlamaTail(nn.Module):
                         for proj in (attn.k_proj, attn.v_proj))
         query = query * cos[:, :, first:] + rotate_half(query) * sin[:, :, first:]
         keys = keys * cos + rotate_half(keys) * sin
+        if past_key_values is not None:
+            keys, values = past_key_values.update(keys, values, attn.layer_idx)
         mixed = _attend(attention_mask, query, keys, values, first, attn.scaling)
         tail = hidden_states[:, first:] + attn.o_proj(mixed)
         tail = tail + layer.mlp(layer.post_attention_layernorm(tail))
         return torch.cat([hidden_states[:, :first], tail], dim=1)
 
 
-def _refuse_cache(past_key_values) -> None:
-    if past_key_values is not None:
-        raise RuntimeError("outputs_from() is for full forward passes; a cached (generation) forward needs every "
-                           "position of the final layer")
+def _refuse_filled(cache, layer_idx: int) -> None:
+    """Queries start at ``first`` of the current positions, which matches the keys only if nothing came before."""
+    if cache is not None and cache.get_seq_length(layer_idx) > 0:
+        raise RuntimeError("outputs_from() serves full forward passes and prefills of an empty cache; a decode "
+                           "step over a filled cache needs every position of the final layer")
 
 
 def _decoder_layers(model: nn.Module) -> tuple[nn.ModuleList, type[nn.Module]] | None:
@@ -110,9 +116,10 @@ def outputs_from(model: nn.Module, first: int) -> Iterator[nn.Module]:
     """Within the block, the final layer computes its output at positions ``first..`` only.
 
     Positions before ``first`` hold the final layer's input instead: callers must not read them.
-    A no-op for unsupported families, for ``first <= 0`` and while dropout is active in training.
+    A no-op for unsupported families, for ``first <= 0``, while dropout is active in training, and for
+    ZeRO-3 partitions across ranks (every rank must make the same module calls; ``lockstep_needed``).
     """
-    found = _decoder_layers(model) if first > 0 and not _dropout_active(model) else None
+    found = _decoder_layers(model) if first > 0 and not _dropout_active(model) and not lockstep_needed(model) else None
     if found is None:
         yield model
         return

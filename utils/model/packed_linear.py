@@ -22,6 +22,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from chatrlhf.utils.model.zero3 import zero3_partitioned
+
 
 def onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``x @ weight.T + bias`` by oneDNN; ``weight`` is plain (any strides) or packed."""
@@ -63,9 +65,8 @@ def packing_supported(model: nn.Module) -> bool:
     linears = [m for m in model.modules() if type(m) is nn.Linear]
     return bool(linears) and all(
         m.weight.device.type == "cpu" and m.weight.dtype == torch.float32 and m.weight.dim() == 2
-        and m.weight.numel() > 0 and not hasattr(m.weight, "ds_id")
-        for m in linears
-    )
+        and m.weight.numel() > 0 for m in linears
+    ) and not zero3_partitioned(model)
 
 
 def _onednn_forward(layer: nn.Linear, packed: torch.Tensor | None):
