@@ -29,9 +29,12 @@ class _Packed:
     """``x @ W.T + b`` through a oneDNN-packed copy of one or more linear layers stacked along outputs."""
 
     def __init__(self, *layers: nn.Linear) -> None:
-        weight = torch.cat([layer.weight.detach() for layer in layers])
-        biases = [layer.bias for layer in layers]
-        self.bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])
+        weights, biases = [layer.weight.detach() for layer in layers], [layer.bias for layer in layers]
+        weight = torch.cat(weights) if len(layers) > 1 else weights[0]
+        if biases[0] is None:
+            self.bias = None
+        else:
+            self.bias = torch.cat([b.detach() for b in biases]) if len(layers) > 1 else biases[0].detach()
         self.weight = torch.ops.mkldnn._reorder_linear_weight(weight)
         self.sizes = [layer.out_features for layer in layers]
 
