@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.cache_utils import Cache
 from transformers.models.llama.modeling_llama import rotate_half
@@ -49,16 +50,13 @@ def _attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask:
             scale: float) -> torch.Tensor:
     """Attention of one query per row, (B, H, D), over cached (B, KV, L, D) keys/values; grouped heads share them.
 
-    ``mask`` is additive, (B, 1, 1, L). Returns (B, H * D).
+    The heads sharing a key/value head are that head's queries, so GQA needs no repeated keys. ``mask``
+    is additive, (B, 1, 1, L). Returns (B, H * D).
     """
     batch, heads, dim = query.shape
     kv_heads = keys.shape[1]
-    query = query.reshape(batch, kv_heads, heads // kv_heads, dim)
-    scores = torch.matmul(query, keys.transpose(-1, -2))
-    if scale != 1.0:
-        scores = scores * scale
-    weights = torch.softmax(scores + mask, dim=-1, dtype=torch.float32).to(query.dtype)
-    return torch.matmul(weights, values).reshape(batch, heads * dim)
+    query = query.view(batch, kv_heads, heads // kv_heads, dim)
+    return F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scale).reshape(batch, heads * dim)
 
 
 def _additive(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -101,7 +99,7 @@ def _opt_decoder(hf: nn.Module) -> DecodeStep | None:
             q, k, v = qkv.split(layer.self_attn_layer_norm(x))
             k, v = (t.view(batch, heads, 1, -1) for t in (k, v))
             keys, values = cache.layers[index].update(k, v)
-            x = x + out(_attend((q * scaling).view(batch, heads, -1), keys, values, mask, 1.0))
+            x = x + out(_attend(q.view(batch, heads, -1), keys, values, mask, scaling))
             x = x + fc2(layer.activation_fn(fc1(layer.final_layer_norm(x))))
         if decoder.final_layer_norm is not None:
             x = decoder.final_layer_norm(x)
