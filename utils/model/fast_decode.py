@@ -30,13 +30,8 @@ class _Packed:
     """``x @ W.T + b`` through a oneDNN-packed copy of one or more linear layers stacked along outputs."""
 
     def __init__(self, *layers: nn.Linear) -> None:
-        weights, biases = [layer.weight.detach() for layer in layers], [layer.bias for layer in layers]
-        weight = torch.cat(weights) if len(layers) > 1 else weights[0]
-        if biases[0] is None:
-            self.bias = None
-        else:
-            self.bias = torch.cat([b.detach() for b in biases]) if len(layers) > 1 else biases[0].detach()
-        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight)
+        self.bias = None if layers[0].bias is None else _stacked([layer.bias for layer in layers])
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(_stacked([layer.weight for layer in layers]))
         self.sizes = [layer.out_features for layer in layers]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -44,6 +39,12 @@ class _Packed:
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self(x).split(self.sizes, dim=-1)
+
+
+def _stacked(parameters: list[nn.Parameter]) -> torch.Tensor:
+    """The parameters concatenated along dim 0; a single one as it is (packing copies it anyway)."""
+    tensors = [param.detach() for param in parameters]
+    return torch.cat(tensors) if len(tensors) > 1 else tensors[0]
 
 
 def _attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
