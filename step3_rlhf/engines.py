@@ -14,7 +14,7 @@ from torch import nn
 
 from chatrlhf.training.config import EngineSettings, LoraSettings, OptimSettings
 from chatrlhf.training.engine import init_eval_engine, init_train_engine
-from chatrlhf.training.lora import apply_lora, is_lora_model
+from chatrlhf.training.lora import LORA_MARK, apply_lora, lora_layers, merged_weight, plain_name
 from chatrlhf.training.metrics_log import print_rank0
 from chatrlhf.utils import device
 
@@ -112,17 +112,28 @@ def build_engines(
 
 @torch.no_grad()
 def update_ema(ema: nn.Module, actor_module: nn.Module, beta: float, zero_stage: int) -> None:
-    """ema ← beta·ema + (1−beta)·actor, parameter by parameter (gathering ZeRO-3 shards one at a time)."""
-    from chatrlhf.training.lora import merged_state_dict
+    """ema ← beta·ema + (1−beta)·actor, LoRA deltas folded in.
 
-    if is_lora_model(actor_module):
-        state = merged_state_dict(actor_module, {k: v.detach() for k, v in actor_module.state_dict().items()})
-        for name, param in ema.named_parameters():
-            param.mul_(beta).add_(state[name].to(param.dtype), alpha=1 - beta)
-        return
+    Under ZeRO-3 only the tensors of one parameter (or of one adapted layer: base weight and both
+    adapter matrices) are gathered at a time.
+    """
     import deepspeed
 
-    for (_, ema_param), (_, param) in zip(ema.named_parameters(), actor_module.named_parameters()):
-        gather = deepspeed.zero.GatheredParameters([param]) if zero_stage == 3 else nullcontext()
-        with gather:
-            ema_param.mul_(beta).add_(param.detach().to(ema_param.dtype), alpha=1 - beta)
+    def gathered(params: list[nn.Parameter]):
+        return deepspeed.zero.GatheredParameters(params) if zero_stage == 3 else nullcontext()
+
+    def blend(name: str, value: torch.Tensor) -> None:
+        target = targets[plain_name(name)]
+        target.mul_(beta).add_(value.detach().to(target.dtype), alpha=1 - beta)
+
+    targets = dict(ema.named_parameters())
+    adapted = lora_layers(actor_module)
+    merged_later = {f"{name}.base_layer.weight" for name in adapted}
+    for name, param in actor_module.named_parameters():
+        if LORA_MARK not in name and name not in merged_later:
+            with gathered([param]):
+                blend(name, param)
+    for name, layer in adapted.items():
+        base, lora_a, lora_b = layer.base_layer.weight, layer.lora_A["default"].weight, layer.lora_B["default"].weight
+        with gathered([base, lora_a, lora_b]):
+            blend(f"{name}.base_layer.weight", merged_weight(base, lora_a, lora_b, layer.scaling["default"]))

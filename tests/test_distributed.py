@@ -8,7 +8,9 @@ length this reweighting moves the loss by well under 3%, so curves within 3% agr
 
 Step 3 runs on two ranks under ZeRO-3 too. There every module call gathers weights with a collective,
 so both ranks must make the same calls although their rollouts end at different steps and their
-prompts differ in length (``lockstep_needed``); before that a run died in its first rollout.
+prompts differ in length (``lockstep_needed``); before that a run died in its first rollout. The
+run also has a LoRA actor with an EMA, whose update gathers one layer's base and adapter tensors at
+a time.
 
 Every run must also leave nothing in /dev/shm: DeepSpeed's CPU op never unlinks its 67 MB per-rank
 all-reduce workspaces, so before ``device.unlink_shm_workspace`` each launcher run kept them in RAM.
@@ -22,6 +24,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 8
@@ -84,6 +87,7 @@ def test_step3_on_two_ranks_under_zero3_runs_its_ranks_in_lockstep(sft_model, tm
     command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(port),
                str(ROOT / "step3_rlhf" / "main.py"), "--actor_model_name_or_path", sft_model,
                "--critic_model_name_or_path", sft_model, "--actor_zero_stage", "3", "--critic_zero_stage", "3",
+               "--actor_lora_dim", "4", "--actor_lora_module_name", "layers.", "--enable_ema",
                "--per_device_generation_batch_size", "4", "--per_device_training_batch_size", "4",
                "--max_prompt_seq_len", "48", "--max_answer_seq_len", "24", "--max_steps", "2", "--eval_prompts", "4",
                "--data_output_path", data_cache, "--output_dir", str(out), "--seed", "3"]
@@ -92,4 +96,8 @@ def test_step3_on_two_ranks_under_zero3_runs_its_ranks_in_lockstep(sft_model, tm
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["iterations"] == 2
     assert all(h["critic_loss"] == h["critic_loss"] for h in metrics["history"])
+    from transformers import AutoModelForCausalLM
+
+    ema = AutoModelForCausalLM.from_pretrained(out / "actor_ema")
+    assert all(torch.isfinite(p).all() for p in ema.parameters())
     assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"))

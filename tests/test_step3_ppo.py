@@ -327,3 +327,30 @@ def test_preallocated_cache_returns_the_filled_part_and_refuses_to_overflow():
     assert torch.equal(keys, torch.cat([first, second], dim=2)) and cache.get_seq_length(0) == 3
     with pytest.raises(RuntimeError, match="holds 3 positions"):
         cache.update(second, second, 0)
+
+
+def test_ema_of_a_lora_actor_follows_its_merged_weights():
+    """The EMA is a plain model: it blends in the actor's base weights with the LoRA deltas folded in."""
+    import copy
+
+    from transformers import OPTConfig, OPTForCausalLM
+
+    from chatrlhf.step3_rlhf.engines import update_ema
+    from chatrlhf.training.config import LoraSettings
+    from chatrlhf.training.lora import apply_lora, merged_state_dict
+
+    torch.manual_seed(0)
+    plain = OPTForCausalLM(OPTConfig(vocab_size=64, hidden_size=16, ffn_dim=32, num_hidden_layers=2,
+                                     num_attention_heads=2, word_embed_proj_dim=16, max_position_embeddings=32))
+    ema = copy.deepcopy(plain).requires_grad_(False)
+    start = {name: param.clone() for name, param in ema.named_parameters()}
+    actor = apply_lora(plain, LoraSettings(dim=4, module_name="decoder.layers."))
+    with torch.no_grad():
+        for param in actor.parameters():
+            param.add_(torch.randn_like(param) * 0.1)
+    merged = merged_state_dict(actor, {k: v.detach() for k, v in actor.state_dict().items()})
+    update_ema(ema, actor, 0.75, zero_stage=0)
+    for name, param in ema.named_parameters():
+        torch.testing.assert_close(param, 0.75 * start[name] + 0.25 * merged[name])
+    adapted = actor.get_base_model().model.decoder.layers[0].self_attn.q_proj
+    assert not torch.allclose(merged["model.decoder.layers.0.self_attn.q_proj.weight"], adapted.base_layer.weight)

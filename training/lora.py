@@ -47,11 +47,23 @@ def base_model(model: nn.Module) -> nn.Module:
     return model.get_base_model() if is_lora_model(model) else model
 
 
-def _clean_key(key: str) -> str:
+def plain_name(key: str) -> str:
+    """A LoRA model's parameter name as the plain model names it."""
     for prefix in ("base_model.model.",):
         if key.startswith(prefix):
             key = key[len(prefix) :]
     return key.replace(".base_layer.", ".")
+
+
+def lora_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The adapter-wrapped layers of a LoRA model by qualified name (empty for a plain model)."""
+    return {name: module for name, module in model.named_modules()
+            if hasattr(module, "lora_A") and "default" in module.lora_A}
+
+
+def merged_weight(base: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float) -> torch.Tensor:
+    """A base weight with its LoRA delta ``scaling * B @ A`` folded in (computed in fp32)."""
+    return (base.float() + (lora_b.float() @ lora_a.float()) * scaling).to(base.dtype)
 
 
 def merged_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -62,14 +74,10 @@ def merged_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[
     """
     if not is_lora_model(model):
         return dict(state)
-    merged = {_clean_key(k): v for k, v in state.items() if LORA_MARK not in k}
-    for name, module in model.named_modules():
-        if not hasattr(module, "lora_A") or "default" not in module.lora_A:
-            continue
+    merged = {plain_name(k): v for k, v in state.items() if LORA_MARK not in k}
+    for name, module in lora_layers(model).items():
         prefix = name + "."
-        lora_a = state[prefix + "lora_A.default.weight"].float()
-        lora_b = state[prefix + "lora_B.default.weight"].float()
-        key = _clean_key(prefix + "base_layer.weight")
-        delta = (lora_b @ lora_a) * module.scaling["default"]
-        merged[key] = (merged[key].float() + delta).to(merged[key].dtype)
+        key = plain_name(prefix + "base_layer.weight")
+        merged[key] = merged_weight(merged[key], state[prefix + "lora_A.default.weight"],
+                                    state[prefix + "lora_B.default.weight"], module.scaling["default"])
     return merged
