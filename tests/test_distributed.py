@@ -71,8 +71,9 @@ def test_two_ranks_follow_the_single_process_loss_curve(zero_stage, single_proce
     assert curve[-1] < curve[0]
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(tmp_path / "two")
+    model, loading = AutoModelForCausalLM.from_pretrained(tmp_path / "two", output_loading_info=True)
     assert sum(p.numel() for p in model.parameters()) > 1_000_000
+    assert not loading["unexpected_keys"] and not loading["missing_keys"], loading
 
 
 @pytest.mark.multiprocess

@@ -180,3 +180,16 @@ def test_ppo_sigkill_then_resume_is_bit_exact(tmp_path, sft_model, data_cache, s
 
     assert strip(second["history"]) == strip(first["history"])
     assert second["held_out"] == first["held_out"] and second["kl_coef"] == first["kl_coef"]
+
+
+def test_zero3_state_dict_holds_what_state_dict_holds():
+    """The ZeRO-3 gathering path keeps persistent buffers only, so a saved LLaMA loads without unexpected keys
+    (the rotary embedding's frequency buffers are not part of a state dict)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from chatrlhf.training.saving import gathered_state_dict
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, max_position_embeddings=32))
+    assert any("rotary" in name for name, _ in model.named_buffers())
+    assert set(gathered_state_dict(model, zero_stage=3)) == set(model.state_dict())

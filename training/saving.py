@@ -20,7 +20,10 @@ from chatrlhf.utils import device
 
 
 def gathered_state_dict(model: nn.Module, zero_stage: int) -> dict[str, torch.Tensor]:
-    """The full state dict on rank 0 (empty elsewhere), gathering ZeRO-3 partitions one tensor at a time."""
+    """The full state dict on rank 0 (empty elsewhere), gathering ZeRO-3 partitions one tensor at a time.
+
+    Like ``state_dict()`` it holds persistent buffers only (not, e.g., a rotary embedding's frequencies),
+    so the saved model loads without unexpected keys."""
     if zero_stage != 3:
         return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()} if device.is_main_process() else {}
     import deepspeed
@@ -31,8 +34,10 @@ def gathered_state_dict(model: nn.Module, zero_stage: int) -> dict[str, torch.Te
             if device.is_main_process():
                 state[name] = param.detach().cpu().clone()
     if device.is_main_process():
+        persistent = model.state_dict().keys()
         for name, buffer in model.named_buffers():
-            state.setdefault(name, buffer.detach().cpu().clone())
+            if name in persistent:
+                state.setdefault(name, buffer.detach().cpu().clone())
     return state
 
 
