@@ -88,7 +88,7 @@ def _prefill(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, capacit
     about 40% padding on the peer workload. Within each group the final layer computes its output at
     the last position only (``outputs_from``); every position's keys and values are kept.
     """
-    batch, width = prompt_ids.shape
+    width = prompt_ids.shape[1]
     groups = plan_groups(prompt_mask, max(width - 1, 1), split=not lockstep)
     if len(groups) == 1:
         return _prompt_pass(model, prompt_ids, prompt_mask, preallocated_cache(capacity))
@@ -99,7 +99,7 @@ def _prefill(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, capacit
                                    cache)[0])
         parts.append((group.rows, group.left, cache))
     order = torch.cat([group.rows for group in groups])
-    return torch.cat(logits)[torch.argsort(order)], merged_cache(parts, batch, width, capacity)
+    return torch.cat(logits)[torch.argsort(order)], merged_cache(parts, width, capacity)
 
 
 def _prompt_pass(model, ids: torch.Tensor, mask: torch.Tensor, cache: Cache) -> tuple[torch.Tensor, Cache]:

@@ -36,13 +36,14 @@ class _PreallocatedLayer(DynamicLayer):
         return self.keys, self.values
 
 
-def merged_cache(parts: list[tuple[torch.Tensor, int, Cache]], batch: int, width: int, capacity: int) -> Cache:
+def merged_cache(parts: list[tuple[torch.Tensor, int, Cache]], width: int, capacity: int) -> Cache:
     """One preallocated cache for a left-padded batch ``width`` wide, from the caches of row groups.
 
     Each part is (rows, left, cache) with the keys and values of those rows' columns ``left..width-1``.
     Columns a group did not compute (its rows' padding) hold zeros; the attention mask hides them.
     """
     merged = preallocated_cache(capacity)
+    batch = sum(len(rows) for rows, _, _ in parts)
     for index in range(len(parts[0][2].layers)):
         sample = parts[0][2].layers[index]
         keys = sample.keys.new_zeros(batch, sample.keys.shape[1], width, sample.keys.shape[3])

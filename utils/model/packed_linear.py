@@ -98,13 +98,13 @@ def _installed(layers: list[nn.Linear], packs: list[torch.Tensor | None]) -> Ite
 
 
 @contextmanager
-def packed_linears(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
+def packed_linears(model: nn.Module) -> Iterator[nn.Module]:
     """Within the block, ``model``'s ``nn.Linear`` layers run their products through weights packed on entry.
 
-    A no-op when ``enabled`` is False or ``packing_supported`` says no. Weights must not change inside
+    A no-op where ``packing_supported`` says no. Weights must not change inside
     the block (pack again after an optimizer step by entering the block again).
     """
-    if not enabled or not packing_supported(model):
+    if not packing_supported(model):
         yield model
         return
     layers = [m for m in model.modules() if type(m) is nn.Linear]
