@@ -9,8 +9,9 @@ import argparse
 import sys
 
 from chatrlhf.utils.device import configure_accelerator
+from chatrlhf.utils.host_memory import REUSED_BLOCK_BYTES
 
-configure_accelerator()
+configure_accelerator(REUSED_BLOCK_BYTES)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ from chatrlhf.step3_rlhf.engines import PPOEngines, update_ema
 from chatrlhf.step3_rlhf.experience import Experience, micro_batches
 from chatrlhf.step3_rlhf.kl_control import KLController
 from chatrlhf.step3_rlhf.length_groups import RowGroup, grouped, plan_groups
+from chatrlhf.step3_rlhf.packed_answers import Head, PackedAnswers
 from chatrlhf.step3_rlhf.ppo_math import (
     explained_variance,
     gae,
@@ -28,10 +29,12 @@ from chatrlhf.utils.model.last_layer import outputs_from
 from chatrlhf.utils.model.lm_forward import (
     answer_logits,
     causal_lm_loss,
+    split_lm,
     token_logprobs,
     token_logprobs_and_entropy,
 )
 from chatrlhf.utils.model.packed_linear import onednn_linears
+from chatrlhf.utils.model.packed_rows import packing_supported
 from chatrlhf.utils.model.zero3 import lockstep_needed
 
 
@@ -81,17 +84,42 @@ class PPOTrainer:
         """Length groups for a rollout's forward passes; one group when ranks must run in lockstep."""
         return plan_groups(rollout.attention_mask, rollout.prompt_width, split=not self.lockstep)
 
+    @staticmethod
+    def _packed(model, rollout: Rollout | Experience) -> PackedAnswers | None:
+        """The rollout packed for ``model``'s forward passes, or None where only length groups serve it."""
+        if not packing_supported(model):
+            return None
+        return PackedAnswers.of(rollout.sequences, rollout.attention_mask, rollout.prompt_width)
+
+    def _policy_outputs(self, model, rollout: Rollout | Experience, head: Head) -> tuple[torch.Tensor, ...]:
+        """``head(logits, answer tokens)`` of a causal LM at every answer token, each output (B, answer width)."""
+        packed = self._packed(model, rollout)
+        if packed is not None:
+            lm_head = split_lm(model)[1]
+            return packed.answer_outputs(model, lambda hidden, labels: head(lm_head(hidden), labels))
+
+        def forward(ids: torch.Tensor, mask: torch.Tensor, start: int) -> tuple[torch.Tensor, ...]:
+            return head(answer_logits(model, ids, mask, start), ids[:, start:])
+
+        return grouped(forward, rollout.sequences, rollout.attention_mask, rollout.prompt_width,
+                       self._groups(rollout))
+
     # ----- rollout and scoring
     @torch.no_grad()
     def reward_scores(self, rollout: Rollout) -> torch.Tensor:
         """The frozen reward model's score of each prompt + answer (at its last real token)."""
-        from chatrlhf.step2_reward.reward_model import sequence_scores, token_values
+        from chatrlhf.step2_reward.reward_model import score_head, sequence_scores, token_values
+
+        reward = self.engines.reward
 
         def score(ids: torch.Tensor, mask: torch.Tensor, start: int) -> tuple[torch.Tensor]:
-            with outputs_from(self.engines.reward, start - 1):
-                return (sequence_scores(token_values(self.engines.reward, ids, mask), mask).float(),)
+            with outputs_from(reward, start - 1):
+                return (sequence_scores(token_values(reward, ids, mask), mask).float(),)
 
-        with onednn_linears(self.engines.reward):
+        with onednn_linears(reward):
+            packed = self._packed(reward, rollout)
+            if packed is not None:
+                return score_head(reward)(packed.final_hidden(reward)).squeeze(-1).float()
             return grouped(score, rollout.sequences, rollout.attention_mask, rollout.prompt_width,
                            self._groups(rollout))[0]
 
@@ -111,12 +139,8 @@ class PPOTrainer:
         rollout = self.generate(batch)
         generated = time.perf_counter()
         with self.engines.reference_policy() as reference, onednn_linears(reference):
-
-            def reference_logprobs(ids: torch.Tensor, mask: torch.Tensor, start: int) -> tuple[torch.Tensor]:
-                return (token_logprobs(answer_logits(reference, ids, mask, start), ids[:, start:]),)
-
-            (ref_logprobs,) = grouped(reference_logprobs, rollout.sequences, rollout.attention_mask,
-                                      rollout.prompt_width, self._groups(rollout))
+            (ref_logprobs,) = self._policy_outputs(reference, rollout,
+                                                   lambda logits, tokens: (token_logprobs(logits, tokens),))
         scores = self.reward_scores(rollout)
         finite = torch.isfinite(scores)
         if not bool(finite.all()):
@@ -141,22 +165,23 @@ class PPOTrainer:
 
     def _forward(self, exp: Experience) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Actor answer log-probs and entropy, and critic values, at the answer positions."""
-        from chatrlhf.step2_reward.reward_model import token_values
+        from chatrlhf.step2_reward.reward_model import score_head, token_values
 
         actor, critic = self.engines.actor.module, self.engines.critic.module
-
-        def policy(ids: torch.Tensor, mask: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
-            return token_logprobs_and_entropy(answer_logits(actor, ids, mask, start), ids[:, start:])
 
         def value(ids: torch.Tensor, mask: torch.Tensor, start: int) -> tuple[torch.Tensor]:
             with outputs_from(critic, start - 1):
                 return (token_values(critic, ids, mask)[:, start - 1 : -1].float(),)
 
-        groups = self._groups(exp)
         with onednn_linears(actor):
-            logprobs, ent = grouped(policy, exp.sequences, exp.attention_mask, exp.prompt_width, groups)
+            logprobs, ent = self._policy_outputs(actor, exp, token_logprobs_and_entropy)
         with onednn_linears(critic):
-            (values,) = grouped(value, exp.sequences, exp.attention_mask, exp.prompt_width, groups)
+            packed = self._packed(critic, exp)
+            if packed is not None:
+                (values,) = packed.answer_outputs(
+                    critic, lambda hidden, _: (score_head(critic)(hidden).squeeze(-1).float(),))
+            else:
+                (values,) = grouped(value, exp.sequences, exp.attention_mask, exp.prompt_width, self._groups(exp))
         return logprobs, ent, values
 
     @torch.no_grad()

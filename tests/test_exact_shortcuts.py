@@ -31,11 +31,11 @@ def opt(cls=OPTForCausalLM, **overrides):
     return cls(OPTConfig(**(config | overrides))).eval()
 
 
-def llama(cls=LlamaForCausalLM):
+def llama(cls=LlamaForCausalLM, **overrides):
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0,
-                         rope_scaling={"rope_type": "linear", "factor": 2.0})
+                         rope_scaling={"rope_type": "linear", "factor": 2.0}, **overrides)
     return cls(config).eval()
 
 
@@ -202,3 +202,80 @@ def test_length_grouped_prefill_equals_one_padded_pass(build):
     grouped, padded = (sample(model, ids, mask, cfg, eos_id=1, pad_id=0, lockstep=one_pass)
                        for one_pass in (False, True))
     assert torch.equal(grouped.sequences, padded.sequences)
+
+
+def rollout_batch() -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Prompts of 2-9 tokens left-padded to 9, answers of 1-6 tokens right-padded after their end."""
+    torch.manual_seed(4)
+    width, prompts, answers = 9, [9, 2, 5, 7], [6, 1, 4, 6]
+    ids = torch.randint(2, 300, (4, width + max(answers)))
+    mask = torch.zeros_like(ids)
+    for row, (prompt, answer) in enumerate(zip(prompts, answers)):
+        mask[row, width - prompt : width + answer] = 1
+    return ids.masked_fill(mask == 0, 0), mask, width
+
+
+@pytest.mark.parametrize("build", [opt, llama, lambda: opt(do_layer_norm_before=False),
+                                   lambda: llama(LlamaForSequenceClassification)],
+                         ids=["opt", "llama-gqa", "opt-post-norm-untrimmed", "llama-score"])
+def test_packed_rows_give_each_rows_padded_outputs_and_gradients(build):
+    """Rows packed end to end: the padded batch's hidden states at every answer position, and its gradients."""
+    from chatrlhf.step3_rlhf.packed_answers import PackedAnswers
+    from chatrlhf.utils.model.packed_rows import packed_hidden, packing_supported
+
+    model = build().train()
+    assert packing_supported(model)
+    ids, mask, width = rollout_batch()
+    packed = PackedAnswers.of(ids, mask, width)
+    assert [end - start for start, end in packed.rows.spans] == mask.sum(1).tolist()
+    runs = []
+    for pack in (False, True):
+        model.zero_grad()
+        if pack:
+            hidden = packed_hidden(model, packed.rows, packed.answer_ranges)
+        else:
+            hidden = model.base_model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                                      use_cache=False)[0][:, width - 1 : -1][mask[:, width:].bool()]
+        hidden.square().mean().backward()
+        runs.append((hidden.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (padded, padded_grads), (got, got_grads) = runs
+    assert got.shape == (int(mask[:, width:].sum()), padded.shape[-1])
+    torch.testing.assert_close(got, padded, rtol=1e-4, atol=1e-5)
+    assert len(got_grads) == len(padded_grads)
+    for got_grad, want in zip(got_grads, padded_grads):
+        torch.testing.assert_close(got_grad, want, rtol=1e-3, atol=1e-5)
+    assert model.config._attn_implementation != "chatrlhf_packed_rows"
+
+
+def test_packed_answers_give_what_length_groups_give():
+    """Log-probs, entropy and reward scores from packed rows equal those of the length-grouped padded passes."""
+    from chatrlhf.step2_reward.reward_model import score_head, sequence_scores, token_values
+    from chatrlhf.step3_rlhf.length_groups import grouped
+    from chatrlhf.step3_rlhf.packed_answers import PackedAnswers
+    from chatrlhf.utils.model.lm_forward import answer_logits, token_logprobs_and_entropy
+
+    actor, reward = llama(), llama(LlamaForSequenceClassification, num_labels=1)
+    ids, mask, width = rollout_batch()
+    packed = PackedAnswers.of(ids, mask, width)
+    with torch.no_grad():
+        got = packed.answer_outputs(actor, lambda hidden, labels: token_logprobs_and_entropy(actor.lm_head(hidden),
+                                                                                              labels))
+        want = grouped(lambda i, m, s: token_logprobs_and_entropy(answer_logits(actor, i, m, s), i[:, s:]),
+                       ids, mask, width)
+        scores = score_head(reward)(packed.final_hidden(reward)).squeeze(-1)
+        want_scores = sequence_scores(token_values(reward, ids, mask), mask)
+    answer_mask = mask[:, width:].bool()
+    for got_part, want_part in zip(got, want, strict=True):
+        assert got_part.shape == answer_mask.shape
+        torch.testing.assert_close(got_part[answer_mask], want_part[answer_mask], rtol=1e-4, atol=1e-5)
+        assert not got_part[~answer_mask].any()
+    torch.testing.assert_close(scores, want_scores, rtol=1e-4, atol=1e-5)
+
+
+def test_packed_attention_needs_the_row_spans():
+    from chatrlhf.utils.model.packed_rows import _span_attention_installed
+
+    model = opt()
+    with _span_attention_installed(model.config), pytest.raises(RuntimeError, match="packed_spans"):
+        model(input_ids=torch.ones(1, 4, dtype=torch.long))
+    assert model.config._attn_implementation == "sdpa"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from chatrlhf.utils.host_memory import release_large_blocks
+from chatrlhf.utils.host_memory import LARGE_BLOCK_BYTES, release_large_blocks
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -16,12 +16,17 @@ def has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def configure_accelerator() -> None:
+def configure_accelerator(mmap_threshold: int = LARGE_BLOCK_BYTES) -> None:
     """On machines without CUDA: point DeepSpeed at its CPU accelerator (must run before importing it) and
-    keep the host allocator from holding on to freed activations."""
+    set which freed blocks the host allocator returns to the system (``host_memory``)."""
+    if not has_cuda():
+        _point_deepspeed_at_cpu()
+        release_large_blocks(mmap_threshold)
+
+
+def _point_deepspeed_at_cpu() -> None:
     if not has_cuda():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        release_large_blocks()
 
 
 def default_dtype_name() -> str:
@@ -60,7 +65,7 @@ def ensure_dist_env() -> None:
 
 def init_distributed() -> None:
     """Start DeepSpeed's process group (NCCL on GPUs, gloo on CPU) once."""
-    configure_accelerator()
+    _point_deepspeed_at_cpu()
     ensure_dist_env()
     import deepspeed
 

@@ -6,6 +6,8 @@ on the peer workload) and the reward model one position per row. Skipping the re
 saves about a sixth of one layer's products per skipped position, with the same numbers at the
 positions that are computed.
 
+Two layouts are served: a padded batch whose callers read columns ``first..`` (``outputs_from``) and
+rows packed end to end whose callers read given spans (``outputs_at``, see ``packed_rows``).
 OPT (pre-norm) and LLaMA-family backbones are supported; other families, and training with dropout,
 run the ordinary forward.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -23,67 +26,98 @@ from chatrlhf.training.lora import base_model
 from chatrlhf.utils.model.zero3 import lockstep_needed
 
 
-def _attend(layer_attn_mask: torch.Tensor | None, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-            first: int, scale: float) -> torch.Tensor:
-    """Attention of queries at positions ``first..T-1`` over all T keys; returns (B, T - first, H * D)."""
-    batch, heads, queries, dim = query.shape
-    groups = heads // keys.shape[1]
-    if groups > 1:
-        keys, values = keys.repeat_interleave(groups, dim=1), values.repeat_interleave(groups, dim=1)
-    if layer_attn_mask is None:
-        mask = torch.ones(queries, keys.shape[2], dtype=torch.bool, device=query.device).tril(diagonal=first)
-    else:
-        mask = layer_attn_mask[:, :, first:, :]
-    out = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scale)
-    return out.transpose(1, 2).reshape(batch, queries, heads * dim)
+def shared_kv(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values repeated for grouped-query heads, so every query head has its own."""
+    groups = query.shape[1] // keys.shape[1]
+    if groups == 1:
+        return keys, values
+    return keys.repeat_interleave(groups, dim=1), values.repeat_interleave(groups, dim=1)
+
+
+class Queries(Protocol):
+    """Where the final layer computes its output, and how those queries attend."""
+
+    def select(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, T, ...) at the query positions."""
+
+    def attend(self, mask: torch.Tensor | None, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+               scale: float) -> torch.Tensor:
+        """Attention of (B, H, Q, D) queries over (B, KV, T, D) keys; returns (B, Q, H * D)."""
+
+    def merge(self, hidden: torch.Tensor, tail: torch.Tensor) -> torch.Tensor:
+        """The layer's output from its input and its output at the query positions."""
+
+
+class ColumnsFrom:
+    """A padded batch's columns ``first..T-1``; the output keeps its width (earlier columns hold the input)."""
+
+    def __init__(self, first: int) -> None:
+        self.first = first
+
+    def select(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, self.first :]
+
+    def attend(self, mask: torch.Tensor | None, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+               scale: float) -> torch.Tensor:
+        batch, heads, queries, dim = query.shape
+        keys, values = shared_kv(query, keys, values)
+        if mask is None:
+            mask = torch.ones(queries, keys.shape[2], dtype=torch.bool, device=query.device).tril(diagonal=self.first)
+        else:
+            mask = mask[:, :, self.first :, :]
+        out = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scale)
+        return out.transpose(1, 2).reshape(batch, queries, heads * dim)
+
+    def merge(self, hidden: torch.Tensor, tail: torch.Tensor) -> torch.Tensor:
+        return torch.cat([hidden[:, : self.first], tail], dim=1)
 
 
 class _OPTTail(nn.Module):
-    def __init__(self, layer: nn.Module, first: int) -> None:
+    def __init__(self, layer: nn.Module, queries: Queries) -> None:
         super().__init__()
-        self.layer, self.first = layer, first
+        self.layer, self.queries = layer, queries
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 past_key_values=None, **_) -> torch.Tensor:
-        layer, attn, first = self.layer, self.layer.self_attn, self.first
+        layer, attn, queries = self.layer, self.layer.self_attn, self.queries
         _refuse_filled(past_key_values, attn.layer_idx)
         batch, length, _ = hidden_states.shape
         normed = layer.self_attn_layer_norm(hidden_states)
-        query = (attn.q_proj(normed[:, first:]) * attn.scaling).view(batch, length - first, attn.num_heads, -1)
+        query = (attn.q_proj(queries.select(normed)) * attn.scaling).view(batch, -1, attn.num_heads, attn.head_dim)
         keys, values = (proj(normed).view(batch, length, attn.num_heads, -1).transpose(1, 2)
                         for proj in (attn.k_proj, attn.v_proj))
         if past_key_values is not None:
             keys, values = past_key_values.update(keys, values, attn.layer_idx)
-        mixed = _attend(attention_mask, query.transpose(1, 2), keys, values, first, 1.0)
-        tail = hidden_states[:, first:] + attn.out_proj(mixed)
+        mixed = queries.attend(attention_mask, query.transpose(1, 2), keys, values, 1.0)
+        tail = queries.select(hidden_states) + attn.out_proj(mixed)
         tail = tail + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(tail))))
-        return torch.cat([hidden_states[:, :first], tail], dim=1)
+        return queries.merge(hidden_states, tail)
 
 
 class _LlamaTail(nn.Module):
-    def __init__(self, layer: nn.Module, first: int) -> None:
+    def __init__(self, layer: nn.Module, queries: Queries) -> None:
         super().__init__()
-        self.layer, self.first = layer, first
+        self.layer, self.queries = layer, queries
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None, past_key_values=None,
                 **_) -> torch.Tensor:
-        layer, attn, first = self.layer, self.layer.self_attn, self.first
+        layer, attn, queries = self.layer, self.layer.self_attn, self.queries
         _refuse_filled(past_key_values, attn.layer_idx)
         batch, length, _ = hidden_states.shape
-        cos, sin = (t.unsqueeze(1) for t in position_embeddings)
+        cos, sin = position_embeddings
         normed = layer.input_layernorm(hidden_states)
-        query = attn.q_proj(normed[:, first:]).view(batch, length - first, -1, attn.head_dim).transpose(1, 2)
+        query = attn.q_proj(queries.select(normed)).view(batch, -1, attn.config.num_attention_heads, attn.head_dim)
+        query = query * queries.select(cos).unsqueeze(2) + rotate_half(query) * queries.select(sin).unsqueeze(2)
         keys, values = (proj(normed).view(batch, length, -1, attn.head_dim).transpose(1, 2)
                         for proj in (attn.k_proj, attn.v_proj))
-        query = query * cos[:, :, first:] + rotate_half(query) * sin[:, :, first:]
-        keys = keys * cos + rotate_half(keys) * sin
+        keys = keys * cos.unsqueeze(1) + rotate_half(keys) * sin.unsqueeze(1)
         if past_key_values is not None:
             keys, values = past_key_values.update(keys, values, attn.layer_idx)
-        mixed = _attend(attention_mask, query, keys, values, first, attn.scaling)
-        tail = hidden_states[:, first:] + attn.o_proj(mixed)
+        mixed = queries.attend(attention_mask, query.transpose(1, 2), keys, values, attn.scaling)
+        tail = queries.select(hidden_states) + attn.o_proj(mixed)
         tail = tail + layer.mlp(layer.post_attention_layernorm(tail))
-        return torch.cat([hidden_states[:, :first], tail], dim=1)
+        return queries.merge(hidden_states, tail)
 
 
 def _refuse_filled(cache, layer_idx: int) -> None:
@@ -111,22 +145,39 @@ def _dropout_active(model: nn.Module) -> bool:
                                   for key in ("dropout", "attention_dropout", "activation_dropout"))
 
 
-@contextmanager
-def outputs_from(model: nn.Module, first: int) -> Iterator[nn.Module]:
-    """Within the block, the final layer computes its output at positions ``first..`` only.
+def trimmable(model: nn.Module) -> bool:
+    """Whether the final layer can be trimmed: a supported family, no active dropout, no lockstep ZeRO-3."""
+    return not _dropout_active(model) and not lockstep_needed(model) and _decoder_layers(model) is not None
 
-    Positions before ``first`` hold the final layer's input instead: callers must not read them.
-    A no-op for unsupported families, for ``first <= 0``, while dropout is active in training, and for
-    ZeRO-3 partitions across ranks (every rank must make the same module calls; ``lockstep_needed``).
+
+@contextmanager
+def outputs_at(model: nn.Module, queries: Queries) -> Iterator[bool]:
+    """Within the block, the final layer computes its output at ``queries`` only; yields whether it does.
+
+    A no-op (yielding False) unless ``trimmable(model)``: other families, dropout active in training,
+    and ZeRO-3 partitions across ranks (every rank must make the same module calls) run the full layer.
     """
-    found = _decoder_layers(model) if first > 0 and not _dropout_active(model) and not lockstep_needed(model) else None
-    if found is None:
-        yield model
+    if not trimmable(model):
+        yield False
         return
-    layers, tail = found
+    layers, tail = _decoder_layers(model)
     last = layers[-1]
-    layers[-1] = tail(last, first)
+    layers[-1] = tail(last, queries)
     try:
-        yield model
+        yield True
     finally:
         layers[-1] = last
+
+
+@contextmanager
+def outputs_from(model: nn.Module, first: int) -> Iterator[nn.Module]:
+    """Within the block, the final layer computes its output at columns ``first..`` only.
+
+    Columns before ``first`` hold the final layer's input instead: callers must not read them. A no-op
+    for ``first <= 0`` and wherever ``outputs_at`` is.
+    """
+    if first <= 0:
+        yield model
+        return
+    with outputs_at(model, ColumnsFrom(first)):
+        yield model
