@@ -1,4 +1,7 @@
-"""Scoring and training forward passes over rollouts, in groups of similar length instead of one padded batch.
+"""Forward passes over rollouts in groups of similar length instead of one padded batch.
+
+They serve the prompts' pass before decoding (whose keys and values fill a padded decode cache) and
+the scoring and training passes of families that ``packed_rows`` does not pack.
 
 A rollout is left-padded prompts followed by right-padded answers, all as wide as the longest prompt
 plus the longest answer. Short prompts then pay for the longest one: on the peer workload (prompts of
