@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AttentionInterface
+from transformers import AttentionInterface, PretrainedConfig
 
 from chatrlhf.training.lora import base_model
 from chatrlhf.utils.model.last_layer import outputs_at, shared_kv
@@ -106,7 +106,8 @@ def packing_supported(model: nn.Module) -> bool:
 
 
 @contextmanager
-def _span_attention_installed(config) -> Iterator[None]:
+def _span_attention_installed(config: PretrainedConfig) -> Iterator[None]:
+    """Attention goes through ``_span_attention`` within the block: transformers reads the config per call."""
     previous = config._attn_implementation
     config._attn_implementation = ATTENTION
     try:
