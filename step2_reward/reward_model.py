@@ -17,10 +17,10 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
-from chatrlhf.training.lora import base_model
 from chatrlhf.training.validation import ConfigError
 from chatrlhf.utils.model.lm_forward import position_ids_from_mask
 from chatrlhf.utils.model.loading import ModelOptions, load_hf_model
+from chatrlhf.utils.model.unwrap import base_model
 
 HEAD_NAME = "score"
 REWARD_STATS_FILE = "reward_stats.json"

@@ -13,8 +13,8 @@ from transformers.cache_utils import Cache, DynamicCache
 from chatrlhf.step3_rlhf.config import GenerationConfig
 from chatrlhf.step3_rlhf.length_groups import plan_groups
 from chatrlhf.utils import device
-from chatrlhf.utils.model.fast_decode import DecodeStep, fast_decoder
-from chatrlhf.utils.model.kv_cache import merged_cache, preallocated_cache
+from chatrlhf.utils.model.fast_decode import DecodeStep, fast_decoder, model_step
+from chatrlhf.utils.model.kv_cache import cache_kwargs, decode_cache, merged_cache, preallocation_fits
 from chatrlhf.utils.model.last_layer import outputs_from
 from chatrlhf.utils.model.lm_forward import position_ids_from_mask
 from chatrlhf.utils.model.packed_linear import onednn_linears, packed_linears
@@ -62,17 +62,6 @@ def sample_tokens(probs: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cdf, draw).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
 
-def _model_step(model) -> DecodeStep:
-    """A decode step through the model's own forward (any family, any device)."""
-
-    def step(tokens: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor, cache) -> torch.Tensor:
-        out = model(input_ids=tokens.unsqueeze(-1), attention_mask=attention_mask, position_ids=position_ids,
-                    past_key_values=cache, use_cache=True)
-        return out.logits[:, -1]
-
-    return step
-
-
 def answer_mask_from(tokens: torch.Tensor, eos_id: int) -> torch.Tensor:
     """1 up to and including each row's first end-of-text token, 0 after it."""
     is_eos = (tokens == eos_id).long()
@@ -89,9 +78,9 @@ def _prefill(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, capacit
     the last position only (``outputs_from``); every position's keys and values are kept.
     """
     width = prompt_ids.shape[1]
-    groups = plan_groups(prompt_mask, max(width - 1, 1), split=not lockstep)
+    groups = plan_groups(prompt_mask, max(width - 1, 1), split=not lockstep and preallocation_fits(model))
     if len(groups) == 1:
-        return _prompt_pass(model, prompt_ids, prompt_mask, preallocated_cache(capacity))
+        return _prompt_pass(model, prompt_ids, prompt_mask, decode_cache(model, capacity))
     parts, logits = [], []
     for group in groups:
         cache = DynamicCache()
@@ -106,7 +95,7 @@ def _prompt_pass(model, ids: torch.Tensor, mask: torch.Tensor, cache: Cache) -> 
     """One forward pass of left-padded prompts into an empty ``cache``; the logits after each prompt."""
     with outputs_from(model, ids.shape[1] - 1):
         out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
-                    past_key_values=cache, use_cache=True, logits_to_keep=1)
+                    use_cache=True, logits_to_keep=1, **cache_kwargs(model, cache))
     return out.logits[:, -1], cache
 
 
@@ -164,7 +153,7 @@ def sample(
     """
     decode = fast_decoder(model)
     with onednn_linears(model) if decode else packed_linears(model):
-        decode = decode or _model_step(model)
+        decode = decode or model_step(model)
         tokens = _answer_tokens(model, prompt_ids, prompt_mask, cfg, decode, eos_id=eos_id, pad_id=pad_id,
                                 lockstep=lockstep)
     answer_mask = answer_mask_from(tokens, eos_id)

@@ -14,9 +14,8 @@ from transformers import (
     OPTForSequenceClassification,
 )
 
-from chatrlhf.step3_rlhf.rollout import _model_step
-from chatrlhf.utils.model.fast_decode import fast_decoder
-from chatrlhf.utils.model.kv_cache import preallocated_cache
+from chatrlhf.utils.model.fast_decode import fast_decoder, model_step
+from chatrlhf.utils.model.kv_cache import cache_kwargs, preallocated_cache
 from chatrlhf.utils.model.last_layer import outputs_from
 from chatrlhf.utils.model.lm_forward import position_ids_from_mask
 from chatrlhf.utils.model.packed_linear import onednn_linears, packed_linears, packing_supported
@@ -50,7 +49,7 @@ def decode_logits(model, step, steps: int = 5) -> torch.Tensor:
     cache = preallocated_cache(7 + steps)
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
-                       past_key_values=cache, use_cache=True).logits[:, -1]
+                       use_cache=True, **cache_kwargs(model, cache)).logits[:, -1]
         position, seen = mask.sum(1, keepdim=True), []
         for index in range(steps):
             logits = step(logits.argmax(-1), position, full[:, : 8 + index], cache)
@@ -64,7 +63,7 @@ def test_fast_decoder_gives_the_models_own_logits(build):
     model = build()
     step = fast_decoder(model)
     assert step is not None
-    torch.testing.assert_close(decode_logits(model, step), decode_logits(model, _model_step(model)),
+    torch.testing.assert_close(decode_logits(model, step), decode_logits(model, model_step(model)),
                                rtol=1e-4, atol=1e-5)
 
 
@@ -148,9 +147,9 @@ def test_trimmed_last_layer_stands_aside_where_it_cannot_be_exact():
         assert type(dropping.model.decoder.layers[-1]).__name__ == "OPTDecoderLayer"
     model = opt()
     cache = preallocated_cache(8)
-    model(input_ids=torch.ones(1, 4, dtype=torch.long), use_cache=True, past_key_values=cache)
+    model(input_ids=torch.ones(1, 4, dtype=torch.long), use_cache=True, **cache_kwargs(model, cache))
     with outputs_from(model, 3), pytest.raises(RuntimeError, match="prefills of an empty cache"):
-        model(input_ids=torch.ones(1, 1, dtype=torch.long), use_cache=True, past_key_values=cache)
+        model(input_ids=torch.ones(1, 1, dtype=torch.long), use_cache=True, **cache_kwargs(model, cache))
 
 
 @pytest.mark.parametrize("build", [opt, llama], ids=["opt", "llama"])
@@ -164,7 +163,7 @@ def test_trimmed_last_layer_prefills_a_cache_exactly(build):
         cache = preallocated_cache(16)
         with torch.no_grad(), outputs_from(model, first):
             logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
-                           past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+                           use_cache=True, logits_to_keep=1, **cache_kwargs(model, cache)).logits
         runs.append((logits, [(layer.keys, layer.values) for layer in cache.layers]))
     (plain, plain_kv), (trimmed, trimmed_kv) = runs
     torch.testing.assert_close(trimmed, plain, rtol=1e-4, atol=1e-5)

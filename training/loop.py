@@ -24,6 +24,7 @@ from chatrlhf.training.metrics_log import MetricsLogger, Throughput, format_metr
 from chatrlhf.training.run_control import LossGuard, StopRequested, StopSignals
 from chatrlhf.training.samplers import LengthGroupedSampler
 from chatrlhf.utils import device
+from chatrlhf.utils.model import shortcuts
 
 
 class StepTask(Protocol):
@@ -237,14 +238,14 @@ def write_metrics(output_dir: str, result: TrainResult, extra: dict | None = Non
     """``metrics.json`` beside the model: the logged history and evaluations, for reports.
 
     It also records this process's peak resident memory, so a run's real footprint can be set against
-    ``chatrlhf memory``'s estimate.
+    ``chatrlhf memory``'s estimate, and which speed shortcuts ran (``shortcuts``).
     """
     if not device.is_main_process():
         return
     os.makedirs(output_dir, exist_ok=True)
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     payload = {"steps": result.steps, "history": result.history, "evals": result.evals,
-               "peak_rss_mib": round(peak_rss_mib, 1), **(extra or {})}
+               "peak_rss_mib": round(peak_rss_mib, 1), "shortcuts": shortcuts.report(), **(extra or {})}
     tmp = os.path.join(output_dir, ".metrics.json.tmp")
     with open(tmp, "w") as handle:
         json.dump(payload, handle, indent=1)

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from chatrlhf.training.config import LoraSettings
+from chatrlhf.utils.model.unwrap import is_lora_model
 
 LORA_MARK = "lora_"
 
@@ -36,15 +37,6 @@ def apply_lora(model: nn.Module, settings: LoraSettings, *, trainable_modules: t
         elif not settings.only_optimize_lora:
             param.requires_grad_(True)
     return peft_model
-
-
-def is_lora_model(model: nn.Module) -> bool:
-    return hasattr(model, "peft_config")
-
-
-def base_model(model: nn.Module) -> nn.Module:
-    """The Hugging Face model under a peft wrapper (or the model itself)."""
-    return model.get_base_model() if is_lora_model(model) else model
 
 
 def plain_name(key: str) -> str:

@@ -15,8 +15,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from chatrlhf.training.lora import base_model, merged_state_dict
+from chatrlhf.training.lora import merged_state_dict
 from chatrlhf.utils import device
+from chatrlhf.utils.model.unwrap import base_model
 
 
 def gathered_state_dict(model: nn.Module, zero_stage: int) -> dict[str, torch.Tensor]:

@@ -17,11 +17,13 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, DynamicCache
 from transformers.models.llama.modeling_llama import rotate_half
 
-from chatrlhf.training.lora import base_model
+from chatrlhf.utils.model.kv_cache import cache_kwargs
 from chatrlhf.utils.model.packed_linear import onednn_product, packing_supported
+from chatrlhf.utils.model.shortcuts import assert_same, family, fits, left_padded_prompts, shortcut, tiny_model
+from chatrlhf.utils.model.unwrap import base_model
 
 DecodeStep = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Cache], torch.Tensor]
 
@@ -98,7 +100,7 @@ def _opt_decoder(hf: nn.Module) -> DecodeStep | None:
         for index, (layer, qkv, out, fc1, fc2, scaling) in enumerate(blocks):
             q, k, v = qkv.split(layer.self_attn_layer_norm(x))
             k, v = (t.view(batch, heads, 1, -1) for t in (k, v))
-            keys, values = cache.layers[index].update(k, v)
+            keys, values = cache.update(k, v, index)
             x = x + out(_attend(q.view(batch, heads, -1), keys, values, mask, scaling))
             x = x + fc2(layer.activation_fn(fc1(layer.final_layer_norm(x))))
         if decoder.final_layer_norm is not None:
@@ -136,7 +138,7 @@ def _llama_decoder(hf: nn.Module) -> DecodeStep | None:
         for index, (layer, qkv, out, gate_up, down, scaling, head_dim) in enumerate(blocks):
             q, k, v = qkv.split(layer.input_layernorm(x))
             q, k = (_rotate(t.view(batch, -1, head_dim), cos, sin) for t in (q, k))
-            keys, values = cache.layers[index].update(k.unsqueeze(2), v.view(batch, -1, 1, head_dim))
+            keys, values = cache.update(k.unsqueeze(2), v.view(batch, -1, 1, head_dim), index)
             x = x + out(_attend(q, keys, values, mask, scaling))
             gate, up = gate_up.split(layer.post_attention_layernorm(x))
             x = x + down(layer.mlp.act_fn(gate) * up)
@@ -160,10 +162,48 @@ def fast_decoder(model: nn.Module) -> DecodeStep | None:
     ``cache`` already holds the earlier positions (the prefill runs through the model's own forward)
     and receives the new one; ``attention_mask`` covers the cache plus the new token. None unless the
     model is an OPT or LLaMA causal LM in eval mode whose projections are plain fp32 CPU ``nn.Linear``
-    layers (not LoRA, not ZeRO-3 partitions).
+    layers (not LoRA, not ZeRO-3 partitions), and the flat step matches this transformers' own.
     """
     hf = base_model(model)
     build = FAMILIES.get(type(hf).__name__)
-    if build is None or hf.training or not packing_supported(hf):
+    if build is None or hf.training or not packing_supported(hf) or not fits("flat_decoder", family(hf)):
         return None
     return build(hf)
+
+
+def model_step(model: nn.Module) -> DecodeStep:
+    """A decode step through the model's own forward (any family, any device): the plain path."""
+
+    def step(tokens: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor, cache) -> torch.Tensor:
+        out = model(input_ids=tokens.unsqueeze(-1), attention_mask=attention_mask, position_ids=position_ids,
+                    use_cache=True, **cache_kwargs(model, cache))
+        return out.logits[:, -1]
+
+    return step
+
+
+@shortcut("flat_decoder", library="transformers")
+@torch.no_grad()
+def _probe_flat_decoder(model_family: str | None) -> None:
+    """Two decode steps of the flat decoder against the model's own, after the same left-padded prefill."""
+    from chatrlhf.utils.model.lm_forward import position_ids_from_mask
+
+    model = tiny_model(model_family)
+    step = fast_decoder(model)
+    if step is None:
+        raise RuntimeError("the flat decoder declined the probe model")
+    ids, mask = left_padded_prompts()
+    tokens = torch.randint(2, 64, (2, ids.shape[0]))
+
+    def run(decode: DecodeStep) -> torch.Tensor:
+        cache = DynamicCache()
+        model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=True,
+              **cache_kwargs(model, cache))
+        seen, position, full = [], mask.sum(1, keepdim=True), mask
+        for token in tokens:
+            full = torch.cat([full, torch.ones_like(full[:, :1])], dim=1)
+            seen.append(decode(token, position, full, cache))
+            position = position + 1
+        return torch.stack(seen)
+
+    assert_same(run(step), run(model_step(model)))

@@ -8,8 +8,15 @@ only (unlike ``StaticCache``, which attends over the full capacity).
 """
 from __future__ import annotations
 
+import inspect
+from functools import cache as memoized
+
 import torch
-from transformers.cache_utils import Cache, DynamicLayer
+from torch import nn
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+from chatrlhf.utils.model.shortcuts import assert_same, family, fits, left_padded_prompts, shortcut, tiny_model
+from chatrlhf.utils.model.unwrap import base_model
 
 
 class _PreallocatedLayer(DynamicLayer):
@@ -59,3 +66,65 @@ def preallocated_cache(capacity: int) -> Cache:
     """An empty cache for at most ``capacity`` positions (prompt width + answer length)."""
     layer = type("PreallocatedLayer", (_PreallocatedLayer,), {"capacity": capacity})
     return Cache(layer_class_to_replicate=layer)
+
+
+def preallocation_fits(model: nn.Module) -> bool:
+    """Whether this transformers' cache layers still take the preallocated layer (checked once per family)."""
+    return fits("kv_cache", family(model))
+
+
+def decode_cache(model: nn.Module, capacity: int) -> Cache:
+    """A cache for a rollout of at most ``capacity`` positions: preallocated where it fits, else transformers' own."""
+    return preallocated_cache(capacity) if preallocation_fits(model) else DynamicCache()
+
+
+@memoized
+def _cache_keyword(model_class: type) -> str:
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
+def cache_kwargs(model: nn.Module, cache: Cache | None) -> dict[str, Cache | None]:
+    """``{name: cache}`` for the model's forward: transformers 5.24 renamed ``past_key_values`` to ``cache``."""
+    return {_cache_keyword(type(base_model(model))): cache}
+
+
+@shortcut("kv_cache", library="transformers")
+def _probe_preallocated(model_family: str | None) -> None:
+    """A prefill and two decode steps into a preallocated and a merged cache, against a ``DynamicCache``."""
+    from chatrlhf.utils.model.lm_forward import position_ids_from_mask
+
+    model = tiny_model(model_family)
+    ids, mask = left_padded_prompts()
+    steps = torch.randint(2, 64, (2, ids.shape[0]))
+
+    def run(prefill) -> torch.Tensor:
+        logits, cache = prefill()
+        seen, position, full = [logits], mask.sum(1, keepdim=True), mask
+        for tokens in steps:
+            full = torch.cat([full, torch.ones_like(full[:, :1])], dim=1)
+            out = model(input_ids=tokens[:, None], attention_mask=full, position_ids=position, use_cache=True,
+                        **cache_kwargs(model, cache))
+            seen.append(out.logits[:, -1])
+            position = position + 1
+        return torch.stack(seen)
+
+    def prefill(part_ids: torch.Tensor, part_mask: torch.Tensor, cache: Cache) -> torch.Tensor:
+        out = model(input_ids=part_ids, attention_mask=part_mask, position_ids=position_ids_from_mask(part_mask),
+                    use_cache=True, **cache_kwargs(model, cache))
+        return out.logits[:, -1]
+
+    def whole(cache: Cache) -> tuple[torch.Tensor, Cache]:
+        return prefill(ids, mask, cache), cache
+
+    def grouped() -> tuple[torch.Tensor, Cache]:
+        parts, logits = [], []
+        for rows, left in ((torch.tensor([0]), 0), (torch.tensor([1, 2]), 1)):
+            cache = DynamicCache()
+            logits.append(prefill(ids[rows, left:], mask[rows, left:], cache))
+            parts.append((rows, left, cache))
+        return torch.cat(logits), merged_cache(parts, ids.shape[1], ids.shape[1] + len(steps))
+
+    with torch.no_grad():
+        want = run(lambda: whole(DynamicCache()))
+        assert_same(run(lambda: whole(preallocated_cache(ids.shape[1] + len(steps)))), want)
+        assert_same(run(grouped), want)

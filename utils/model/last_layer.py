@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.models.llama.modeling_llama import rotate_half
 
-from chatrlhf.training.lora import base_model
+from chatrlhf.utils.model.shortcuts import assert_same, family, fits, left_padded_prompts, shortcut, tiny_model
+from chatrlhf.utils.model.unwrap import base_model
 from chatrlhf.utils.model.zero3 import lockstep_needed
 
 
@@ -78,9 +79,9 @@ class _OPTTail(nn.Module):
         self.layer, self.queries = layer, queries
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                past_key_values=None, **_) -> torch.Tensor:
+                past_key_values=None, cache=None, **_) -> torch.Tensor:
         layer, attn, queries = self.layer, self.layer.self_attn, self.queries
-        _refuse_filled(past_key_values, attn.layer_idx)
+        past_key_values = _filled_check(cache if cache is not None else past_key_values, attn.layer_idx)
         batch, length, _ = hidden_states.shape
         normed = layer.self_attn_layer_norm(hidden_states)
         query = (attn.q_proj(queries.select(normed)) * attn.scaling).view(batch, -1, attn.num_heads, attn.head_dim)
@@ -101,9 +102,9 @@ class _LlamaTail(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None, past_key_values=None,
-                **_) -> torch.Tensor:
+                cache=None, **_) -> torch.Tensor:
         layer, attn, queries = self.layer, self.layer.self_attn, self.queries
-        _refuse_filled(past_key_values, attn.layer_idx)
+        past_key_values = _filled_check(cache if cache is not None else past_key_values, attn.layer_idx)
         batch, length, _ = hidden_states.shape
         cos, sin = position_embeddings
         normed = layer.input_layernorm(hidden_states)
@@ -120,11 +121,15 @@ class _LlamaTail(nn.Module):
         return queries.merge(hidden_states, tail)
 
 
-def _refuse_filled(cache, layer_idx: int) -> None:
-    """Queries start at ``first`` of the current positions, which matches the keys only if nothing came before."""
+def _filled_check(cache, layer_idx: int):
+    """The layer's cache (transformers 5.24 passes it as ``cache``, earlier ones as ``past_key_values``), if empty.
+
+    Queries start at ``first`` of the current positions, which matches the keys only if nothing came before.
+    """
     if cache is not None and cache.get_seq_length(layer_idx) > 0:
         raise RuntimeError("outputs_from() serves full forward passes and prefills of an empty cache; a decode "
                            "step over a filled cache needs every position of the final layer")
+    return cache
 
 
 def _decoder_layers(model: nn.Module) -> tuple[nn.ModuleList, type[nn.Module]] | None:
@@ -146,8 +151,10 @@ def _dropout_active(model: nn.Module) -> bool:
 
 
 def trimmable(model: nn.Module) -> bool:
-    """Whether the final layer can be trimmed: a supported family, no active dropout, no lockstep ZeRO-3."""
-    return not _dropout_active(model) and not lockstep_needed(model) and _decoder_layers(model) is not None
+    """Whether the final layer can be trimmed: a supported family, no active dropout, no lockstep ZeRO-3,
+    and the trimmed layer matches this transformers' own."""
+    return (not _dropout_active(model) and not lockstep_needed(model) and _decoder_layers(model) is not None
+            and fits("last_layer", family(model)))
 
 
 @contextmanager
@@ -181,3 +188,34 @@ def outputs_from(model: nn.Module, first: int) -> Iterator[nn.Module]:
         return
     with outputs_at(model, ColumnsFrom(first)):
         yield model
+
+
+@shortcut("last_layer", library="transformers")
+@torch.no_grad()
+def _probe_trimmed(model_family: str | None) -> None:
+    """A trimmed prefill against the full one: the read logits and every layer's cached keys and values."""
+    from transformers.cache_utils import DynamicCache
+
+    from chatrlhf.utils.model.kv_cache import cache_kwargs
+    from chatrlhf.utils.model.lm_forward import position_ids_from_mask
+
+    model = tiny_model(model_family)
+    ids, mask = left_padded_prompts()
+    first = 2
+
+    def prefill(trim: bool) -> tuple[torch.Tensor, DynamicCache]:
+        cache = DynamicCache()
+        with outputs_from(model, first if trim else 0):
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                           use_cache=True, **cache_kwargs(model, cache)).logits
+        return logits[:, first:], cache
+
+    got, got_cache = prefill(trim=True)
+    want, want_cache = prefill(trim=False)
+    assert_same(got, want)
+    layers = len(want_cache.layers)
+    if len(got_cache.layers) != layers:
+        raise RuntimeError(f"the trimmed layer left {len(got_cache.layers)} of {layers} layers in the cache")
+    for got_layer, want_layer in zip(got_cache.layers, want_cache.layers):
+        assert_same(got_layer.keys, want_layer.keys)
+        assert_same(got_layer.values, want_layer.values)

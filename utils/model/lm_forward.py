@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from chatrlhf.training.lora import base_model
 from chatrlhf.utils.model.last_layer import outputs_from
+from chatrlhf.utils.model.unwrap import base_model
 
 
 def split_lm(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from chatrlhf.utils.model.shortcuts import assert_same, fits, shortcut
 from chatrlhf.utils.model.zero3 import zero3_partitioned
 
 
@@ -55,18 +56,40 @@ class _OneDNNLinearFunction(torch.autograd.Function):
 
 
 def packing_supported(model: nn.Module) -> bool:
-    """True when every linear weight is a whole fp32 CPU tensor and this PyTorch has oneDNN.
+    """True when every linear weight is a whole fp32 CPU tensor and this PyTorch's oneDNN products check out.
 
     ZeRO-3 partitions (their weights are gathered only inside the forward), GPU tensors and half
     precision keep PyTorch's own kernels.
     """
-    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
-        return False
     linears = [m for m in model.modules() if type(m) is nn.Linear]
     return bool(linears) and all(
         m.weight.device.type == "cpu" and m.weight.dtype == torch.float32 and m.weight.dim() == 2
         and m.weight.numel() > 0 for m in linears
-    ) and not zero3_partitioned(model)
+    ) and not zero3_partitioned(model) and fits("onednn")
+
+
+@shortcut("onednn", library="torch")
+def _probe_onednn(_: str | None) -> None:
+    """Plain and packed oneDNN products, and the input and weight gradients, against ``F.linear``'s."""
+    if not torch.backends.mkldnn.is_available():
+        raise RuntimeError("this PyTorch is built without oneDNN (mkldnn)")
+    layer = nn.Linear(8, 6)
+    x = torch.randn(2, 3, 8)
+    with torch.enable_grad():
+        plain_x = x.clone().requires_grad_(True)
+        want = nn.functional.linear(plain_x, layer.weight, layer.bias)
+        want_grads = torch.autograd.grad(want.square().sum(), (plain_x, layer.weight))
+        fast_x = x.clone().requires_grad_(True)
+        with _installed([layer], [None]):
+            got = layer(fast_x)
+        got_grads = torch.autograd.grad(got.square().sum(), (fast_x, layer.weight))
+    assert_same(got, want)
+    for got_grad, want_grad in zip(got_grads, want_grads):
+        assert_same(got_grad, want_grad)
+    with torch.no_grad():
+        packed = torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach())
+        with _installed([layer], [packed]):
+            assert_same(layer(x), want.detach())
 
 
 def _onednn_forward(layer: nn.Linear, packed: torch.Tensor | None):

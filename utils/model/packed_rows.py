@@ -20,10 +20,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AttentionInterface, PretrainedConfig
+from transformers import PretrainedConfig
 
-from chatrlhf.training.lora import base_model
 from chatrlhf.utils.model.last_layer import outputs_at, shared_kv
+from chatrlhf.utils.model.shortcuts import assert_same, fits, left_padded_prompts, shortcut, tiny_model
+from chatrlhf.utils.model.unwrap import base_model
 from chatrlhf.utils.model.zero3 import lockstep_needed
 
 ATTENTION = "chatrlhf_packed_rows"
@@ -97,17 +98,19 @@ def _span_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, v
     return torch.cat(outputs, dim=2).transpose(1, 2), None
 
 
-AttentionInterface.register(ATTENTION, _span_attention)
-
-
 def packing_supported(model: nn.Module) -> bool:
-    """A family served here, and not ZeRO-3 across ranks (whose lockstep forward passes keep one padded batch)."""
-    return base_model(model).config.model_type in FAMILIES and not lockstep_needed(model)
+    """A family served here, not ZeRO-3 across ranks (whose lockstep forward passes keep one padded batch),
+    and packed rows that match this transformers' padded forward."""
+    model_type = base_model(model).config.model_type
+    return model_type in FAMILIES and not lockstep_needed(model) and fits("packed_rows", model_type)
 
 
 @contextmanager
 def _span_attention_installed(config: PretrainedConfig) -> Iterator[None]:
     """Attention goes through ``_span_attention`` within the block: transformers reads the config per call."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION, _span_attention)
     previous = config._attn_implementation
     config._attn_implementation = ATTENTION
     try:
@@ -128,3 +131,18 @@ def packed_hidden(model: nn.Module, rows: PackedRows, ranges: list[tuple[int, in
         hidden = backbone(input_ids=rows.input_ids, position_ids=rows.position_ids, use_cache=False,
                           packed_spans=rows.spans)[0]
     return hidden[0] if trimmed else queries.select(hidden)[0]
+
+
+@shortcut("packed_rows", library="transformers")
+@torch.no_grad()
+def _probe_packed_rows(model_family: str | None) -> None:
+    """Packed rows' final hidden states at each row's last two tokens against the padded forward's."""
+    from chatrlhf.utils.model.lm_forward import position_ids_from_mask
+
+    model = tiny_model(model_family)
+    ids, mask = left_padded_prompts()
+    rows = pack_rows(ids, mask)
+    got = packed_hidden(model, rows, [(end - 2, end) for _, end in rows.spans])
+    backbone = getattr(model, model.base_model_prefix)
+    hidden = backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False)[0]
+    assert_same(got, hidden[:, -2:].reshape(-1, hidden.shape[-1]))

@@ -1,0 +1,13 @@
+"""The Hugging Face model inside a peft wrapper: speed paths and saving read the plain model's layout."""
+from __future__ import annotations
+
+from torch import nn
+
+
+def is_lora_model(model: nn.Module) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    """The Hugging Face model under a peft wrapper (or the model itself)."""
+    return model.get_base_model() if is_lora_model(model) else model
