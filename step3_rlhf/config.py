@@ -1,7 +1,20 @@
-"""PPO settings: DeepSpeed-Chat's hard-coded hyper-parameters as fields with its values as defaults."""
+"""Step-3 settings: DeepSpeed-Chat's hard-coded PPO hyper-parameters as fields with its values as defaults,
+the policy-gradient algorithm, and where the reward comes from."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from chatrlhf.training.validation import ConfigError
+
+ALGORITHMS = ("ppo", "grpo", "rloo", "reinforce_pp")
+# Algorithms whose advantages compare the samples of one prompt with each other.
+GROUP_ALGORITHMS = ("grpo", "rloo")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+KL_MODES = ("reward", "loss")
+SCALE_REWARDS = ("group", "none")
+LOSS_AGGREGATIONS = ("token_mean", "sequence_mean")
+SYNTHETIC_TASKS_FN = "synthetic_tasks"
 
 
 @dataclass(frozen=True)
@@ -31,11 +44,101 @@ class PPOConfig:
     generation_batches: int = 1
     unsup_coef: float = 27.8
     ema_beta: float = 0.992
+    cliprange_high: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise ConfigError(f"--kl_estimator {self.kl_estimator!r} is not one of {', '.join(KL_ESTIMATORS)}")
+        if self.cliprange_high is not None and self.cliprange_high <= 0:
+            raise ConfigError(f"--cliprange_high {self.cliprange_high} must be above 0 (or unset: --cliprange)")
+
+    @property
+    def clip_high(self) -> float:
+        """The upper clip of the probability ratio: ``1 + clip_high`` (``--cliprange`` unless set apart)."""
+        return self.cliprange if self.cliprange_high is None else self.cliprange_high
+
+
+@dataclass(frozen=True)
+class AlgorithmConfig:
+    """Which policy-gradient estimator step 3 runs and how the actor's loss is built.
+
+    ``kl_mode`` None means the algorithm's own choice: GRPO puts the KL to the reference into the loss,
+    the others into the reward.
+    """
+
+    name: str = "ppo"
+    num_samples_per_prompt: int = 1
+    scale_rewards: str = "group"
+    kl_mode: str | None = None
+    entropy_coef: float = 0.0
+    loss_aggregation: str = "token_mean"
+
+    def __post_init__(self) -> None:
+        for flag, value, choices in (("--algorithm", self.name, ALGORITHMS),
+                                     ("--scale_rewards", self.scale_rewards, SCALE_REWARDS),
+                                     ("--loss_aggregation", self.loss_aggregation, LOSS_AGGREGATIONS)):
+            if value not in choices:
+                raise ConfigError(f"{flag} {value!r} is not one of {', '.join(choices)}")
+        if self.kl_mode is not None and self.kl_mode not in KL_MODES:
+            raise ConfigError(f"--kl_mode {self.kl_mode!r} is not one of {', '.join(KL_MODES)}")
+        if self.num_samples_per_prompt < 1:
+            raise ConfigError(f"--num_samples_per_prompt {self.num_samples_per_prompt} must be 1 or more")
+        if self.name in GROUP_ALGORITHMS and self.num_samples_per_prompt < 2:
+            raise ConfigError(
+                f"--algorithm {self.name} compares the answers to one prompt with each other: it needs "
+                f"--num_samples_per_prompt 2 or more (got {self.num_samples_per_prompt}); 4 to 16 is usual")
+        if self.scale_rewards != "group" and self.name != "grpo":
+            raise ConfigError(f"--scale_rewards applies to --algorithm grpo only (got --algorithm {self.name})")
+        if not math.isfinite(self.entropy_coef):
+            raise ConfigError(f"--entropy_coef {self.entropy_coef} is not a finite number")
+
+    @property
+    def uses_critic(self) -> bool:
+        return self.name == "ppo"
+
+    @property
+    def kl_in_loss(self) -> bool:
+        return self.kl_mode == "loss" if self.kl_mode is not None else self.name == "grpo"
+
+    @property
+    def default_kl_estimator(self) -> str:
+        """k3 where the KL is a loss term (unbiased, always >= 0, a useful gradient), k1 in the reward."""
+        return "k3" if self.kl_in_loss else "k1"
+
+    @property
+    def advantages_need_old_logprobs(self) -> bool:
+        """Critic-free advantages with the KL in the reward need every sample's old log-probs first."""
+        return not self.uses_critic and not self.kl_in_loss
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Where the reward comes from: ``model_weight`` x a reward model's score + ``fn_weight`` x a Python
+    function's value (either source may be absent, not both)."""
+
+    model_path: str | None = None
+    fn_spec: str | None = None
+    model_weight: float = 1.0
+    fn_weight: float = 1.0
+    fn_format_credit: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.model_path is None and self.fn_spec is None:
+            raise ConfigError("no reward source: give --reward_model_name_or_path, --reward_fn, or both")
+        for flag, value in (("--reward_model_weight", self.model_weight), ("--reward_fn_weight", self.fn_weight)):
+            if not math.isfinite(value):
+                raise ConfigError(f"{flag} {value} is not a finite number")
+        if self.fn_format_credit and self.fn_spec != SYNTHETIC_TASKS_FN:
+            raise ConfigError(f"--reward_fn_format_credit applies to --reward_fn {SYNTHETIC_TASKS_FN} only "
+                              f"(got --reward_fn {self.fn_spec})")
+        if not 0.0 <= self.fn_format_credit < 1.0:
+            raise ConfigError(f"--reward_fn_format_credit {self.fn_format_credit} must be in [0, 1): less than "
+                              "the 1.0 of a right answer")
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Loop-level settings of a PPO run."""
+    """Loop-level settings of a step-3 run."""
 
     output_dir: str
     num_train_epochs: int = 1

@@ -1,7 +1,8 @@
-"""The four models of PPO and their DeepSpeed engines.
+"""The models of step 3 and their DeepSpeed engines.
 
 Actor (trained), reference (frozen initial actor; with LoRA the actor with adapters off), critic
-(trained, initialised from the reward model) and reward (frozen); optionally an EMA of the actor.
+(trained, initialised from the reward model; PPO only) and reward model (frozen; absent when a reward
+function alone gives the reward); optionally an EMA of the actor.
 """
 from __future__ import annotations
 
@@ -32,10 +33,17 @@ class ModelRole:
 @dataclass
 class PPOEngines:
     actor: object
-    critic: object
+    critic: object | None
     reference: object | None
-    reward: nn.Module
+    reward: nn.Module | None
     ema: nn.Module | None = None
+
+    def trained(self) -> dict[str, object]:
+        """The engines a checkpoint holds, by tag."""
+        engines = {"actor": self.actor}
+        if self.critic is not None:
+            engines["critic"] = self.critic
+        return engines
 
     @contextmanager
     def reference_policy(self):
@@ -79,15 +87,21 @@ def hybrid_engine_config(enabled: bool, max_out_tokens: int, inference_tp_size: 
 
 def build_engines(
     actor_role: ModelRole,
-    critic_role: ModelRole,
+    critic_role: ModelRole | None,
     tokenizer,
     options,
     *,
+    reward_path: str | None,
+    reward_engine: EngineSettings,
     total_steps: int,
     offload_reference: bool,
     offload_reward: bool,
     enable_ema: bool,
 ) -> PPOEngines:
+    """The engines of a run; no critic when ``critic_role`` is None, no reward model when ``reward_path`` is.
+
+    The critic is loaded before the reward model, as always, so a run draws the same random numbers.
+    """
     from chatrlhf.step2_reward.reward_model import load_reward_model
     from chatrlhf.utils.model.loading import load_causal_lm
 
@@ -100,11 +114,16 @@ def build_engines(
         reference = _frozen(load_causal_lm(actor_role.path, tokenizer, options), actor_role.engine, offload_reference)
     actor_engine = init_train_engine(actor, actor_role.engine, actor_role.optim, actor_role.lora, total_steps)
 
-    critic = load_reward_model(critic_role.path, tokenizer, options)
-    reward = _frozen(load_reward_model(critic_role.path, tokenizer, options), critic_role.engine, offload_reward)
-    if critic_role.lora.enabled:
-        critic = apply_lora(critic, critic_role.lora, trainable_modules=("score",))
-    critic_engine = init_train_engine(critic, critic_role.engine, critic_role.optim, critic_role.lora, total_steps)
+    critic = load_reward_model(critic_role.path, tokenizer, options) if critic_role is not None else None
+    reward = None
+    if reward_path is not None:
+        reward = _frozen(load_reward_model(reward_path, tokenizer, options), reward_engine, offload_reward)
+    critic_engine = None
+    if critic_role is not None:
+        if critic_role.lora.enabled:
+            critic = apply_lora(critic, critic_role.lora, trainable_modules=("score",))
+        critic_engine = init_train_engine(critic, critic_role.engine, critic_role.optim, critic_role.lora,
+                                          total_steps)
     if ema is not None:
         ema.to(device.local_device())
     return PPOEngines(actor_engine, critic_engine, reference, reward, ema)

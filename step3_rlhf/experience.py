@@ -1,4 +1,4 @@
-"""Experience: what a rollout and its scoring leave for the PPO update."""
+"""Experience: what a rollout and its scoring leave for the update."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
@@ -44,7 +44,8 @@ class Experience:
 
     @property
     def ready(self) -> bool:
-        return self.advantages is not None
+        """The old policy's pass has run (critic-free advantages may be set before it)."""
+        return self.old_logprobs is not None
 
     def __len__(self) -> int:
         return self.sequences.shape[0]
@@ -61,3 +62,16 @@ class Experience:
 
 def micro_batches(buffer: list[Experience], size: int) -> list[Experience]:
     return [exp.rows(i, i + size) for exp in buffer for i in range(0, len(exp), size)]
+
+
+def repeat_prompts(batch: dict, times: int) -> dict:
+    """Every prompt of a collated batch ``times`` times in adjacent rows, so each prompt's samples form a group."""
+    if times == 1:
+        return batch
+    repeated = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            repeated[key] = value.repeat_interleave(times, dim=0)
+        else:
+            repeated[key] = [item for item in value for _ in range(times)]
+    return repeated

@@ -1,7 +1,8 @@
 """Step 3: PPO RLHF with an actor, a frozen reference, a critic and a frozen reward model, on DeepSpeed.
 
 Runs as ``deepspeed step3_rlhf/main.py ...``, ``python step3_rlhf/main.py ...`` or ``chatrlhf ppo ...``
-and accepts DeepSpeed-Chat's step-3 flags with the same meaning.
+and accepts DeepSpeed-Chat's step-3 flags with the same meaning. ``--algorithm grpo|rloo|reinforce_pp``
+trains without a critic, and ``--reward_fn`` takes the reward from a Python function.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ configure_accelerator(REUSED_BLOCK_BYTES)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from chatrlhf.step3_rlhf.config import KL_ESTIMATORS
     from chatrlhf.training import cli_args
     from chatrlhf.training.optim import SCHEDULERS
     from chatrlhf.utils.device import DTYPES
@@ -89,7 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--cliprange_value", type=float, default=0.2)
     group.add_argument("--gamma", type=float, default=1.0)
     group.add_argument("--lam", type=float, default=0.95)
-    group.add_argument("--kl_estimator", choices=["k1", "k3"], default="k1")
+    group.add_argument("--kl_estimator", choices=KL_ESTIMATORS, default=None,
+                       help="Per-token KL to the reference, with r = policy / reference: k1 = log r, "
+                            "k2 = (log r)^2 / 2, k3 = 1/r - 1 + log r. Default: k1 with the KL in the reward, "
+                            "k3 with it in the loss (--kl_mode).")
     group.add_argument("--target_kl", type=float, default=None, help="Adaptive KL controller target (off if unset).")
     group.add_argument("--kl_horizon", type=int, default=10000)
     group.add_argument("--normalize_reward", action="store_true", help="Use the step-2 score mean and std.")
@@ -102,17 +107,74 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--log_interval", type=int, default=1)
     group.add_argument("--save_interval", type=int, default=0, help="Checkpoint every N PPO iterations.")
     cli_args.add_reliability_args(group)
+    add_algorithm_args(parser)
     cli_args.add_deepspeed_args(parser)
     return parser
 
 
+def add_algorithm_args(parser: argparse.ArgumentParser) -> None:
+    """The policy-gradient algorithm and the reward sources (defaults: DeepSpeed-Chat's PPO and reward model)."""
+    from chatrlhf.step3_rlhf.config import ALGORITHMS, KL_MODES, LOSS_AGGREGATIONS, SCALE_REWARDS, SYNTHETIC_TASKS_FN
+
+    group = parser.add_argument_group("algorithm and rewards")
+    add = group.add_argument
+    add("--algorithm", choices=ALGORITHMS, default="ppo",
+        help="ppo: a critic and GAE (DeepSpeed-Chat). Critic-free, no critic loaded: grpo (advantage = reward "
+             "minus its prompt group's mean, over the group's std), rloo (reward minus the mean of the prompt's "
+             "other samples), reinforce_pp (REINFORCE++: discounted returns of KL-penalised token rewards, "
+             "normalised over the global batch).")
+    add("--num_samples_per_prompt", type=int, default=1,
+        help="Answers sampled per prompt (default 1; grpo and rloo need 2 or more). A rollout holds "
+             "--per_device_generation_batch_size prompts x this many answers.")
+    add("--scale_rewards", choices=SCALE_REWARDS, default="group",
+        help="grpo: divide each group's centred rewards by the group's std (group, the default), or not "
+             "(none: Dr. GRPO).")
+    add("--kl_mode", choices=KL_MODES, default=None,
+        help="Where the KL to the reference goes, weighted by --kl_ctl: subtracted from the reward, or added "
+             "to the loss. Default: loss for grpo, reward for the others.")
+    add("--cliprange_high", type=float, default=None,
+        help="Upper clip of the probability ratio, 1 + this (asymmetric clipping); default --cliprange.")
+    add("--entropy_coef", type=float, default=0.0,
+        help="Entropy bonus: the loss subtracts this x the entropy (default 0: none).")
+    add("--loss_aggregation", choices=LOSS_AGGREGATIONS, default="token_mean",
+        help="How the actor's per-token losses become one: token_mean (every answer token alike) or "
+             "sequence_mean (each answer's mean over its tokens, then the mean over answers).")
+    add("--reward_model_name_or_path", type=str, default=None,
+        help="The frozen reward model. Default: --critic_model_name_or_path, unless --reward_fn is given "
+             "(then no reward model is loaded unless named here).")
+    add("--reward_fn", type=str, default=None,
+        help=f"A reward function (prompt: str, response: str) -> float, called per sample: "
+             f"{SYNTHETIC_TASKS_FN} (synthetic/tasks' exact checker: 1.0 right, 0.0 wrong), path/to/file.py:function "
+             "(relative to the current directory) or package.module:function.")
+    add("--reward_model_weight", type=float, default=1.0,
+        help="Reward = this (default 1.0) x the reward model's score + ...")
+    add("--reward_fn_weight", type=float, default=1.0, help="... + this (default 1.0) x the reward function's value.")
+    add("--reward_fn_format_credit", type=float, default=0.0,
+        help=f"--reward_fn {SYNTHETIC_TASKS_FN}: reward of a wrong answer in the right answer's sentence "
+             "(the checker's format with another value), below the 1.0 of a right answer; default 0.")
+
+
+def explicit_flags(parser: argparse.ArgumentParser, argv: list[str] | None,
+                   args: argparse.Namespace) -> frozenset[str]:
+    """The destinations of the flags given on the command line, even those given their default value.
+
+    argparse only fills a default into a namespace that lacks the attribute, so parsing again into a
+    namespace preset with a marker leaves the marker exactly where no flag was given.
+    """
+    unset = object()
+    probe = parser.parse_args(argv, argparse.Namespace(**{name: unset for name in vars(args)}))
+    return frozenset(name for name, value in vars(probe).items() if value is not unset)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    given = explicit_flags(parser, argv, args)
     from chatrlhf.step3_rlhf.run import PPORun
     from chatrlhf.training.validation import run_cli
 
     def body() -> int:
-        PPORun.from_args(args).run()
+        PPORun.from_args(args, given).run()
         return 0
 
     return run_cli("chatrlhf ppo", body)

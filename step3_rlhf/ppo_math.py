@@ -1,4 +1,4 @@
-"""The arithmetic of PPO: per-token rewards with a KL penalty, GAE, and the clipped losses.
+"""The arithmetic of PPO: per-token rewards with a KL penalty, GAE, the clipped losses and how they are averaged.
 
 Every tensor over answer positions comes with ``mask`` (1 on real answer tokens, 0 after the end),
 so tokens after the end-of-text never count.
@@ -21,14 +21,28 @@ def whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) ->
     return (out if shift_mean else out + mean) * mask
 
 
+def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """One loss from per-token ``values``: ``token_mean`` weighs every answer token alike (long answers count
+    more), ``sequence_mean`` averages each answer over its tokens, then over the answers (each answer alike)."""
+    if mode == "token_mean":
+        return masked_mean(values, mask)
+    if mode == "sequence_mean":
+        has_tokens = (mask.sum(1) > 0).to(values.dtype)
+        return masked_mean(masked_mean(values, mask, dim=1), has_tokens)
+    raise ValueError(f"--loss_aggregation {mode!r} is not token_mean or sequence_mean")
+
+
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str) -> torch.Tensor:
-    """Per-token KL(policy || reference) estimate: k1 = log ratio (DeepSpeed-Chat), k3 = (r - 1) - log r."""
+    """Per-token KL(policy || reference) estimate with log r = log policy - log reference (Schulman's k1-k3):
+    k1 = log r (DeepSpeed-Chat), k2 = (log r)^2 / 2, k3 = (1/r - 1) + log r."""
     log_ratio = logprobs - ref_logprobs
     if estimator == "k1":
         return log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio.square()
     if estimator == "k3":
         return torch.expm1(-log_ratio) + log_ratio
-    raise ValueError(f"--kl_estimator {estimator!r} is not k1 or k3")
+    raise ValueError(f"--kl_estimator {estimator!r} is not k1, k2 or k3")
 
 
 def token_rewards(
@@ -69,16 +83,24 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
 
 
 def policy_loss(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cliprange: float
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    cliprange: float,
+    cliprange_high: float | None = None,
+    aggregation: str = "token_mean",
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """PPO's clipped surrogate, with the clip fraction and the approximate KL between old and new policy."""
+    """PPO's clipped surrogate (ratio kept in [1 - cliprange, 1 + cliprange_high]), with the clip fraction
+    and the approximate KL between old and new policy."""
+    high = cliprange if cliprange_high is None else cliprange_high
     log_ratio = (logprobs - old_logprobs) * mask
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1.0 - cliprange, 1.0 + cliprange)
-    loss = masked_mean(torch.max(unclipped, clipped), mask)
+    clipped = -advantages * ratio.clamp(1.0 - cliprange, 1.0 + high)
+    loss = aggregate(torch.max(unclipped, clipped), mask, aggregation)
     with torch.no_grad():
-        clip_frac = masked_mean(((ratio - 1.0).abs() > cliprange).float(), mask)
+        clip_frac = masked_mean(((ratio - 1.0 > high) | (ratio - 1.0 < -cliprange)).float(), mask)
         approx_kl = masked_mean(ratio - 1.0 - log_ratio, mask)
     return loss, {"clip_frac": float(clip_frac), "approx_kl": float(approx_kl)}
 
@@ -96,3 +118,9 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
     diff = returns - values
     var_diff = masked_mean((diff - masked_mean(diff, mask)) ** 2, mask)
     return float(1.0 - var_diff / var_returns.clamp(min=1e-8))
+
+
+def logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(token) and the entropy of each position, both differentiable (for an entropy bonus)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), -(logp.exp() * logp).sum(-1)

@@ -1,4 +1,4 @@
-"""Step 3's run: settings from the flags, checks, the four models, the PPO loop, evaluation and saving."""
+"""Step 3's run: settings from the flags, checks, the models, the training loop, evaluation and saving."""
 from __future__ import annotations
 
 import argparse
@@ -9,8 +9,9 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from chatrlhf.step3_rlhf.config import GenerationConfig, PPOConfig, RunConfig
+from chatrlhf.step3_rlhf.config import AlgorithmConfig, GenerationConfig, PPOConfig, RewardConfig, RunConfig
 from chatrlhf.step3_rlhf.engines import ModelRole, build_engines, hybrid_engine_config
+from chatrlhf.step3_rlhf.reward_functions import RewardFunction, absolute_spec
 from chatrlhf.step3_rlhf.trainer import IterationStats, PPOTrainer
 from chatrlhf.training import cli_args
 from chatrlhf.training.checkpoint import CheckpointManager, restore_rng
@@ -29,17 +30,22 @@ from chatrlhf.utils.data.tokenized import build_step_data
 
 # Sampled answers a held-out prompt gets in the start and end evaluations.
 EVAL_SAMPLES = 4
+# Flags that only shape the critic: accepted, with one warning, when the algorithm trains none.
+CRITIC_ONLY_FLAGS = ("cliprange_value", "lam")
 
 
 @dataclass
 class PPORun:
     data: DataConfig
     actor: ModelRole
-    critic: ModelRole
+    critic: ModelRole | None
     generation: GenerationConfig
     ppo: PPOConfig
     run_config: RunConfig
     tensorboard: tuple[bool, str]
+    rewards: RewardConfig
+    algorithm: AlgorithmConfig = AlgorithmConfig()
+    reward_fn: RewardFunction | None = None
     offload_reference: bool = False
     offload_reward: bool = False
     unsupervised: tuple[str | None, str | None] = (None, None)
@@ -48,7 +54,9 @@ class PPORun:
     eot: tuple[bool, str] = (False, "<|endoftext|>")
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> PPORun:
+    def from_args(cls, args: argparse.Namespace, given: frozenset[str] = frozenset()) -> PPORun:
+        """The run the flags describe; ``given`` names the flags set on the command line (for the warning
+        about critic flags under a critic-free algorithm)."""
         output_dir = require_output_dir(args.output_dir, "step 3", args.overwrite_output_dir)
         dtype = args.dtype or device.default_dtype_name()
         hybrid = hybrid_engine_config(args.enable_hybrid_engine, args.max_answer_seq_len, args.inference_tp_size,
@@ -68,26 +76,53 @@ class PPORun:
                                   gradient_accumulation_steps=args.gradient_accumulation_steps)
             return ModelRole(path, engine, optim, LoraSettings(lora_dim, lora_name, args.only_optimize_lora, lora_lr))
 
+        algorithm = AlgorithmConfig(
+            name=args.algorithm, num_samples_per_prompt=args.num_samples_per_prompt,
+            scale_rewards=args.scale_rewards, kl_mode=args.kl_mode, entropy_coef=args.entropy_coef,
+            loss_aggregation=args.loss_aggregation)
+        rewards = RewardConfig(
+            model_path=args.reward_model_name_or_path or (None if args.reward_fn else args.critic_model_name_or_path),
+            fn_spec=absolute_spec(args.reward_fn) if args.reward_fn else None,
+            model_weight=args.reward_model_weight, fn_weight=args.reward_fn_weight,
+            fn_format_credit=args.reward_fn_format_credit)
+        critic = None
+        if algorithm.uses_critic:
+            critic = role(args.critic_model_name_or_path, args.critic_zero_stage, args.critic_learning_rate,
+                          args.critic_weight_decay, args.critic_gradient_checkpointing, args.critic_lora_dim,
+                          args.critic_lora_module_name, args.critic_lora_learning_rate, None, "critic")
+        else:
+            warn_unused_critic_flags(algorithm.name, given, critic_names_reward_model=(
+                args.reward_model_name_or_path is None and args.reward_fn is None))
         run = cls(
             data=replace(cli_args.data_config(args, max_prompt_seq_len=args.max_prompt_seq_len)),
             actor=role(args.actor_model_name_or_path, args.actor_zero_stage, args.actor_learning_rate,
                        args.actor_weight_decay, args.actor_gradient_checkpointing, args.actor_lora_dim,
                        args.actor_lora_module_name, args.actor_lora_learning_rate, hybrid, "actor"),
-            critic=role(args.critic_model_name_or_path, args.critic_zero_stage, args.critic_learning_rate,
-                        args.critic_weight_decay, args.critic_gradient_checkpointing, args.critic_lora_dim,
-                        args.critic_lora_module_name, args.critic_lora_learning_rate, None, "critic"),
-            generation=GenerationConfig(args.max_prompt_seq_len, args.max_answer_seq_len, args.min_answer_seq_len,
-                                        args.temperature, args.top_p, args.top_k),
-            ppo=PPOConfig(args.kl_ctl, args.clip_reward_value, args.cliprange, args.cliprange_value, args.gamma,
-                          args.lam, args.kl_estimator, args.target_kl, args.kl_horizon, args.normalize_reward,
-                          args.whiten_advantages, args.ppo_epochs, args.generation_batches, args.unsup_coef),
-            run_config=RunConfig(output_dir, args.num_train_epochs, args.max_steps, args.seed,
-                                 args.per_device_generation_batch_size, args.per_device_training_batch_size,
-                                 args.gradient_accumulation_steps, args.enable_ema, args.print_answers,
-                                 args.print_answers_interval, args.enable_test_mode, args.test_stop_step,
-                                 args.log_interval, args.save_interval, args.save_total_limit, args.resume,
-                                 args.resume_from),
+            critic=critic,
+            generation=GenerationConfig(
+                max_prompt_seq_len=args.max_prompt_seq_len, max_answer_seq_len=args.max_answer_seq_len,
+                min_answer_seq_len=args.min_answer_seq_len, temperature=args.temperature, top_p=args.top_p,
+                top_k=args.top_k),
+            ppo=PPOConfig(
+                kl_ctl=args.kl_ctl, clip_reward_value=args.clip_reward_value, cliprange=args.cliprange,
+                cliprange_value=args.cliprange_value, gamma=args.gamma, lam=args.lam,
+                kl_estimator=args.kl_estimator or algorithm.default_kl_estimator, target_kl=args.target_kl,
+                kl_horizon=args.kl_horizon, normalize_reward=args.normalize_reward,
+                whiten_advantages=args.whiten_advantages, ppo_epochs=args.ppo_epochs,
+                generation_batches=args.generation_batches, unsup_coef=args.unsup_coef,
+                cliprange_high=args.cliprange_high),
+            run_config=RunConfig(
+                output_dir=output_dir, num_train_epochs=args.num_train_epochs, max_steps=args.max_steps,
+                seed=args.seed, per_device_generation_batch_size=args.per_device_generation_batch_size,
+                per_device_training_batch_size=args.per_device_training_batch_size,
+                gradient_accumulation_steps=args.gradient_accumulation_steps, enable_ema=args.enable_ema,
+                print_answers=args.print_answers, print_answers_interval=args.print_answers_interval,
+                enable_test_mode=args.enable_test_mode, test_stop_step=args.test_stop_step,
+                log_interval=args.log_interval, save_interval=args.save_interval,
+                save_total_limit=args.save_total_limit, resume=args.resume, resume_from=args.resume_from),
             tensorboard=(args.enable_tensorboard, args.tensorboard_path),
+            rewards=rewards,
+            algorithm=algorithm,
             offload_reference=args.offload_reference_model,
             offload_reward=args.offload_reward_model,
             unsupervised=(args.unsupervised_dataset_name, args.unsupervised_dataset_config_name),
@@ -96,30 +131,43 @@ class PPORun:
             eot=(args.add_eot_token, args.eot_token),
         )
         run.validate(args)
+        if rewards.fn_spec is not None:
+            run.reward_fn = RewardFunction.load(rewards.fn_spec, rewards.fn_format_credit)
         return run
 
     def validate(self, args: argparse.Namespace) -> None:
         """Batch arithmetic and flag combinations DeepSpeed-Chat rejects, checked before any model loads."""
-        episodes = args.per_device_generation_batch_size * args.generation_batches
+        samples = self.algorithm.num_samples_per_prompt
+        episodes = args.per_device_generation_batch_size * samples * args.generation_batches
         per_step = args.per_device_training_batch_size * args.gradient_accumulation_steps
+        rollout = (f"--per_device_generation_batch_size {args.per_device_generation_batch_size} prompts x "
+                   f"--num_samples_per_prompt {samples} x --generation_batches {args.generation_batches} = "
+                   f"{episodes} completions per rank")
         if episodes % args.per_device_training_batch_size:
             raise ConfigError(
-                f"--per_device_generation_batch_size {args.per_device_generation_batch_size} x --generation_batches "
-                f"{args.generation_batches} = {episodes} episodes per rank is not a multiple of "
-                f"--per_device_training_batch_size {args.per_device_training_batch_size}; make it one")
+                f"{rollout} is not a multiple of --per_device_training_batch_size "
+                f"{args.per_device_training_batch_size}; make it one")
         if (episodes // args.per_device_training_batch_size) % args.gradient_accumulation_steps:
             raise ConfigError(
-                f"{episodes} episodes per rank make {episodes // args.per_device_training_batch_size} training "
-                f"micro-batches, not a multiple of --gradient_accumulation_steps {args.gradient_accumulation_steps} "
-                f"({per_step} episodes per optimizer step); change one of them")
+                f"{rollout} make {episodes // args.per_device_training_batch_size} training micro-batches of "
+                f"--per_device_training_batch_size {args.per_device_training_batch_size}, not a multiple of "
+                f"--gradient_accumulation_steps {args.gradient_accumulation_steps} ({per_step} completions per "
+                "optimizer step); change one of them")
+        if self.ppo.normalize_reward and self.rewards.model_path is None:
+            raise ConfigError("--normalize_reward uses the reward model's score statistics, but --reward_fn alone "
+                              "gives the reward; drop it or add --reward_model_name_or_path")
         if args.inference_tp_size > 1 and args.actor_zero_stage != 3:
             raise ConfigError("--inference_tp_size > 1 needs --actor_zero_stage 3 (as in DeepSpeed-Chat)")
         if args.enable_mixed_precision_lora and (args.actor_lora_dim == 0 or args.actor_zero_stage != 3):
             raise ConfigError("--enable_mixed_precision_lora needs --actor_lora_dim > 0 and --actor_zero_stage 3")
         if args.only_optimize_lora and args.actor_lora_dim == 0 and args.critic_lora_dim == 0:
             raise ConfigError("--only_optimize_lora needs --actor_lora_dim or --critic_lora_dim > 0")
-        for flag in ("actor_model_name_or_path", "critic_model_name_or_path"):
-            check_model_path(f"--{flag}", getattr(args, flag))
+        check_model_path("--actor_model_name_or_path", self.actor.path)
+        if self.critic is not None:
+            check_model_path("--critic_model_name_or_path", self.critic.path)
+        if self.rewards.model_path is not None:
+            flag = "reward_model_name_or_path" if args.reward_model_name_or_path else "critic_model_name_or_path"
+            check_model_path(f"--{flag}", self.rewards.model_path)
         check_data_flags(tuple(args.data_path), (), args.data_split)
         check_length(f"--max_prompt_seq_len {args.max_prompt_seq_len} + --max_answer_seq_len {args.max_answer_seq_len}",
                      args.max_prompt_seq_len + args.max_answer_seq_len, args.actor_model_name_or_path)
@@ -138,13 +186,19 @@ class PPORun:
         device.init_distributed()
         set_seed(self.run_config.seed)
         actor_path = resolve_model(self.actor.path, self.data)
-        critic_path = resolve_model(self.critic.path, self.data)
+        critic_path = resolve_model(self.critic.path, self.data) if self.critic is not None else None
+        reward_path = self.rewards.model_path
+        if reward_path is not None:
+            same = self.critic is not None and reward_path == self.critic.path
+            reward_path = critic_path if same else resolve_model(reward_path, self.data)
         tokenizer = load_tokenizer(actor_path, self._model_options(self.dropout[0]))
-        critic_tokenizer = load_tokenizer(critic_path, self._model_options(self.dropout[1]))
-        if tokenizer_fingerprint(tokenizer) != tokenizer_fingerprint(critic_tokenizer):
-            raise ConfigError(
-                f"the actor ({actor_path}) and the critic ({critic_path}) use different tokenizers; the reward "
-                "model must score the actor's tokens: train step 2 on a model with the actor's tokenizer")
+        scorers = {"critic": critic_path, "reward model": reward_path if reward_path != critic_path else None}
+        for role, path in scorers.items():
+            if path is not None and tokenizer_fingerprint(tokenizer) != tokenizer_fingerprint(
+                    load_tokenizer(path, self._model_options(self.dropout[1]))):
+                raise ConfigError(
+                    f"the actor ({actor_path}) and the {role} ({path}) use different tokenizers; the reward "
+                    "model must score the actor's tokens: train step 2 on a model with the actor's tokenizer")
         gen = self.generation
         check_length(f"--max_prompt_seq_len {gen.max_prompt_seq_len} + --max_answer_seq_len {gen.max_answer_seq_len}",
                      gen.max_prompt_seq_len + gen.max_answer_seq_len, actor_path)
@@ -156,32 +210,35 @@ class PPORun:
         iterations = len(loader) // self.ppo.generation_batches * self.run_config.num_train_epochs
         if self.run_config.max_steps:
             iterations = min(iterations, self.run_config.max_steps)
-        micro_per_iter = (self.run_config.per_device_generation_batch_size * self.ppo.generation_batches
-                          // self.run_config.per_device_training_batch_size)
+        completions = (self.run_config.per_device_generation_batch_size * self.algorithm.num_samples_per_prompt
+                       * self.ppo.generation_batches)
+        micro_per_iter = completions // self.run_config.per_device_training_batch_size
         total_steps = max(iterations * self.ppo.ppo_epochs * micro_per_iter
                           // self.run_config.gradient_accumulation_steps, 1)
         actor_role = replace(self.actor, path=actor_path)
-        critic_role = replace(self.critic, path=critic_path)
+        critic_role = replace(self.critic, path=critic_path) if self.critic is not None else None
         engines = build_engines(actor_role, critic_role, tokenizer, self._model_options(self.dropout[0]),
+                                reward_path=reward_path, reward_engine=(self.critic or self.actor).engine,
                                 total_steps=total_steps, offload_reference=self.offload_reference,
                                 offload_reward=self.offload_reward, enable_ema=self.run_config.enable_ema)
-        stats = load_reward_stats(critic_path)
+        stats = load_reward_stats(reward_path) if reward_path is not None else None
         if self.ppo.normalize_reward and stats is None:
-            print_rank0(f"--normalize_reward: {critic_path} has no reward_stats.json; rewards stay unnormalised")
+            print_rank0(f"--normalize_reward: {reward_path} has no reward_stats.json; rewards stay unnormalised")
         logger = MetricsLogger(self.tensorboard[0], self.tensorboard[1], "step3_ppo")
         trainer = PPOTrainer(
             engines, tokenizer, self.generation, self.ppo, self.run_config, logger,
+            rewards=self.rewards, reward_fn=self.reward_fn, algorithm=self.algorithm,
             reward_mean=stats.mean if stats else 0.0, reward_std=stats.std if stats else 1.0,
             unsupervised=self._unsupervised(tokenizer), actor_zero_stage=self.actor.engine.zero_stage,
         )
         manager = CheckpointManager(self.run_config.output_dir, self.run_config.save_total_limit)
-        engines_by_tag = {"actor": engines.actor, "critic": engines.critic}
+        engines_by_tag = engines.trained()
         point = self.run_config.resume_from or (manager.latest() if self.run_config.resume else None)
         resumed = None
         if point:
             resumed = CheckpointManager.load(point, engines_by_tag)
             trainer.load_state(resumed)
-            print_rank0(f"resuming PPO at iteration {trainer.steps} from {point}")
+            print_rank0(f"resuming {self.algorithm.name.upper()} at iteration {trainer.steps} from {point}")
         elif self.run_config.resume:
             print_rank0(f"--resume: no complete checkpoint in {manager.root}; starting from the beginning")
         evaluations = {"start": resumed["held_out_start"] if resumed else self.evaluate(trainer, data.eval)}
@@ -197,7 +254,7 @@ class PPORun:
             logger.close()
             raise SystemExit(stop.exit_code) from None
         evaluations["end"] = self.evaluate(trainer, data.eval)
-        self.save(engines, tokenizer, critic_path)
+        self.save(engines, tokenizer)
         logger.close()
         summary = {"wall_time_s": time.perf_counter() - started, "iterations": trainer.steps,
                    "held_out": evaluations, "history": trainer.history, "kl_coef": trainer.kl.value}
@@ -205,8 +262,8 @@ class PPORun:
             from chatrlhf.training.loop import TrainResult
 
             write_metrics(self.run_config.output_dir, TrainResult(trainer.steps, trainer.history, []), summary)
-        print_rank0(f"saved actor and critic under {self.run_config.output_dir} ({trainer.steps} iterations, "
-                    f"{summary['wall_time_s']:.1f} s)")
+        print_rank0(f"saved {' and '.join(engines.trained())} under {self.run_config.output_dir} "
+                    f"({trainer.steps} iterations, {summary['wall_time_s']:.1f} s)")
         return summary
 
     def _unsupervised(self, tokenizer):
@@ -302,8 +359,9 @@ class PPORun:
         scores, prompts, answers, tasks = [], [], [], []
         for batch in batches:
             rollout = trainer.generate(batch, cfg)
-            scores += trainer.reward_scores(rollout).tolist()
-            answers += trainer.tokenizer.batch_decode(rollout.answers, skip_special_tokens=True)
+            decoded = trainer.decode_answers(rollout)
+            scores += trainer.score(rollout, batch["prompt"], decoded)[0].tolist()
+            answers += decoded
             prompts += batch["prompt"]
             tasks += batch["task"]
         result = {f"{prefix}mean_reward": sum(scores) / len(scores)}
@@ -313,11 +371,24 @@ class PPORun:
             result.update({f"{prefix}accuracy_{k}": accuracy[k] for k in keys})
         return result
 
-    def save(self, engines, tokenizer, critic_path: str) -> None:
+    def save(self, engines, tokenizer) -> None:
         out = self.run_config.output_dir
         save_hf_model(engines.actor.module, tokenizer, os.path.join(out, "actor"),
                       zero_stage=self.actor.engine.zero_stage)
-        save_hf_model(engines.critic.module, tokenizer, os.path.join(out, "critic"),
-                      zero_stage=self.critic.engine.zero_stage)
+        if engines.critic is not None:
+            save_hf_model(engines.critic.module, tokenizer, os.path.join(out, "critic"),
+                          zero_stage=self.critic.engine.zero_stage)
         if engines.ema is not None:
             save_hf_model(engines.ema, tokenizer, os.path.join(out, "actor_ema"))
+
+
+def warn_unused_critic_flags(algorithm: str, given: frozenset[str], *, critic_names_reward_model: bool) -> None:
+    """One warning line naming the critic flags a critic-free run ignores, so that adding ``--algorithm`` to a
+    DeepSpeed-Chat script is enough to switch it (``--critic_model_name_or_path`` still names the reward model
+    when neither ``--reward_model_name_or_path`` nor ``--reward_fn`` does)."""
+    ignored = sorted(name for name in given if name.startswith("critic_") or name in CRITIC_ONLY_FLAGS)
+    if critic_names_reward_model and "critic_model_name_or_path" in ignored:
+        ignored.remove("critic_model_name_or_path")
+    if ignored:
+        print_rank0(f"warning: --algorithm {algorithm} trains no critic; ignoring "
+                    f"{', '.join('--' + name for name in ignored)}")

@@ -1,4 +1,5 @@
-"""The PPO loop: rollouts, scoring, advantages, clipped updates of actor and critic, metrics, saving."""
+"""The step-3 loop: rollouts, scoring, advantages, clipped updates of the actor (and the critic under PPO),
+metrics, saving."""
 from __future__ import annotations
 
 import time
@@ -7,22 +8,28 @@ from dataclasses import dataclass, field
 
 import torch
 
-from chatrlhf.step3_rlhf.config import GenerationConfig, PPOConfig, RunConfig
+from chatrlhf.step3_rlhf import advantages as critic_free
+from chatrlhf.step3_rlhf.config import AlgorithmConfig, GenerationConfig, PPOConfig, RewardConfig, RunConfig
 from chatrlhf.step3_rlhf.engines import PPOEngines, update_ema
-from chatrlhf.step3_rlhf.experience import Experience, micro_batches
+from chatrlhf.step3_rlhf.experience import Experience, micro_batches, repeat_prompts
 from chatrlhf.step3_rlhf.kl_control import KLController
 from chatrlhf.step3_rlhf.length_groups import RowGroup, grouped, plan_groups
 from chatrlhf.step3_rlhf.packed_answers import Head, PackedAnswers
 from chatrlhf.step3_rlhf.ppo_math import (
+    aggregate,
     explained_variance,
     gae,
+    kl_penalty,
+    logprobs_and_entropy,
     masked_mean,
     policy_loss,
     token_rewards,
     value_loss,
     whiten,
 )
+from chatrlhf.step3_rlhf.reward_functions import RewardFunction
 from chatrlhf.step3_rlhf.rollout import Rollout, sample
+from chatrlhf.training.checkpoint import CheckpointError
 from chatrlhf.training.metrics_log import MetricsLogger, format_metrics, print_rank0
 from chatrlhf.utils import device
 from chatrlhf.utils.model.last_layer import outputs_from
@@ -60,6 +67,9 @@ class PPOTrainer:
         run: RunConfig,
         logger: MetricsLogger,
         *,
+        rewards: RewardConfig,
+        reward_fn: RewardFunction | None = None,
+        algorithm: AlgorithmConfig | None = None,
         reward_mean: float = 0.0,
         reward_std: float = 1.0,
         unsupervised: Iterator[dict] | None = None,
@@ -71,6 +81,9 @@ class PPOTrainer:
         self.ppo = ppo
         self.run = run
         self.logger = logger
+        self.rewards = rewards
+        self.reward_fn = reward_fn
+        self.algorithm = algorithm or AlgorithmConfig()
         self.kl = KLController(ppo.kl_ctl, ppo.target_kl, ppo.kl_horizon)
         self.reward_mean, self.reward_std = reward_mean, max(reward_std, 1e-6)
         self.unsupervised = unsupervised
@@ -78,7 +91,8 @@ class PPOTrainer:
         self.target = device.local_device()
         self.steps = 0
         self.history: list[dict] = []
-        self.lockstep = lockstep_needed(engines.actor.module, engines.critic.module, engines.reference, engines.reward)
+        critic = engines.critic.module if engines.critic is not None else None
+        self.lockstep = lockstep_needed(engines.actor.module, critic, engines.reference, engines.reward)
 
     def _groups(self, rollout: Rollout | Experience) -> list[RowGroup]:
         """Length groups for a rollout's forward passes; one group when ranks must run in lockstep."""
@@ -105,6 +119,35 @@ class PPOTrainer:
                        self._groups(rollout))
 
     # ----- rollout and scoring
+    def decode_answers(self, rollout: Rollout) -> list[str]:
+        return self.tokenizer.batch_decode(rollout.answers, skip_special_tokens=True)
+
+    @torch.no_grad()
+    def score(self, rollout: Rollout, prompts: list[str], answers: list[str],
+              stats: IterationStats | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reward of each sample, raw and as PPO takes it (the model score normalised with
+        ``--normalize_reward``): ``--reward_model_weight`` x model score + ``--reward_fn_weight`` x function."""
+        raw = normalised = None
+        if self.engines.reward is not None:
+            model = self.reward_scores(rollout)
+            finite = torch.isfinite(model)
+            if not bool(finite.all()):
+                print_rank0(f"warning: the reward model gave {int((~finite).sum())} non-finite scores; they count as 0")
+                model = torch.where(finite, model, torch.zeros_like(model))
+            weight = self.rewards.model_weight
+            raw = weight * model
+            normalised = weight * ((model - self.reward_mean) / self.reward_std if self.ppo.normalize_reward else model)
+            if stats is not None:
+                stats.add(nonfinite_rewards=float((~finite).sum()), reward_model_mean=float(model.mean()))
+        if self.reward_fn is not None:
+            values = self.reward_fn.scores(prompts, answers).to(self.target)
+            part = self.rewards.fn_weight * values
+            raw = part if raw is None else raw + part
+            normalised = part if normalised is None else normalised + part
+            if stats is not None:
+                stats.add(reward_fn_mean=float(values.mean()))
+        return raw, normalised
+
     @torch.no_grad()
     def reward_scores(self, rollout: Rollout) -> torch.Tensor:
         """The frozen reward model's score of each prompt + answer (at its last real token)."""
@@ -134,47 +177,92 @@ class PPOTrainer:
         return rollout
 
     @torch.no_grad()
-    def make_experience(self, batch: dict, timing: IterationStats) -> Experience:
+    def make_experience(self, batch: dict, stats: IterationStats) -> Experience:
+        """Sample ``--num_samples_per_prompt`` answers to every prompt of ``batch`` (adjacent rows) and score them."""
         started = time.perf_counter()
+        batch = repeat_prompts(batch, self.algorithm.num_samples_per_prompt)
         rollout = self.generate(batch)
         generated = time.perf_counter()
         with self.engines.reference_policy() as reference, onednn_linears(reference):
             (ref_logprobs,) = self._policy_outputs(reference, rollout,
                                                    lambda logits, tokens: (token_logprobs(logits, tokens),))
-        scores = self.reward_scores(rollout)
-        finite = torch.isfinite(scores)
-        if not bool(finite.all()):
-            print_rank0(f"warning: the reward model gave {int((~finite).sum())} non-finite scores; they count as 0")
-            scores = torch.where(finite, scores, torch.zeros_like(scores))
-        timing.add(nonfinite_rewards=float((~finite).sum()))
-        rewards_in = (scores - self.reward_mean) / self.reward_std if self.ppo.normalize_reward else scores
+        answers = self.decode_answers(rollout)
+        scores, rewards_in = self.score(rollout, batch["prompt"], answers, stats)
+        if all(batch["task"]):
+            from chatrlhf.utils.checker_eval import accuracy_by_task
+
+            stats.add(accuracy=accuracy_by_task(batch["prompt"], answers)["overall"])
         scored = time.perf_counter()
         new_tokens = int(rollout.answer_mask.sum())
-        timing.add(generation_s=generated - started, scoring_s=scored - generated,
-                   generated_tokens_per_s=new_tokens / max(generated - started, 1e-9))
+        stats.add(generation_s=generated - started, scoring_s=scored - generated,
+                  generated_tokens_per_s=new_tokens / max(generated - started, 1e-9))
         return Experience.from_rollout(rollout, ref_logprobs, scores, rewards_in, batch["prompt"], batch["task"])
 
     # ----- advantages
-    def _finish(self, exp: Experience, logprobs: torch.Tensor, values: torch.Tensor) -> None:
-        """Old log-probs and values of ``exp`` are known: compute rewards, KL, advantages and returns."""
+    @property
+    def _kl_reward_coef(self) -> float:
+        return 0.0 if self.algorithm.kl_in_loss else self.kl.value
+
+    def _finish(self, exp: Experience, logprobs: torch.Tensor, values: torch.Tensor | None) -> None:
+        """Old log-probs (and values) of ``exp`` are known: its KL, and under PPO its rewards, advantages and
+        returns (the critic-free algorithms' advantages are set for the whole batch in ``prepare``)."""
         mask = exp.answer_mask.to(logprobs.dtype)
-        rewards, kl = token_rewards(logprobs, exp.ref_logprobs, exp.rewards_in, mask, kl_coef=self.kl.value,
-                                    clip_reward_value=self.ppo.clip_reward_value, estimator=self.ppo.kl_estimator)
-        exp.old_logprobs, exp.old_values, exp.kl = logprobs, values, kl
+        exp.old_logprobs, exp.old_values = logprobs, values
+        if values is None:
+            exp.kl = kl_penalty(logprobs, exp.ref_logprobs, self.ppo.kl_estimator) * mask
+            return
+        rewards, exp.kl = token_rewards(logprobs, exp.ref_logprobs, exp.rewards_in, mask,
+                                        kl_coef=self._kl_reward_coef, clip_reward_value=self.ppo.clip_reward_value,
+                                        estimator=self.ppo.kl_estimator)
         exp.advantages, exp.returns = gae(rewards, values, mask, self.ppo.gamma, self.ppo.lam)
 
-    def _forward(self, exp: Experience) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Actor answer log-probs and entropy, and critic values, at the answer positions."""
+    def _critic_free_advantages(self, batches: list[Experience]) -> None:
+        """GRPO / RLOO advantages from the rewards of each prompt's group, REINFORCE++ advantages from the
+        discounted returns normalised over the global batch; the KL is in the reward unless ``kl_in_loss``."""
+        masks = [exp.answer_mask.to(exp.ref_logprobs.dtype) for exp in batches]
+        kl_coef = self._kl_reward_coef
+        name = self.algorithm.name
+        if name == "reinforce_pp":
+            returns = []
+            for exp, mask in zip(batches, masks):
+                # With the KL in the loss the old log-probs may not be known yet; a zero coefficient ignores them.
+                logprobs = exp.old_logprobs if kl_coef else exp.ref_logprobs
+                rewards, _ = token_rewards(logprobs, exp.ref_logprobs, exp.rewards_in, mask, kl_coef=kl_coef,
+                                           clip_reward_value=self.ppo.clip_reward_value,
+                                           estimator=self.ppo.kl_estimator)
+                returns.append(critic_free.discounted_returns(rewards, mask, self.ppo.gamma))
+            for exp, advantages in zip(batches, critic_free.whiten_across_ranks(returns, masks)):
+                exp.advantages = advantages
+            return
+        rewards = torch.cat([critic_free.sequence_rewards(exp.rewards_in, exp.kl if kl_coef else None, kl_coef,
+                                                          self.ppo.clip_reward_value) for exp in batches])
+        group = self.algorithm.num_samples_per_prompt
+        if name == "grpo":
+            advantages = critic_free.grpo_advantages(rewards, group, self.algorithm.scale_rewards == "group")
+        else:
+            advantages = critic_free.rloo_advantages(rewards, group)
+        for exp, mask, part in zip(batches, masks, advantages.split([len(exp) for exp in batches])):
+            exp.advantages = critic_free.broadcast(part, mask)
+
+    def _forward(self, exp: Experience) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Actor answer log-probs and entropy, and critic values (None without a critic), at the answer positions.
+
+        The entropy carries a gradient only when ``--entropy_coef`` puts it into the loss.
+        """
         from chatrlhf.step2_reward.reward_model import score_head, token_values
 
-        actor, critic = self.engines.actor.module, self.engines.critic.module
+        actor = self.engines.actor.module
+        head = logprobs_and_entropy if self.algorithm.entropy_coef else token_logprobs_and_entropy
+        with onednn_linears(actor):
+            logprobs, ent = self._policy_outputs(actor, exp, head)
+        if self.engines.critic is None:
+            return logprobs, ent, None
+        critic = self.engines.critic.module
 
         def value(ids: torch.Tensor, mask: torch.Tensor, start: int) -> tuple[torch.Tensor]:
             with outputs_from(critic, start - 1):
                 return (token_values(critic, ids, mask)[:, start - 1 : -1].float(),)
 
-        with onednn_linears(actor):
-            logprobs, ent = self._policy_outputs(actor, exp, token_logprobs_and_entropy)
         with onednn_linears(critic):
             packed = self._packed(critic, exp)
             if packed is not None:
@@ -192,10 +280,13 @@ class PPOTrainer:
     def prepare(self, buffer: list[Experience]) -> list[Experience]:
         """Cut the buffer into training micro-batches and compute what cannot be fused into training."""
         batches = micro_batches(buffer, self.run.per_device_training_batch_size)
-        fusable = 0 if self.ppo.whiten_advantages else self.engines.actor.gradient_accumulation_steps()
+        whole_batch = self.ppo.whiten_advantages or self.algorithm.advantages_need_old_logprobs
+        fusable = 0 if whole_batch else self.engines.actor.gradient_accumulation_steps()
         for index, exp in enumerate(batches):
             if index >= fusable:
                 self._score_old(exp)
+        if not self.algorithm.uses_critic:
+            self._critic_free_advantages(batches)
         if self.ppo.whiten_advantages:
             flat_adv = torch.cat([e.advantages.flatten() for e in batches])
             flat_mask = torch.cat([e.answer_mask.flatten() for e in batches]).to(flat_adv.dtype)
@@ -205,18 +296,37 @@ class PPOTrainer:
         return batches
 
     # ----- update
+    def _actor_loss(self, exp: Experience, logprobs: torch.Tensor, ent: torch.Tensor,
+                    stats: IterationStats) -> torch.Tensor:
+        """The clipped surrogate, plus ``kl_coef`` x KL to the reference when it is in the loss, minus
+        ``--entropy_coef`` x entropy; each part averaged by ``--loss_aggregation``."""
+        mask = exp.answer_mask.to(logprobs.dtype)
+        aggregation = self.algorithm.loss_aggregation
+        pg_loss, pg_stats = policy_loss(logprobs, exp.old_logprobs, exp.advantages, mask, self.ppo.cliprange,
+                                        self.ppo.clip_high, aggregation)
+        stats.add(actor_loss=float(pg_loss.detach()), entropy=float(masked_mean(ent.detach(), mask)), **pg_stats)
+        loss = pg_loss
+        if self.algorithm.kl_in_loss:
+            kl_loss = aggregate(kl_penalty(logprobs, exp.ref_logprobs, self.ppo.kl_estimator), mask, aggregation)
+            loss = loss + self.kl.value * kl_loss
+            stats.add(kl_loss=float(kl_loss.detach()))
+        if self.algorithm.entropy_coef:
+            loss = loss - self.algorithm.entropy_coef * aggregate(ent, mask, aggregation)
+        if loss is not pg_loss:
+            stats.add(actor_total_loss=float(loss.detach()))
+        return loss
+
     def train_on(self, batches: list[Experience], stats: IterationStats) -> None:
         actor, critic = self.engines.actor, self.engines.critic
         actor.train()
-        critic.train()
+        if critic is not None:
+            critic.train()
         for _ in range(self.ppo.ppo_epochs):
             for exp in batches:
                 logprobs, ent, values = self._forward(exp)
                 if not exp.ready:
-                    self._finish(exp, logprobs.detach(), values.detach())
-                mask = exp.answer_mask.to(logprobs.dtype)
-                pg_loss, pg_stats = policy_loss(logprobs, exp.old_logprobs, exp.advantages, mask, self.ppo.cliprange)
-                loss = pg_loss
+                    self._finish(exp, logprobs.detach(), None if values is None else values.detach())
+                loss = self._actor_loss(exp, logprobs, ent, stats)
                 if self.unsupervised is not None and self.ppo.unsup_coef > 0:
                     unsup = {k: v.to(self.target) for k, v in next(self.unsupervised).items()}
                     lm_loss, _ = causal_lm_loss(actor.module, unsup["input_ids"], unsup["attention_mask"],
@@ -225,14 +335,15 @@ class PPOTrainer:
                     stats.add(unsup_loss=float(lm_loss.detach()))
                 actor.backward(loss)
                 actor.step()
-                v_loss = value_loss(values, exp.old_values, exp.returns, mask, self.ppo.cliprange_value)
-                critic.backward(v_loss)
-                critic.step()
+                if critic is not None:
+                    mask = exp.answer_mask.to(values.dtype)
+                    v_loss = value_loss(values, exp.old_values, exp.returns, mask, self.ppo.cliprange_value)
+                    critic.backward(v_loss)
+                    critic.step()
+                    stats.add(critic_loss=float(v_loss.detach()),
+                              explained_variance=explained_variance(values.detach(), exp.returns, mask))
                 if self.engines.ema is not None and actor.is_gradient_accumulation_boundary():
                     update_ema(self.engines.ema, actor.module, self.ppo.ema_beta, self.actor_zero_stage)
-                stats.add(actor_loss=float(pg_loss.detach()), critic_loss=float(v_loss.detach()),
-                          entropy=float(masked_mean(ent, mask)),
-                          explained_variance=explained_variance(values.detach(), exp.returns, mask), **pg_stats)
 
     def iteration(self, buffer: list[Experience], stats: IterationStats) -> dict[str, float]:
         started = time.perf_counter()
@@ -253,18 +364,24 @@ class PPOTrainer:
             empty_answers=float((lengths <= 1).sum()),
             kl_coef=self.kl.value,
         )
+        if self.algorithm.name in ("grpo", "rloo"):
+            metrics["flat_groups"] = critic_free.flat_group_fraction(scores, self.algorithm.num_samples_per_prompt)
         self.kl.update(metrics["kl_to_ref"], len(scores))
         return metrics
 
     def state(self, epoch: int, next_batch: int) -> dict:
         """Everything besides the engines that decides the rest of the run."""
         state = {"epoch": epoch, "next_batch": next_batch, "steps": self.steps, "history": self.history,
-                 "kl": self.kl.state_dict()}
+                 "kl": self.kl.state_dict(), "algorithm": self.algorithm.name}
         if self.engines.ema is not None:
             state["ema"] = {k: v.detach().cpu().clone() for k, v in self.engines.ema.state_dict().items()}
         return state
 
     def load_state(self, state: dict) -> None:
+        saved = state.get("algorithm", "ppo")
+        if saved != self.algorithm.name:
+            raise CheckpointError(f"the checkpoint was written by --algorithm {saved}; resume with --algorithm "
+                                  f"{saved}, or start a new run in another --output_dir")
         self.steps = state["steps"]
         self.history = list(state["history"])
         self.kl.load_state_dict(state["kl"])
@@ -281,6 +398,6 @@ class PPOTrainer:
             print_rank0(f"[ppo] step {self.steps}: {format_metrics(metrics)}")
 
     def show_answers(self, exp: Experience) -> None:
-        answers = self.tokenizer.batch_decode(exp.answers, skip_special_tokens=True)
+        answers = self.decode_answers(exp)
         for prompt, answer, score in zip(exp.prompts[:2], answers[:2], exp.scores[:2].tolist()):
             print_rank0(f"--- prompt: {prompt.strip()!r}\n    answer: {answer.strip()!r}\n    reward: {score:.3f}")

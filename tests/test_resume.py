@@ -182,6 +182,45 @@ def test_ppo_sigkill_then_resume_is_bit_exact(tmp_path, sft_model, data_cache, s
     assert second["held_out"] == first["held_out"] and second["kl_coef"] == first["kl_coef"]
 
 
+def test_grpo_sigkill_then_resume_is_bit_exact(tmp_path, sft_model, data_cache, subprocess_env):
+    """Critic-free step 3 resumes exactly too: its checkpoints hold the actor alone (no critic, no reward model)."""
+    reward_file = tmp_path / "shaped.py"
+    reward_file.write_text("def score(prompt, response):\n    return len(set(response)) / 10\n")
+    args = ["--algorithm", "grpo", "--num_samples_per_prompt", "2", "--reward_fn", f"{reward_file}:score",
+            "--actor_model_name_or_path", sft_model, "--per_device_generation_batch_size", "2",
+            "--per_device_training_batch_size", "2", "--gradient_accumulation_steps", "2", "--max_prompt_seq_len", "48",
+            "--max_answer_seq_len", "6", "--max_steps", "4", "--eval_prompts", "2", "--save_interval", "2",
+            "--target_kl", "0.1", "--num_warmup_steps", "0", "--actor_learning_rate", "1e-3", "--seed", "5",
+            "--data_output_path", data_cache]
+
+    def grpo(out: Path, *extra: str) -> subprocess.Popen:
+        command = [sys.executable, str(ROOT / "step3_rlhf" / "main.py"), "--output_dir", str(out), *args, *extra]
+        return subprocess.Popen(command, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    finish(grpo(whole))
+    process = grpo(killed)
+    wait_for(process, "iteration 2: checkpoint written")
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert json.loads((killed / "checkpoints" / "step-2" / "complete.json").read_text())["engines"] == ["actor"]
+    assert "resuming GRPO at iteration 2" in finish(grpo(killed, "--resume"))
+    expected = load_file(whole / "actor" / "model.safetensors")
+    actual = load_file(killed / "actor" / "model.safetensors")
+    assert all(expected[k].equal(actual[k]) for k in expected)
+    assert not (killed / "critic").exists()
+    first = json.loads((whole / "metrics.json").read_text())
+    second = json.loads((killed / "metrics.json").read_text())
+
+    def strip(history):
+        return [{k: v for k, v in h.items() if k not in TIMING_KEYS} for h in history]
+
+    assert strip(second["history"]) == strip(first["history"])
+    assert any(h["actor_loss"] != 0 for h in first["history"])
+    assert second["held_out"] == first["held_out"] and second["kl_coef"] == first["kl_coef"]
+
+
 def test_zero3_state_dict_holds_what_state_dict_holds():
     """The ZeRO-3 gathering path keeps persistent buffers only, so a saved LLaMA loads without unexpected keys
     (the rotary embedding's frequency buffers are not part of a state dict)."""

@@ -126,6 +126,15 @@ def all_ranks(flag: bool) -> bool:
     return bool(agreed.item())
 
 
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """``values`` summed over every rank (one all-reduce, on a copy); ``values`` itself in a single process."""
+    if world_size() == 1:
+        return values
+    total = values.detach().to(local_device(), copy=True)
+    torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
+    return total.to(values.device)
+
+
 def barrier() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.barrier()

@@ -126,6 +126,16 @@ def score(prompt: str, response: str) -> int:
     return int(clean_response(response) == answer(prompt))
 
 
+def well_formed(prompt: str, response: str) -> bool:
+    """True if ``response`` (after ``clean_response``) is the right answer's sentence with any letters or
+    digits in place of the result: the format ``score`` compares against, whatever the value."""
+    task, args = _parse(prompt)
+    slot = "\x00"
+    template = _format(task, args, (slot,) * 3 if task == "sort" else slot)
+    pattern = "[A-Za-z0-9]+".join(re.escape(part) for part in template.split(slot))
+    return re.fullmatch(pattern, clean_response(response)) is not None
+
+
 def _off_by_n(value: int, rng: random.Random, high: int | None = None) -> int:
     """``value`` moved by 1 to 3, kept within [0, high] so the mistake stays plausible."""
     step = rng.randint(1, 3)
@@ -224,6 +234,40 @@ def _samples(seed: int, template: str = "hh", tokenizer: Any = None) -> Iterator
 def held_out_prompts(seed: int, n: int) -> list[str]:
     """The first ``n`` eval prompts of ``seed``: unseen in training by any set built with ``num_eval >= n``."""
     return [sample["prompt"] for sample in itertools.islice(_samples(seed), n)]
+
+
+WORD_TASKS = ("reverse", "upper", "count")
+_CONSONANTS = "bcdfghjklmnprstvwz"
+_VOWELS = "aeiou"
+
+
+def novel_words(n: int, seed: int) -> list[str]:
+    """``n`` distinct pronounceable 3-8 letter strings that are not in ``words.txt``.
+
+    Word-task prompts built from them cannot have been seen in any training set, so a model that does
+    well on them has learnt the task rather than the words.
+    """
+    known, found = set(load_words()), []
+    rng = random.Random(f"novel-words-{seed}")
+    while len(found) < n:
+        vowel_first = rng.random() < 0.5
+        word = "".join(rng.choice(_VOWELS if (i % 2 == 0) == vowel_first else _CONSONANTS)
+                       for i in range(rng.randint(3, 8)))
+        if word not in known and word not in found and _WORD.fullmatch(word):
+            found.append(word)
+    return found
+
+
+def novel_word_prompts(seed: int, n: int) -> list[str]:
+    """``held_out_prompts(seed, n)`` with every word-task prompt asked of a word outside ``words.txt`` instead.
+
+    The number tasks keep their held-out prompts, so the task mix, and so the overall accuracy, compare
+    one to one with the standard held-out set.
+    """
+    samples = list(itertools.islice(_samples(seed), n))
+    words = iter(novel_words(sum(sample["task"] in WORD_TASKS for sample in samples), seed))
+    return [apply_prompt_template(_QUESTIONS[s["task"]].format(next(words)), "hh") if s["task"] in WORD_TASKS
+            else s["prompt"] for s in samples]
 
 
 class SyntheticTasks(PromptRawDataset):

@@ -1,0 +1,78 @@
+"""Advantages of the critic-free algorithms: GRPO, RLOO and REINFORCE++.
+
+A rollout holds the samples of each prompt in adjacent rows, so a (rows,) reward vector viewed as
+(prompts, samples per prompt) puts every group on one row.
+"""
+from __future__ import annotations
+
+import torch
+
+from chatrlhf.utils import device
+
+# Added to a group's standard deviation so a group of equal rewards gets zero advantages, not 0/0 (as TRL).
+GROUP_STD_EPS = 1e-4
+
+
+def _groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    if rewards.dim() != 1 or rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size} samples per prompt")
+    return rewards.view(-1, group_size)
+
+
+def grpo_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True) -> torch.Tensor:
+    """GRPO: a sample's reward minus its group's mean, divided by the group's (unbiased) std + eps when
+    ``scale``; without it (``--scale_rewards none``, Dr. GRPO) groups of low spread are not amplified."""
+    groups = _groups(rewards, group_size)
+    centred = groups - groups.mean(1, keepdim=True)
+    if scale:
+        centred = centred / (groups.std(1, keepdim=True) + GROUP_STD_EPS)
+    return centred.flatten()
+
+
+def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """RLOO: a sample's reward minus the mean of the other samples of its prompt (an unbiased baseline)."""
+    groups = _groups(rewards, group_size)
+    others = (groups.sum(1, keepdim=True) - groups) / (group_size - 1)
+    return (groups - others).flatten()
+
+
+def flat_group_fraction(rewards: torch.Tensor, group_size: int) -> float:
+    """Share of prompts whose samples all got the same reward: GRPO and RLOO learn nothing from them."""
+    groups = _groups(rewards, group_size)
+    return float((groups == groups[:, :1]).all(1).float().mean())
+
+
+def sequence_rewards(scores: torch.Tensor, kl: torch.Tensor | None, kl_coef: float,
+                     clip_reward_value: float) -> torch.Tensor:
+    """One reward per answer: the clipped score, minus ``kl_coef`` x the answer's summed KL when given."""
+    rewards = scores.clamp(-clip_reward_value, clip_reward_value)
+    return rewards if kl is None else rewards - kl_coef * kl.sum(1)
+
+
+def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """REINFORCE's return at every answer token: the sum of the rewards from there to the end, discounted."""
+    rewards = rewards * mask
+    returns = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        running = rewards[:, t] + gamma * running
+        returns[:, t] = running
+    return returns * mask
+
+
+def whiten_across_ranks(values: list[torch.Tensor], masks: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``values`` (one tensor per micro-batch) minus the mean, over the std, of every answer token of the
+    global batch: the statistics are summed over all micro-batches and all ranks (REINFORCE++)."""
+    def total(parts: list[torch.Tensor]) -> torch.Tensor:
+        return device.all_reduce_sum(torch.stack([p.sum() for p in parts]).sum().double())
+
+    count = total(masks).clamp(min=1)
+    mean = total([v * m for v, m in zip(values, masks)]) / count
+    var = total([(v - mean).square() * m for v, m in zip(values, masks)]) / count
+    scale = torch.rsqrt(var + 1e-8)
+    return [((v - mean) * scale).to(v.dtype) * m for v, m in zip(values, masks)]
+
+
+def broadcast(per_sequence: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A per-answer value put on every one of its answer tokens."""
+    return per_sequence.to(mask.dtype).unsqueeze(1) * mask
