@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     prompts.add_argument("--prompts_file", default=None, help="Plain lines, or MT-Bench/Vicuna .jsonl questions.")
     prompts.add_argument("--synthetic", type=int, default=0,
                          help="Use N held-out synthetic/tasks prompts and report checker accuracy.")
+    parser.add_argument("--novel_words", action="store_true",
+                        help="With --synthetic: ask the word tasks of words outside words.txt (memorisation check).")
+    parser.add_argument("--sampled", type=int, default=0,
+                        help="With --synthetic: also K answers a prompt sampled at temperature 1, for pass@1.")
     parser.add_argument("--prompt_template", default="hh", choices=["hh", "alpaca", "chatml"],
                         help="How a --prompts_file question becomes a prompt.")
     parser.add_argument("--reward_model", default=None, help="A step-2 output directory: adds mean reward per model.")
@@ -58,8 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     models = labels_for(parser, args)
-    if args.synthetic < 0 or args.examples < 0:
-        parser.error("--synthetic and --examples must be >= 0")
+    if args.synthetic < 0 or args.examples < 0 or args.sampled < 0:
+        parser.error("--synthetic, --examples and --sampled must be >= 0")
+    if (args.novel_words or args.sampled) and not args.synthetic:
+        parser.error("--novel_words and --sampled go with --synthetic N")
     try:
         prompts = read_prompts(args.prompts_file, args.prompt_template) if args.prompts_file else None
     except DataError as exc:
@@ -74,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         data=DataConfig(data_path=tuple(args.data_path), seed=args.seed),
         reward_model=args.reward_model,
         examples=args.examples,
+        novel_words=args.novel_words,
+        sampled=args.sampled,
     )
     try:
         comparison = compare_models(settings)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from chatrlhf.utils.data.config import DataConfig
 from chatrlhf.utils.data.errors import DataError
@@ -79,6 +79,8 @@ class ComparisonSettings:
     data: DataConfig = field(default_factory=DataConfig)
     reward_model: str | None = None
     examples: int = 5
+    novel_words: bool = False  # word tasks asked of words outside words.txt (``novel_word_prompts``)
+    sampled: int = 0  # answers sampled per prompt at temperature 1 for pass@1, besides the greedy one
 
 
 @dataclass
@@ -86,15 +88,18 @@ class Comparison:
     prompts: list[str]
     answers: dict[str, list[str]]
     accuracy: dict[str, dict[str, float]] = field(default_factory=dict)
+    pass_at_1: dict[str, dict[str, float]] = field(default_factory=dict)
     mean_reward: dict[str, float] = field(default_factory=dict)
     examples: int = 5
 
-    def summary_rows(self) -> list[tuple[str, str, str]]:
+    def summary_rows(self) -> list[tuple[str, str, str, str]]:
         rows = []
         for label in self.answers:
             acc = self.accuracy.get(label, {}).get("overall")
+            sampled = self.pass_at_1.get(label, {}).get("overall")
             reward = self.mean_reward.get(label)
-            rows.append((label, "-" if acc is None else f"{acc:.1%}", "-" if reward is None else f"{reward:.3f}"))
+            rows.append((label, "-" if acc is None else f"{acc:.1%}", "-" if sampled is None else f"{sampled:.1%}",
+                         "-" if reward is None else f"{reward:.3f}"))
         return rows
 
     def console(self) -> str:
@@ -103,8 +108,9 @@ class Comparison:
             lines.append(f"==== prompt {index + 1}: {prompt.strip()!r}")
             lines += [f"  [{label}] {answers[index].strip()!r}" for label, answers in self.answers.items()]
         lines.append("")
-        for label, acc, reward in self.summary_rows():
-            lines.append(f"{label}: checker accuracy {acc}, mean reward {reward}")
+        for label, acc, sampled, reward in self.summary_rows():
+            pass_at_1 = f", sampled pass@1 {sampled}" if self.pass_at_1 else ""
+            lines.append(f"{label}: checker accuracy {acc}{pass_at_1}, mean reward {reward}")
         for label, per_task in self.accuracy.items():
             tasks = ", ".join(f"{t} {v:.0%}" for t, v in per_task.items() if t != "overall")
             lines.append(f"  {label} per task: {tasks}")
@@ -112,12 +118,20 @@ class Comparison:
 
     def markdown(self) -> str:
         labels = list(self.answers)
-        lines = ["| model | checker accuracy | mean reward |", "| --- | --- | --- |"]
-        lines += [f"| {label} | {acc} | {reward} |" for label, acc, reward in self.summary_rows()]
-        if self.accuracy:
-            tasks = sorted({t for per_task in self.accuracy.values() for t in per_task if t != "overall"})
-            lines += ["", "| model | " + " | ".join(tasks) + " |", "| --- |" + " --- |" * len(tasks)]
-            for label, per_task in self.accuracy.items():
+        rows = self.summary_rows()
+        if self.pass_at_1:
+            lines = ["| model | checker accuracy (greedy) | pass@1 (sampled) | mean reward |",
+                     "| --- | --- | --- | --- |"]
+            lines += [f"| {label} | {acc} | {sampled} | {reward} |" for label, acc, sampled, reward in rows]
+        else:
+            lines = ["| model | checker accuracy | mean reward |", "| --- | --- | --- |"]
+            lines += [f"| {label} | {acc} | {reward} |" for label, acc, _, reward in rows]
+        for title, table in (("greedy", self.accuracy), ("sampled pass@1", self.pass_at_1)):
+            if not table:
+                continue
+            tasks = sorted({t for per_task in table.values() for t in per_task if t != "overall"})
+            lines += ["", f"| model ({title}) | " + " | ".join(tasks) + " |", "| --- |" + " --- |" * len(tasks)]
+            for label, per_task in table.items():
                 lines.append(f"| {label} | " + " | ".join(f"{per_task.get(t, 0):.0%}" for t in tasks) + " |")
         lines += ["", "| prompt | " + " | ".join(labels) + " |", "| --- |" + " --- |" * len(labels)]
         for index, prompt in enumerate(self.prompts[: self.examples]):
@@ -132,17 +146,26 @@ def _cell(text: str) -> str:
 
 def compare_models(settings: ComparisonSettings) -> Comparison:
     """Generate with every model on the same prompts and score the answers."""
+    import torch
+
     from chatrlhf.utils.checker_eval import accuracy_by_task
-    from chatrlhf.utils.data.synthetic_tasks import held_out_prompts
+    from chatrlhf.utils.data.synthetic_tasks import held_out_prompts, novel_word_prompts
     from chatrlhf.utils.model.inference import load_for_inference
 
-    prompts = settings.prompts if settings.prompts is not None else held_out_prompts(settings.seed, settings.synthetic)
+    synthetic = novel_word_prompts if settings.novel_words else held_out_prompts
+    prompts = settings.prompts if settings.prompts is not None else synthetic(settings.seed, settings.synthetic)
+    checked = settings.synthetic and settings.prompts is None
     comparison = Comparison(prompts, {}, examples=settings.examples)
+    sampling = replace(settings.generation, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, num_beams=1)
     for label, name in settings.models.items():
         model, tokenizer = load_for_inference(name, settings.data)
         comparison.answers[label] = generate(model, tokenizer, prompts, settings.generation)
-        if settings.synthetic and settings.prompts is None:
+        if checked:
             comparison.accuracy[label] = accuracy_by_task(prompts, comparison.answers[label])
+        if checked and settings.sampled > 0:
+            torch.manual_seed(settings.seed)  # every model draws from the same random stream
+            repeated = [prompt for prompt in prompts for _ in range(settings.sampled)]
+            comparison.pass_at_1[label] = accuracy_by_task(repeated, generate(model, tokenizer, repeated, sampling))
         del model
     if settings.reward_model:
         from chatrlhf.step2_reward.scoring import RewardScorer

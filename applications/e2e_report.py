@@ -2,7 +2,9 @@
 
 The figures come from each step's ``metrics.json``. The curves are drawn from the TensorBoard event files the
 steps wrote, so the report shows what TensorBoard would. The comparison generates with the base, step-1 and
-step-3 models on held-out ``synthetic/tasks`` prompts, scored by the task checker and the step-2 reward model.
+every step-3 model of the actor (one per algorithm that ran) on held-out ``synthetic/tasks`` prompts, greedy
+and sampled, scored by the task checker and the step-2 reward model; a second table asks the word tasks of
+words outside ``words.txt``, so a gain that is only memorised words shows there.
 Sections whose step has no output yet are left out, so a partial run still gets a report.
 """
 from __future__ import annotations
@@ -20,8 +22,8 @@ STEP_NAMES = {1: "SFT", 2: "reward model", 3: "PPO"}
 # TensorBoard's default smoothing weight, so the noisy PPO curves read as they do there.
 SMOOTHING = 0.6
 LAST_ITERATIONS = 10
-PPO_CURVES = (("reward_mean", "reward", "step3_reward.png"), ("kl_to_ref", "KL to reference", "step3_kl.png"),
-              ("answer_length", "answer length (tokens)", "step3_answer_length.png"))
+RL_CURVES = (("reward_mean", "reward", "reward"), ("accuracy", "checker accuracy (sampled)", "accuracy"),
+             ("kl_to_ref", "KL to reference", "kl"), ("answer_length", "answer length (tokens)", "answer_length"))
 
 Series = dict[str, list[tuple[int, float]]]
 
@@ -38,6 +40,13 @@ class ReportInputs:
     synthetic: int = 200
     examples: int = 5
     max_new_tokens: int = 64
+    seed: int = 1234  # the run's data seed: the held-out prompts are the head of its eval stream
+    sampled: int = 4  # answers sampled per prompt for pass@1
+    rl_dirs: dict[str, Path] = field(default_factory=dict)  # algorithm -> step-3 folder, for the comparison
+
+
+def algorithm_name(algorithm: str) -> str:
+    return {"reinforce_pp": "REINFORCE++"}.get(algorithm, algorithm.upper())
 
 
 def read_metrics(folder: Path) -> dict | None:
@@ -234,19 +243,26 @@ class ReportWriter:
         return [*lines, "", *_images(plots)]
 
     def step3(self) -> list[str]:
-        folder = self.inputs.step_dirs[3]
+        """One section per step-3 run of the actor (one per algorithm), with its curves."""
+        runs = self.inputs.rl_dirs or {"ppo": self.inputs.step_dirs[3]}
+        return [line for algorithm, folder in runs.items() for line in self._rl_run(algorithm, folder)]
+
+    def _rl_run(self, algorithm: str, folder: Path) -> list[str]:
         metrics = read_metrics(folder)
         if metrics is None:
             return []
+        name = algorithm_name(algorithm)
         history = metrics.get("history") or []
-        lines = ["## Step 3: PPO", "",
-                 f"`{self.relative(folder)}`: {metrics.get('iterations', metrics.get('steps', 0))} PPO iterations, "
+        lines = [f"## Step 3: {name}", "",
+                 f"`{self.relative(folder)}`: {metrics.get('iterations', metrics.get('steps', 0))} {name} iterations, "
                  f"final KL coefficient {_num(metrics.get('kl_coef'))}.", ""]
         if history:
             recent = history[-LAST_ITERATIONS:]
             rows = []
-            for key, label, _ in PPO_CURVES:
+            for key, label, _ in RL_CURVES:
                 values = [h[key] for h in recent if key in h]
+                if not values and key not in history[0]:
+                    continue
                 rows.append([label, _num(history[0].get(key)), _num(sum(values) / len(values) if values else None),
                              _num(history[-1].get(key))])
             lines += ["Sampled rollouts during training:", ""]
@@ -265,46 +281,55 @@ class ReportWriter:
                     f"{100 * (after - before):+.1f} pt" if fmt is _pct else f"{after - before:+.4g}")
                 rows.append([key.replace("accuracy_", "checker accuracy ").replace("_", " "), fmt(before), fmt(after),
                              change])
-            lines += ["", "Held-out prompts before and after PPO, greedy answers (the `sampled` rows: 4 answers a "
-                          "prompt at the training temperature, the same random draws before and after):", ""]
+            lines += ["", f"The run's own held-out prompts before and after {name}, greedy answers (the `sampled` "
+                          "rows: 4 answers a prompt at the training temperature, the same random draws before and "
+                          "after):", ""]
             lines += _table(["held-out", "start", "end", "change"], rows)
         scalars = read_scalars(folder)
         plots = []
-        for key, label, name in PPO_CURVES:
-            if draw(self.plots_dir / name, f"Step 3 (PPO): {label}", label, {label: scalars.get(f"ppo/{key}", [])},
-                    xlabel="PPO iteration", smoothed=True):
-                plots.append((f"step 3 {label}", name))
+        for key, label, stem in RL_CURVES:
+            file = f"step3_{algorithm}_{stem}.png"
+            if draw(self.plots_dir / file, f"Step 3 ({name}): {label}", label, {label: scalars.get(f"ppo/{key}", [])},
+                    xlabel=f"{name} iteration", smoothed=True):
+                plots.append((f"step 3 {name} {label}", file))
         return [*lines, "", *_images(plots)]
 
     def comparison(self) -> list[str]:
         """Base, step-1 and step-3 models on the same held-out prompts, scored by checker and reward model."""
         from chatrlhf.applications.comparison import ComparisonSettings, compare_models
+        from chatrlhf.utils.data.config import DataConfig
         from chatrlhf.utils.model.generation import GenerationSettings
 
-        step1, step2, step3 = (self.inputs.step_dirs[s] for s in (1, 2, 3))
+        step1, step2 = (self.inputs.step_dirs[s] for s in (1, 2))
         models = {f"base ({self.inputs.base_model})": self.inputs.base_model}
         if read_metrics(step1) is not None:
             models["step 1 (SFT)"] = str(step1)
-        if (step3 / "actor" / "config.json").is_file():
-            models["step 3 (PPO)"] = str(step3 / "actor")
+        for algorithm, folder in self.inputs.rl_dirs.items():
+            if (folder / "actor" / "config.json").is_file():
+                models[f"step 3 ({algorithm_name(algorithm)})"] = str(folder / "actor")
         if len(models) < 2 or self.inputs.synthetic <= 0:
             return []
         reward = str(step2) if (step2 / "config.json").is_file() else None
         lines = [f"## Model comparison on held-out prompts: {', '.join(models)}", "",
-                 f"{self.inputs.synthetic} held-out `synthetic/tasks` prompts, greedy answers of up to "
-                 f"{self.inputs.max_new_tokens} tokens; checker accuracy by the task checker"
+                 f"{self.inputs.synthetic} held-out `synthetic/tasks` prompts (the head of seed "
+                 f"{self.inputs.seed}'s eval stream, in no training split), greedy answers of up to "
+                 f"{self.inputs.max_new_tokens} tokens, and pass@1 over {self.inputs.sampled} answers a prompt "
+                 "sampled at temperature 1; checker accuracy by the exact task checker"
                  + (f", mean reward by the step-2 model `{self.relative(step2)}`." if reward else "."), ""]
-        settings = ComparisonSettings(
-            models=models, synthetic=self.inputs.synthetic, reward_model=reward, examples=self.inputs.examples,
-            generation=GenerationSettings(max_new_tokens=self.inputs.max_new_tokens, batch_size=50),
-        )
+        generation = GenerationSettings(max_new_tokens=self.inputs.max_new_tokens, batch_size=50)
+        common = dict(models=models, synthetic=self.inputs.synthetic, seed=self.inputs.seed,
+                      data=DataConfig(seed=self.inputs.seed), generation=generation)
         try:
-            result = compare_models(settings)
+            result = compare_models(ComparisonSettings(**common, reward_model=reward, examples=self.inputs.examples,
+                                                       sampled=self.inputs.sampled))
+            novel = compare_models(ComparisonSettings(**common, novel_words=True, examples=0))
         except (OSError, ValueError, RuntimeError) as exc:
             print(f"report: the model comparison failed: {exc}", flush=True)
             return [*lines, f"The comparison failed: `{exc}`", ""]
         print(result.console(), flush=True)
-        return [*lines, result.markdown()]
+        return [*lines, result.markdown(), "### The same prompts with the word tasks asked of words outside "
+                "`words.txt`", "", "Reverse, upper and count ask about pronounceable non-words no training set "
+                "holds; add and sort keep their held-out prompts. Greedy answers:", "", novel.markdown()]
 
 
 def write_report(inputs: ReportInputs) -> Path:

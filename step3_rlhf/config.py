@@ -121,6 +121,7 @@ class RewardConfig:
     model_weight: float = 1.0
     fn_weight: float = 1.0
     fn_format_credit: float = 0.0
+    fn_partial_credit: float = 0.0
 
     def __post_init__(self) -> None:
         if self.model_path is None and self.fn_spec is None:
@@ -128,12 +129,16 @@ class RewardConfig:
         for flag, value in (("--reward_model_weight", self.model_weight), ("--reward_fn_weight", self.fn_weight)):
             if not math.isfinite(value):
                 raise ConfigError(f"{flag} {value} is not a finite number")
-        if self.fn_format_credit and self.fn_spec != SYNTHETIC_TASKS_FN:
-            raise ConfigError(f"--reward_fn_format_credit applies to --reward_fn {SYNTHETIC_TASKS_FN} only "
-                              f"(got --reward_fn {self.fn_spec})")
-        if not 0.0 <= self.fn_format_credit < 1.0:
-            raise ConfigError(f"--reward_fn_format_credit {self.fn_format_credit} must be in [0, 1): less than "
-                              "the 1.0 of a right answer")
+        for flag, value in (("--reward_fn_format_credit", self.fn_format_credit),
+                            ("--reward_fn_partial_credit", self.fn_partial_credit)):
+            if value and self.fn_spec != SYNTHETIC_TASKS_FN:
+                raise ConfigError(f"{flag} applies to --reward_fn {SYNTHETIC_TASKS_FN} only (got --reward_fn "
+                                  f"{self.fn_spec})")
+        if not (self.fn_format_credit >= 0 and self.fn_partial_credit >= 0
+                and self.fn_format_credit + self.fn_partial_credit < 1.0):
+            raise ConfigError(f"--reward_fn_format_credit {self.fn_format_credit} and --reward_fn_partial_credit "
+                              f"{self.fn_partial_credit} must be >= 0 and add up to less than the 1.0 of a right "
+                              "answer")
 
 
 @dataclass(frozen=True)

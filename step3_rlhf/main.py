@@ -152,6 +152,9 @@ def add_algorithm_args(parser: argparse.ArgumentParser) -> None:
     add("--reward_fn_format_credit", type=float, default=0.0,
         help=f"--reward_fn {SYNTHETIC_TASKS_FN}: reward of a wrong answer in the right answer's sentence "
              "(the checker's format with another value), below the 1.0 of a right answer; default 0.")
+    add("--reward_fn_partial_credit", type=float, default=0.0,
+        help=f"--reward_fn {SYNTHETIC_TASKS_FN}: plus this x the share of the result's units right and in place "
+             "(digits, letters, the sorted numbers) for a wrong answer in the right sentence; default 0.")
 
 
 def explicit_flags(parser: argparse.ArgumentParser, argv: list[str] | None,

@@ -28,20 +28,26 @@ class RewardFunctionError(ConfigError):
     """A reward function failed or returned something that is not a number; the message names both."""
 
 
-def synthetic_tasks_reward(format_credit: float = 0.0) -> RewardFn:
-    """``synthetic/tasks``'s exact checker: 1.0 for the right answer, ``format_credit`` for a wrong value in
-    the right answer's sentence (``well_formed``), else 0.0."""
-    from chatrlhf.utils.data.synthetic_tasks import score, well_formed
+def synthetic_tasks_reward(format_credit: float = 0.0, partial_credit: float = 0.0) -> RewardFn:
+    """``synthetic/tasks``'s exact checker: 1.0 for the right answer; for a wrong value in the right answer's
+    sentence (``well_formed``), ``format_credit`` plus ``partial_credit`` x the share of its units right and in
+    place (``partial_score``); else 0.0.
+
+    A policy that rarely gets add or sort exactly right still gets a gradient from the digits it gets right.
+    """
+    from chatrlhf.utils.data.synthetic_tasks import partial_score, score, well_formed
 
     def reward(prompt: str, response: str) -> float:
         if score(prompt, response):
             return 1.0
-        return format_credit if format_credit and well_formed(prompt, response) else 0.0
+        if not (format_credit or partial_credit) or not well_formed(prompt, response):
+            return 0.0
+        return format_credit + (partial_credit * partial_score(prompt, response) if partial_credit else 0.0)
 
     return reward
 
 
-BUILTINS: dict[str, Callable[[float], RewardFn]] = {SYNTHETIC_TASKS_FN: synthetic_tasks_reward}
+BUILTINS: dict[str, Callable[[float, float], RewardFn]] = {SYNTHETIC_TASKS_FN: synthetic_tasks_reward}
 
 
 def absolute_spec(spec: str) -> str:
@@ -92,10 +98,10 @@ class RewardFunction:
     fn: RewardFn
 
     @classmethod
-    def load(cls, spec: str, format_credit: float = 0.0) -> RewardFunction:
+    def load(cls, spec: str, format_credit: float = 0.0, partial_credit: float = 0.0) -> RewardFunction:
         """A built-in by name, or ``file.py:function`` / ``module:function``; user errors raise ``ConfigError``."""
         if spec in BUILTINS:
-            return cls(spec, BUILTINS[spec](format_credit))
+            return cls(spec, BUILTINS[spec](format_credit, partial_credit))
         where, sep, attribute = spec.rpartition(":")
         if not sep or not where or not attribute:
             raise ConfigError(f"--reward_fn {spec}: not a built-in reward function ({', '.join(BUILTINS)}); "

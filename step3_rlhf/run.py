@@ -84,7 +84,7 @@ class PPORun:
             model_path=args.reward_model_name_or_path or (None if args.reward_fn else args.critic_model_name_or_path),
             fn_spec=absolute_spec(args.reward_fn) if args.reward_fn else None,
             model_weight=args.reward_model_weight, fn_weight=args.reward_fn_weight,
-            fn_format_credit=args.reward_fn_format_credit)
+            fn_format_credit=args.reward_fn_format_credit, fn_partial_credit=args.reward_fn_partial_credit)
         critic = None
         if algorithm.uses_critic:
             critic = role(args.critic_model_name_or_path, args.critic_zero_stage, args.critic_learning_rate,
@@ -132,7 +132,7 @@ class PPORun:
         )
         run.validate(args)
         if rewards.fn_spec is not None:
-            run.reward_fn = RewardFunction.load(rewards.fn_spec, rewards.fn_format_credit)
+            run.reward_fn = RewardFunction.load(rewards.fn_spec, rewards.fn_format_credit, rewards.fn_partial_credit)
         return run
 
     def validate(self, args: argparse.Namespace) -> None:

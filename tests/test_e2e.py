@@ -90,6 +90,22 @@ def test_step3_alone_gets_the_step1_and_step2_folders(fake_steps, tmp_path, monk
     assert calls_of(fake_steps) == [f"step=3 model=unset args={actor} {reward} 1  {out / 'step3-models' / 'tiny-opt'}"]
 
 
+def test_a_verifier_algorithm_runs_steps_1_and_3_without_a_reward_model(fake_steps, tmp_path, monkeypatch) -> None:
+    verifier = e2e_rlhf.STEP_DIRS[3] / "training_scripts" / "tiny" / "single_gpu" / "run_tiny_verifier.sh"
+    verifier.write_text(RECORDING_SCRIPT.replace("${OUTPUT_ARG}", "$3").replace("STEP", "3v"))
+    monkeypatch.setattr(e2e_rlhf, "check_step3_inputs", lambda plan: None)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.py").write_text("def score(prompt, response):\n    return 1.0\n")
+    out = tmp_path / "out"
+    assert e2e_rlhf.main(["--output-dir", str(out), "--actor-model", "tiny-opt", "--step3-algorithm", "rloo",
+                          "--reward-fn", "mine.py:score", "--seed", "7", "--no-report"]) == 0
+    actor, rl = out / "actor-models" / "tiny-opt", out / "step3-models" / "tiny-opt-rloo"
+    assert calls_of(fake_steps) == [
+        f"step=1 model=tiny-opt args={actor}  --seed 7",
+        f"step=3v model=unset args={actor}  {rl} --seed 7 --algorithm rloo --reward_fn {tmp_path / 'mine.py'}:score",
+    ]
+
+
 def test_model_choices_pick_the_deepspeed_chat_scripts() -> None:
     assert e2e_rlhf.parse_model("facebook/opt-1.3b") == e2e_rlhf.ModelChoice("1.3b", "opt", "1.3b",
                                                                                "facebook/opt-1.3b")
@@ -182,7 +198,8 @@ def test_report_has_every_steps_figures_and_plots(e2e_run) -> None:
     assert "| checker accuracy overall |" in report and "| mean reward |" in report
     for label in ("base (tiny-opt)", "step 1 (SFT)", "step 3 (PPO)"):
         assert f"| {label} | " in report
-    for name in ("step1_loss", "step1_perplexity", "step2_accuracy", "step3_reward", "step3_kl", "step3_answer_length"):
+    for name in ("step1_loss", "step1_perplexity", "step2_accuracy", "step3_ppo_reward", "step3_ppo_kl",
+                 "step3_ppo_answer_length"):
         png = e2e_run / "plots" / f"{name}.png"
         assert f"(plots/{name}.png)" in report
         assert png.stat().st_size > 1000 and png.read_bytes()[:8] == PNG_MAGIC
@@ -231,3 +248,27 @@ def test_compare_rejects_mismatched_labels(capsys) -> None:
     with pytest.raises(SystemExit):
         cli(["compare", "tiny-opt", "tiny-llama", "--labels", "only-one"])
     assert "--labels gives 1 labels for 2 models" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_grpo_on_the_checker_sits_beside_ppo_in_the_report(e2e_run, data_cache, tmp_path, monkeypatch) -> None:
+    """Step 3 with GRPO on the exact checker from the run's step-1 model: no critic, and the report compares
+    base, SFT, PPO and GRPO, greedy and sampled, on held-out and on novel-word prompts."""
+    out = tmp_path / "out"
+    for kind in ("actor-models", "reward-models", "step3-models"):
+        shutil.copytree(e2e_run / kind, out / kind)
+    monkeypatch.setenv("RL_STEPS", "2")
+    assert e2e_rlhf.main([
+        "--step", "3", "--output-dir", str(out), "--actor-model", "tiny-opt", "--step3-algorithm", "grpo",
+        "--reward-fn", "synthetic_tasks", "--report-prompts", "10", "--report-examples", "2",
+        f"--step3-args=--data_output_path {data_cache} --eval_prompts 8 --per_device_generation_batch_size 4 "
+        "--num_samples_per_prompt 4 --per_device_training_batch_size 16 --max_answer_seq_len 16",
+    ]) == 0
+    grpo = out / "step3-models" / "tiny-opt-grpo"
+    assert (grpo / "actor" / "config.json").is_file() and not (grpo / "critic").exists()
+    metrics = json.loads((grpo / "metrics.json").read_text())
+    assert metrics["iterations"] == 2 and "accuracy" in metrics["history"][-1]
+    report = (out / "report.md").read_text()
+    for text in ("## Step 3: PPO", "## Step 3: GRPO", "| step 3 (PPO) | ", "| step 3 (GRPO) | ", "pass@1 (sampled)",
+                 "words outside `words.txt`", "(plots/step3_grpo_accuracy.png)"):
+        assert text in report, text

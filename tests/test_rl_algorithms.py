@@ -239,6 +239,11 @@ def test_synthetic_tasks_reward_and_its_format_credit():
     responses = [" 3 plus 4 is 7.", " 3 plus 4 is 8.", " seven", "3 plus 4 is 7.<|endoftext|>"]
     assert plain.scores([ADD_PROMPT] * 4, responses).tolist() == [1.0, 0.0, 0.0, 1.0]
     assert credited.scores([ADD_PROMPT] * 4, responses).tolist() == [1.0, 0.25, 0.0, 1.0]
+    partial = RewardFunction.load("synthetic_tasks", 0.1, 0.4)
+    sums = [" 3 plus 4 is 7.", " 3 plus 4 is 17.", " 3 plus 4 is 8.", " seven"]
+    assert partial.scores([ADD_PROMPT] * 4, sums).tolist() == pytest.approx([1.0, 0.1 + 0.4 / 2, 0.1, 0.0])
+    with pytest.raises(ConfigError, match="add up to less than the 1.0"):
+        RewardConfig(fn_spec="synthetic_tasks", fn_format_credit=0.5, fn_partial_credit=0.5)
 
 
 def test_a_broken_reward_function_names_itself_and_the_sample(tmp_path):

@@ -14,9 +14,12 @@ from chatrlhf.utils.data.synthetic_tasks import (
     TASK_MISTAKES,
     TASKS,
     SyntheticTasks,
+    _parse,
     answer,
     held_out_prompts,
     load_words,
+    novel_word_prompts,
+    partial_score,
     score,
 )
 
@@ -210,3 +213,31 @@ def test_chatml_template_keeps_answers_checkable() -> None:
 def test_model_template_without_tokenizer_is_a_data_error() -> None:
     with pytest.raises(DataError, match="tokenizer"):
         SyntheticTasks("", 5, 0, options=SourceOptions(prompt_template="model"), num_train=5, num_eval=5)
+
+
+@pytest.mark.parametrize(("question", "response", "credit"), [
+    ("What is 16 plus 41?", "16 plus 41 is 57.", 1.0),
+    ("What is 16 plus 41?", "16 plus 41 is 47.", 0.5),
+    ("What is 16 plus 41?", "16 plus 41 is 157.", 2 / 3),
+    ("What is 16 plus 41?", "57", 0.0),
+    ("Sort these numbers: 5, 35, 9.", "In order: 5, 35, 9.", 1 / 3),
+    ("Reverse the word stone.", "stone reversed is entos.", 0.6),
+    ("How many letters are in stone?", "stone has 6 letters.", 0.0),
+])
+def test_partial_score_counts_units_right_and_in_place(question: str, response: str, credit: float) -> None:
+    prompt = f"\n\nHuman: {question}\n\nAssistant:"
+    assert partial_score(prompt, response) == pytest.approx(credit)
+    assert (partial_score(prompt, response) == 1.0) == bool(score(prompt, response))
+
+
+def test_novel_word_prompts_keep_the_task_mix_with_words_no_training_set_holds() -> None:
+    standard, novel = held_out_prompts(1234, 50), novel_word_prompts(1234, 50)
+    words = set(load_words())
+    assert [_parse(p)[0] for p in novel] == [_parse(p)[0] for p in standard]
+    for before, after in zip(standard, novel):
+        task, args = _parse(after)
+        if task in ("reverse", "upper", "count"):
+            assert args[0] not in words and answer(after)
+        else:
+            assert after == before
+    assert novel_word_prompts(1234, 50) == novel

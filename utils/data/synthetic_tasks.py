@@ -126,14 +126,41 @@ def score(prompt: str, response: str) -> int:
     return int(clean_response(response) == answer(prompt))
 
 
+def _result_slots(task: str, args: Args, cleaned: str) -> tuple[str, ...] | None:
+    """The result of a cleaned response written in the right answer's sentence (three numbers for sort), or
+    None when the sentence around it differs."""
+    slot = "\x00"
+    template = _format(task, args, (slot,) * 3 if task == "sort" else slot)
+    pattern = "([A-Za-z0-9]+)".join(re.escape(part) for part in template.split(slot))
+    match = re.fullmatch(pattern, cleaned)
+    return match.groups() if match else None
+
+
 def well_formed(prompt: str, response: str) -> bool:
     """True if ``response`` (after ``clean_response``) is the right answer's sentence with any letters or
     digits in place of the result: the format ``score`` compares against, whatever the value."""
     task, args = _parse(prompt)
-    slot = "\x00"
-    template = _format(task, args, (slot,) * 3 if task == "sort" else slot)
-    pattern = "[A-Za-z0-9]+".join(re.escape(part) for part in template.split(slot))
-    return re.fullmatch(pattern, clean_response(response)) is not None
+    return _result_slots(task, args, clean_response(response)) is not None
+
+
+def partial_score(prompt: str, response: str) -> float:
+    """The share of the result's units that are right and in place: 1.0 exactly when ``score`` is 1.
+
+    Units are the three numbers of a sort, the letters of a word, and the digits of a sum or count (aligned
+    from the right, so a right last digit counts whatever the length). 0.0 when the sentence around the
+    result is not the right answer's: partial credit is for the value, never for another format.
+    """
+    task, args = _parse(prompt)
+    got = _result_slots(task, args, clean_response(response))
+    if got is None:
+        return 0.0
+    right = _solve(task, args)
+    if task == "sort":
+        return sum(a == str(b) for a, b in zip(got, right)) / 3
+    want, value = str(right), got[0]
+    if task in ("add", "count"):
+        want, value = want[::-1], value[::-1]
+    return sum(a == b for a, b in zip(want, value)) / max(len(want), len(value))
 
 
 def _off_by_n(value: int, rng: random.Random, high: int | None = None) -> int:

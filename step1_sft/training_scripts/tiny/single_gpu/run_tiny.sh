@@ -2,9 +2,8 @@
 # Step 1 on the offline tiny preset and the synthetic task set: runs on a laptop CPU in minutes.
 # Usage: bash training_scripts/tiny/single_gpu/run_tiny.sh [OUTPUT] [ZERO_STAGE]   (MODEL=tiny-opt to switch family;
 #   MASTER_PORT=N to move the launcher off port 29500)
-# Measured on 2 idle CPU cores: about 3.5 min, 61.5% checker accuracy on 200 held-out prompts (count 100%,
-# reverse 97.5%, upper 97.5%, add 7.5%, sort 5%). The 4,4,2 split gives step 1 twice the 2,4,4 share of samples:
-# with 2,4,4 and twice the epochs it reached 53% and began to memorise.
+# The 4,4,2 split gives step 1 twice the 2,4,4 share of samples: with 2,4,4 and more epochs the model memorised
+# rather than learnt the tasks (README: what the default run gives).
 OUTPUT=${1:-./output_step1_tiny}
 ZERO_STAGE=${2:-0}
 MODEL=${MODEL:-tiny-llama}

@@ -3,10 +3,8 @@
 # Usage: bash training_scripts/tiny/single_gpu/run_tiny.sh [OUTPUT] [ZERO_STAGE]
 #   MODEL=<step-1 output dir> starts from the SFT model (the end-to-end runner's CPU default) instead of the base
 #   preset; MODEL=tiny-opt switches family; MASTER_PORT=N moves the launcher off port 29500.
-# Measured on 2 idle CPU cores, 160 held-out pairs (4,4,2 split), from the step-1 model: 82.5% in 3.1 min with
-# these settings. The next-token loss on the chosen rows (--lm_loss_coef) is what lifts it: without it the same
-# run reaches 76.9% (72.5% with seed 42) and overfits with more epochs (5 epochs: 70.6%); the old default
-# (batch 16, lr 3e-4, 2 epochs) gave 70.6%, LoRA (dim 32, lr 2e-3) 65.6%.
+# The next-token loss on the chosen rows (--lm_loss_coef) is what lifts pair accuracy here: without it the
+# model overfits the pairs with more epochs (README: what the default run gives).
 OUTPUT=${1:-./output_step2_tiny}
 ZERO_STAGE=${2:-0}
 MODEL=${MODEL:-tiny-llama}
