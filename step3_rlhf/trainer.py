@@ -57,6 +57,17 @@ class IterationStats:
         return {k: sum(v) / len(v) for k, v in self.values.items()}
 
 
+def tempered(head: Head, temperature: float) -> Head:
+    """``head`` on the logits of the sampling distribution (over ``temperature``); as it is for 0 (greedy) or 1."""
+    if temperature in (0.0, 1.0):
+        return head
+
+    def scaled(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return head(logits / temperature, tokens)
+
+    return scaled
+
+
 class PPOTrainer:
     def __init__(
         self,
@@ -106,7 +117,12 @@ class PPOTrainer:
         return PackedAnswers.of(rollout.sequences, rollout.attention_mask, rollout.prompt_width)
 
     def _policy_outputs(self, model, rollout: Rollout | Experience, head: Head) -> tuple[torch.Tensor, ...]:
-        """``head(logits, answer tokens)`` of a causal LM at every answer token, each output (B, answer width)."""
+        """``head(logits, answer tokens)`` of a causal LM at every answer token, each output (B, answer width).
+
+        The logits are divided by the sampling temperature: the log-probs, ratios and KL are then those of the
+        distribution the answers were drawn from (a temperature of 0 or 1 leaves them as they are).
+        """
+        head = tempered(head, self.generation.temperature)
         packed = self._packed(model, rollout)
         if packed is not None:
             lm_head = split_lm(model)[1]

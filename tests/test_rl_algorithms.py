@@ -345,3 +345,18 @@ def test_a_reward_file_given_relative_to_the_working_directory(sft_model, tmp_pa
     assert not any(token in response for _, response, _ in calls for token in ("<|endoftext|>", "</s>", "<pad>"))
     (step,) = _history(tmp_path / "out")
     assert step["reward_fn_mean"] == pytest.approx(sum(value for _, _, value in calls) / 4)
+
+
+def test_log_probs_are_those_of_the_sampling_temperature():
+    from chatrlhf.step3_rlhf.trainer import tempered
+    from chatrlhf.utils.model.lm_forward import token_logprobs
+
+    logits, tokens = torch.tensor([[[2.0, 0.0, -1.0]]]), torch.tensor([[0]])
+
+    def head(lg, tk):
+        return (token_logprobs(lg, tk),)
+
+    assert tempered(head, 1.0) is head and tempered(head, 0.0) is head
+    (hot,) = tempered(head, 2.0)(logits, tokens)
+    assert hot.item() == pytest.approx(torch.log_softmax(logits[0, 0] / 2.0, -1)[0].item())
+    assert hot.item() < head(logits, tokens)[0].item()

@@ -21,7 +21,7 @@ deepspeed --num_gpus 1 --master_port "${MASTER_PORT:-29500}" "$MAIN" \
    --per_device_training_batch_size 64 \
    --ppo_epochs 1 \
    --max_prompt_seq_len 64 \
-   --max_answer_seq_len 32 \
+   --max_answer_seq_len 48 \
    --actor_learning_rate 1e-4 \
    --actor_weight_decay 0.0 \
    --num_train_epochs 4 \
