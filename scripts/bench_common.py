@@ -190,6 +190,38 @@ def timed_window(metrics_file: Path, warmup: int, steps: int) -> dict:
             "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
 
 
+def run_step3(flags: Sequence[str], args: argparse.Namespace, out: Path, label: str, rows: int) -> dict:
+    """One step-3 run through the wrapper: its timed window's wall clock, phase split and answers.
+
+    ``rows`` answers a rollout; wall clock from the wrapper's iteration-end clocks, the phase split from
+    step 3's ``metrics.json``.
+    """
+    last = args.warmup + args.steps
+    wrapper = run_json(ours_command(PPO_MODULE, flags), args.threads, out, label)
+    history = {h["step"]: h for h in json.loads((out / "model" / "metrics.json").read_text())["history"]}
+    clocks = wrapper["iteration_end_clock"]
+    timed = [history.get(s) for s in range(args.warmup + 1, last + 1)]
+    if len(clocks) < last or None in timed:
+        raise BenchError(f"{label} ran {len(clocks)} step-3 iterations, not {last}")
+    seconds = clocks[last - 1] - clocks[args.warmup - 1]
+    split = {key: sum(h[key] for h in timed) for key in ("generation_s", "scoring_s", "training_s")}
+    new_tokens = sum(h["answer_length"] for h in timed) * rows
+    return {
+        "iterations_timed": args.steps,
+        "seconds": round(seconds, 3),
+        "generation_s": round(split["generation_s"], 3),
+        "rollout_scoring_s": round(split["scoring_s"], 3),
+        "training_s": round(split["training_s"], 3),
+        "other_s": round(seconds - sum(split.values()), 3),
+        "generated_tokens_per_s_in_generation": round(new_tokens / split["generation_s"], 1),
+        "answer_lengths": [h["answer_length"] for h in timed],
+        "reward_mean": [round(h["reward_mean"], 4) for h in timed],
+        "kl_to_ref": [round(h["kl_to_ref"], 6) for h in timed],
+        "peak_rss_mib": round(wrapper["maxrss_kib"] / 1024, 1),
+        "torch_threads": wrapper["torch_threads"],
+    }
+
+
 def summarize(runs: dict[str, list[dict]], keys: Sequence[str]) -> dict[str, dict]:
     """Median of each key per system, plus every run's value of the first key (to show the spread)."""
     summary = {}

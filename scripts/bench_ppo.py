@@ -94,35 +94,15 @@ def our_flags(out: Path, iterations: int) -> list[str]:
 
 
 def run_ours(args: argparse.Namespace, label: str) -> dict:
-    """Wall clock from the wrapper's iteration-end clocks; the phase split from step 3's metrics.json."""
-    last = args.warmup + args.steps
     with tempfile.TemporaryDirectory(prefix="chatrlhf-bench-") as tmp:
         out = Path(tmp)
-        wrapper = bc.run_json(bc.ours_command(bc.PPO_MODULE, our_flags(out, last)), args.threads, out, label)
-        history = {h["step"]: h for h in json.loads((out / "model" / "metrics.json").read_text())["history"]}
-    clocks = wrapper["iteration_end_clock"]
-    timed = [history.get(s) for s in range(args.warmup + 1, last + 1)]
-    if len(clocks) < last or None in timed:
-        raise bc.BenchError(f"{label} ran {len(clocks)} PPO iterations, not {last}")
-    seconds = clocks[last - 1] - clocks[args.warmup - 1]
-    split = {key: sum(h[key] for h in timed) for key in ("generation_s", "scoring_s", "training_s")}
+        timing = bc.run_step3(our_flags(out, args.warmup + args.steps), args, out, label, BATCH)
     episodes = BATCH * args.steps
-    new_tokens = sum(h["answer_length"] for h in timed) * BATCH
     return {
         "system": "chatrlhf step 3",
-        "iterations_timed": args.steps,
         "episodes_timed": episodes,
-        "seconds": round(seconds, 3),
-        "episodes_per_s": round(episodes / seconds, 4),
-        "generation_s": round(split["generation_s"], 3),
-        "rollout_scoring_s": round(split["scoring_s"], 3),
-        "training_s": round(split["training_s"], 3),
-        "other_s": round(seconds - sum(split.values()), 3),
-        "generated_tokens_per_s_in_generation": round(new_tokens / split["generation_s"], 1),
-        "answer_lengths": [h["answer_length"] for h in timed],
-        "reward_mean": [round(h["reward_mean"], 4) for h in timed],
-        "peak_rss_mib": round(wrapper["maxrss_kib"] / 1024, 1),
-        "torch_threads": wrapper["torch_threads"],
+        "episodes_per_s": round(episodes / timing["seconds"], 4),
+        **timing,
     }
 
 
