@@ -60,3 +60,19 @@ def sft_model(cache_root, data_cache, tmp_path_factory) -> str:
                  "--eval_iters", "2", "--log_interval", "4", "--enable_tensorboard",
                  "--tensorboard_path", str(out / "tb")]) == 0
     return str(out)
+
+
+@pytest.fixture
+def built_engines(monkeypatch) -> dict:
+    """Step 3's engines, caught as ``build_engines`` returns them (under ``"engines"``)."""
+    from chatrlhf.step3_rlhf import run as run_module
+
+    built: dict = {}
+    original = run_module.build_engines
+
+    def spy(*args, **kwargs):
+        built["engines"] = original(*args, **kwargs)
+        return built["engines"]
+
+    monkeypatch.setattr(run_module, "build_engines", spy)
+    return built

@@ -273,20 +273,11 @@ def _history(out: Path) -> list[dict]:
 
 
 def test_grpo_with_the_checker_trains_the_actor_without_critic_or_reward_model(
-        sft_model, tmp_path, data_cache, monkeypatch):
+        sft_model, tmp_path, data_cache, built_engines):
     from safetensors.torch import load_file
 
-    from chatrlhf.step3_rlhf import run as run_module
     from chatrlhf.training.checkpoint import COMPLETE
 
-    built = {}
-    original = run_module.build_engines
-
-    def spy(*args, **kwargs):
-        built["engines"] = original(*args, **kwargs)
-        return built["engines"]
-
-    monkeypatch.setattr(run_module, "build_engines", spy)
     out = tmp_path / "grpo"
     assert ppo_main(["--algorithm", "grpo", "--reward_fn", "synthetic_tasks", "--num_samples_per_prompt", "4",
                      "--actor_model_name_or_path", sft_model, "--output_dir", str(out),
@@ -295,7 +286,7 @@ def test_grpo_with_the_checker_trains_the_actor_without_critic_or_reward_model(
                      "--eval_prompts", "2", "--save_interval", "2", "--num_warmup_steps", "0",
                      "--actor_learning_rate", "1e-3", "--entropy_coef", "0.05",
                      "--data_output_path", data_cache]) == 0
-    engines = built["engines"]
+    engines = built_engines["engines"]
     assert engines.critic is None and engines.reward is None
     assert not (out / "critic").exists()
     assert json.loads((out / "checkpoints" / "step-2" / COMPLETE).read_text())["engines"] == ["actor"]

@@ -218,24 +218,14 @@ def test_reward_rises_on_a_toy_reward(sft_model, tmp_path, data_cache, monkeypat
     assert sum(rewards[-4:]) / 4 > sum(rewards[:4]) / 4 + 0.3, rewards
 
 
-def test_lora_actor_uses_itself_without_adapters_as_reference(sft_model, tmp_path, data_cache, monkeypatch):
-    from chatrlhf.step3_rlhf import run as run_module
-
-    built = {}
-    original = run_module.build_engines
-
-    def spy(*args, **kwargs):
-        built["engines"] = original(*args, **kwargs)
-        return built["engines"]
-
-    monkeypatch.setattr(run_module, "build_engines", spy)
+def test_lora_actor_uses_itself_without_adapters_as_reference(sft_model, tmp_path, data_cache, built_engines):
     out = tmp_path / "lora"
     assert ppo_main(["--actor_model_name_or_path", sft_model, "--critic_model_name_or_path", sft_model,
                      "--output_dir", str(out), "--per_device_generation_batch_size", "4",
                      "--per_device_training_batch_size", "4", "--max_prompt_seq_len", "48",
                      "--max_answer_seq_len", "6", "--max_steps", "1", "--eval_prompts", "0",
                      "--actor_lora_dim", "4", "--only_optimize_lora", "--data_output_path", data_cache]) == 0
-    assert built["engines"].reference is None
+    assert built_engines["engines"].reference is None
     from safetensors.torch import load_file
 
     assert not [k for k in load_file(out / "actor" / "model.safetensors") if "lora" in k]
