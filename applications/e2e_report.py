@@ -1,8 +1,8 @@
 """``report.md`` of an end-to-end run: wall times, each step's final metrics, training curves, a model comparison.
 
 The figures come from each step's ``metrics.json``. The curves are drawn from the TensorBoard event files the
-steps wrote, so the report shows what TensorBoard would. The comparison generates with the base, step-1 and
-every step-3 model of the actor (one per algorithm that ran) on held-out ``synthetic/tasks`` prompts, greedy
+steps wrote, so the report shows what TensorBoard would. The comparison generates with the base, step-1, DPO (when
+it ran) and every step-3 model of the actor (one per algorithm that ran) on held-out ``synthetic/tasks`` prompts, greedy
 and sampled, scored by the task checker and the step-2 reward model; a second table asks the word tasks of
 words outside ``words.txt``, so a gain that is only memorised words shows there.
 Sections whose step has no output yet are left out, so a partial run still gets a report.
@@ -43,6 +43,7 @@ class ReportInputs:
     seed: int = 1234  # the run's data seed: the held-out prompts are the head of its eval stream
     sampled: int = 4  # answers sampled per prompt for pass@1
     rl_dirs: dict[str, Path] = field(default_factory=dict)  # algorithm -> step-3 folder, for the comparison
+    dpo_dir: Path | None = None  # the DPO output of the actor (``--step2-method dpo``)
 
 
 def algorithm_name(algorithm: str) -> str:
@@ -162,18 +163,25 @@ class ReportWriter:
         lines += _table(["setting", "value"], [[k, f"`{v}`"] for k, v in self.inputs.settings.items()])
         return [*lines, ""]
 
+    def _step_outputs(self) -> list[tuple[str, Path]]:
+        """Each step's output folder with its label, DPO beside the reward model."""
+        outputs = [(f"{step} ({STEP_NAMES[step]})", self.inputs.step_dirs[step]) for step in (1, 2, 3)]
+        if self.inputs.dpo_dir is not None:
+            outputs.insert(2, ("2 (DPO)", self.inputs.dpo_dir))
+        return outputs
+
     def wall_times(self, report_seconds: float) -> list[str]:
         rows, total = [], 0.0
-        for step in (1, 2, 3):
-            timing = self.inputs.timings.get(str(self.inputs.step_dirs[step]), {})
-            metrics = read_metrics(self.inputs.step_dirs[step]) or {}
+        for label, folder in self._step_outputs():
+            timing = self.inputs.timings.get(str(folder), {})
+            metrics = read_metrics(folder) or {}
             seconds = timing.get("wall_time_s")
             if seconds is None and not metrics:
                 continue
             if timing.get("status") == "ok":
                 total += seconds
-            rows.append([f"{step} ({STEP_NAMES[step]})", f"`{self.relative(self.inputs.step_dirs[step])}`",
-                         _duration(seconds), _duration(metrics.get("wall_time_s")), timing.get("status", "not timed")])
+            rows.append([label, f"`{self.relative(folder)}`", _duration(seconds), _duration(metrics.get("wall_time_s")),
+                         timing.get("status", "not timed")])
         if not rows:
             return []
         rows.append(["report", f"`{REPORT_FILE}`, `{PLOTS_DIR}/`", _duration(report_seconds), "", "ok"])
@@ -217,29 +225,50 @@ class ReportWriter:
         metrics = read_metrics(folder)
         if metrics is None:
             return []
+        intro = (f"`{self.relative(folder)}`: {metrics.get('steps', 0)} optimizer steps. Held-out pairs (chosen "
+                 "scored above rejected):")
+        return self._pair_section(metrics, folder, "reward model", intro, "accuracy",
+                                  ("chosen_score", "rejected_score", "margin", "loss"), "step2_accuracy.png")
+
+    def dpo(self) -> list[str]:
+        folder = self.inputs.dpo_dir
+        metrics = read_metrics(folder) if folder is not None else None
+        if metrics is None:
+            return []
+        settings = metrics.get("dpo") or {}
+        intro = (f"`{self.relative(folder)}`: {metrics.get('steps', 0)} optimizer steps of the "
+                 f"`{settings.get('loss_type', '?')}` loss, beta {settings.get('beta', '?')}, reference: "
+                 f"{settings.get('reference', '?')}. Held-out pairs (chosen rewarded above rejected; the reward is "
+                 "beta x the policy's log-prob of the answer over the reference's):")
+        return self._pair_section(metrics, folder, "DPO", intro, "reward_accuracy",
+                                  ("reward_margin", "chosen_reward", "rejected_reward", "chosen_logp", "rejected_logp",
+                                   "loss"), "step2_dpo_accuracy.png")
+
+    def _pair_section(self, metrics: dict, folder: Path, method: str, intro: str, accuracy: str,
+                      figures: tuple[str, ...], plot: str) -> list[str]:
+        """A step-2 section (``method``: reward model or DPO): held-out pair accuracy and figures at start and end,
+        per task and mistake, and the accuracy curves."""
         evals = metrics.get("evals") or [{}]
         start, end = evals[0], evals[-1]
-        lines = ["## Step 2: reward model", "",
-                 f"`{self.relative(folder)}`: {metrics.get('steps', 0)} optimizer steps. Held-out pairs (chosen "
-                 "scored above rejected):", ""]
-        rows = [["accuracy", _pct(start.get("accuracy")), _pct(end.get("accuracy"))]]
+        lines = [f"## Step 2: {method}", "", intro, ""]
+        rows = [[accuracy.replace("_", " "), _pct(start.get(accuracy)), _pct(end.get(accuracy))]]
         rows += [[name.replace("_", " "), _num(start.get(name)), _num(end.get(name))]
-                 for name in ("chosen_score", "rejected_score", "margin", "loss") if name in end]
+                 for name in figures if name in end]
         lines += _table(["held-out", "start", "end"], rows)
-        for prefix, title in (("acc_task_", "task"), ("acc_mistake_", "mistake")):
+        for prefix, kind in (("acc_task_", "task"), ("acc_mistake_", "mistake")):
             keys = sorted(k for k in end if k.startswith(prefix))
             if keys:
-                lines += ["", f"Accuracy per {title}:", ""]
-                lines += _table([title, "start", "end"],
+                lines += ["", f"Accuracy per {kind}:", ""]
+                lines += _table([kind, "start", "end"],
                                 [[k.removeprefix(prefix), _pct(start.get(k)), _pct(end[k])] for k in keys])
         scalars = read_scalars(folder)
-        series = {"train": scalars.get("train/accuracy", []), "held-out": scalars.get("eval/accuracy", [])}
+        series = {"train": scalars.get(f"train/{accuracy}", []), "held-out": scalars.get(f"eval/{accuracy}", [])}
         per_task = {f"held-out {tag.removeprefix('eval/acc_task_')}": points for tag, points in sorted(scalars.items())
                     if tag.startswith("eval/acc_task_")}
         plots = []
-        if draw(self.plots_dir / "step2_accuracy.png", "Step 2 (reward model): pair accuracy", "accuracy",
-                {**series, **per_task}, xlabel="optimizer step", secondary=frozenset(per_task)):
-            plots.append(("step 2 accuracy", "step2_accuracy.png"))
+        if draw(self.plots_dir / plot, f"Step 2 ({method}): pair accuracy", "accuracy", {**series, **per_task},
+                xlabel="optimizer step", secondary=frozenset(per_task)):
+            plots.append((f"step 2 {method} accuracy", plot))
         return [*lines, "", *_images(plots)]
 
     def step3(self) -> list[str]:
@@ -304,6 +333,9 @@ class ReportWriter:
         models = {f"base ({self.inputs.base_model})": self.inputs.base_model}
         if read_metrics(step1) is not None:
             models["step 1 (SFT)"] = str(step1)
+        dpo = self.inputs.dpo_dir
+        if dpo is not None and (dpo / "config.json").is_file():
+            models["step 2 (DPO)"] = str(dpo)
         for algorithm, folder in self.inputs.rl_dirs.items():
             if (folder / "actor" / "config.json").is_file():
                 models[f"step 3 ({algorithm_name(algorithm)})"] = str(folder / "actor")
@@ -336,7 +368,7 @@ def write_report(inputs: ReportInputs) -> Path:
     """Write ``report.md`` (atomically) and its plots into the output folder; returns the report's path."""
     started = time.perf_counter()
     writer = ReportWriter(inputs)
-    body = [writer.step1(), writer.step2(), writer.step3(), writer.comparison()]
+    body = [writer.step1(), writer.step2(), writer.dpo(), writer.step3(), writer.comparison()]
     sections = [writer.header(), writer.wall_times(time.perf_counter() - started), *body]
     text = "\n".join(line for section in sections for line in section).rstrip() + "\n"
     path = inputs.output_dir / REPORT_FILE

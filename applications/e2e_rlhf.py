@@ -6,12 +6,18 @@ from the step's directory, which tees to ``training.log`` in the step's output f
 
     OUTPUT/actor-models/<actor>                 step 1 (SFT)
     OUTPUT/reward-models/<reward>               step 2 (reward model)
+    OUTPUT/dpo-models/<actor>                   step 2 with --step2-method dpo (DPO of the step-1 model; no step 3)
     OUTPUT/step3-models/<actor>                 step 3, PPO (actor/, critic/)
     OUTPUT/step3-models/<actor>-<algorithm>     step 3, a critic-free algorithm (actor/)
 
 ``--step3-algorithm grpo|rloo|reinforce_pp`` switches step 3's algorithm; with ``--reward-fn`` (e.g.
 ``synthetic_tasks``, the exact checker) step 3 trains on that function and needs no reward model, so the
 default steps become 1 and 3 and step 3 runs the family's ``run_<size>_verifier.sh``.
+
+``--step2-method dpo`` replaces steps 2 and 3 by DPO (``step2_dpo/``) of the step-1 model on the step-2 pairs:
+the default steps become 1 and 2, the DPO script gets the step-1 folder as its ACTOR argument (the opt family's
+``run_350m.sh``, LLaMA-2's ``run_llama2_<size>.sh``, or the tiny script), and the report compares base, SFT and
+DPO. It takes no step-3 or reward-model flags.
 
 OPT sizes (1.3b, 6.7b, 13b, 66b; 350m for the reward model) and LLaMA-2 sizes (llama2-7b, …) pick the
 ``opt`` and ``llama2`` scripts; any other name or path (a preset such as ``tiny-opt``, a hub name, a
@@ -37,6 +43,9 @@ from pathlib import Path
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 STEP_DIRS = {1: PACKAGE_ROOT / "step1_sft", 2: PACKAGE_ROOT / "step2_reward", 3: PACKAGE_ROOT / "step3_rlhf"}
+DPO_DIR = PACKAGE_ROOT / "step2_dpo"
+DPO_OUTPUT_KIND = "dpo-models"
+STEP2_METHODS = ("reward", "dpo")
 STEP_NAMES = {1: "SFT", 2: "reward model", 3: "RL"}
 ALGORITHMS = ("ppo", "grpo", "rloo", "reinforce_pp")
 OUTPUT_KINDS = {1: "actor-models", 2: "reward-models", 3: "step3-models"}
@@ -131,6 +140,22 @@ class Plan:
     algorithm: str = "ppo"
     reward_fn: str | None = None
     seed: int | None = None
+    step2_method: str = "reward"
+
+    @property
+    def dpo(self) -> bool:
+        """Step 2 is DPO of the step-1 model (``--step2-method dpo``): it trains the actor, and no step 3 follows."""
+        return self.step2_method == "dpo"
+
+    def runs_dpo(self, step: int) -> bool:
+        return step == 2 and self.dpo
+
+    def code_dir(self, step: int) -> Path:
+        """The step's folder, holding its ``main.py`` and ``training_scripts``."""
+        return DPO_DIR if self.runs_dpo(step) else STEP_DIRS[step]
+
+    def step_name(self, step: int) -> str:
+        return "DPO" if self.runs_dpo(step) else STEP_NAMES[step]
 
     @property
     def verifier_only(self) -> bool:
@@ -138,41 +163,58 @@ class Plan:
         return self.reward_fn is not None and self.algorithm != "ppo"
 
     def step_dir(self, step: int) -> Path:
+        if self.runs_dpo(step):
+            return self.output_dir / DPO_OUTPUT_KIND / self.actor.label
         label = self.reward.label if step == 2 else self.actor.label
         if step == 3 and self.algorithm != "ppo":
             label = f"{label}-{self.algorithm}"
         return self.output_dir / OUTPUT_KINDS[step] / label
 
     def choice(self, step: int) -> ModelChoice:
-        return self.reward if step == 2 else self.actor
+        return self.reward if step == 2 and not self.dpo else self.actor
+
+    def _script_candidates(self, step: int) -> tuple[Path, list[str]]:
+        choice = self.choice(step)
+        root = self.code_dir(step) / "training_scripts" / choice.family
+        if self.runs_dpo(step):
+            # DeepSpeed-Chat's DPO scripts: opt-350m's for the OPT family (the actor is passed to them), and LLaMA-2's
+            # without a deployment folder.
+            if choice.family == "llama2":
+                return root, [f"run_llama2_{choice.size}.sh", f"run_llama2_{choice.size}_lora.sh"]
+            return root / self.deployment, ["run_350m.sh" if choice.family == "opt" else f"run_{choice.size}.sh"]
+        folder = root / self.deployment
+        if step == 3 and self.verifier_only:
+            return folder, [f"run_{choice.size}_verifier.sh"]
+        return folder, [f"run_{choice.size}.sh", f"run_{choice.size}_lora.sh"]
 
     def script(self, step: int) -> Path:
         """``training_scripts/<family>/<deployment>/run_<size>.sh`` (or its ``_lora`` variant) of the step."""
         choice = self.choice(step)
-        folder = STEP_DIRS[step] / "training_scripts" / choice.family / self.deployment
-        names = [f"run_{choice.size}_verifier.sh"] if step == 3 and self.verifier_only else \
-            [f"run_{choice.size}.sh", f"run_{choice.size}_lora.sh"]
+        folder, names = self._script_candidates(step)
         for name in names:
             if (folder / name).is_file():
                 return folder / name
         there = sorted(p.name for p in folder.glob("*.sh")) if folder.is_dir() else []
         listing = f"; there: {', '.join(there)}" if there else " (no such folder)"
         raise RunnerError(
-            f"step {step} ({STEP_NAMES[step]}): no script {names[0]} for --{self._flag(step)} "
+            f"step {step} ({self.step_name(step)}): no script {names[0]} for --{self._flag(step)} "
             f"{choice.base} and --deployment-type {self.deployment} in {folder}{listing}. "
             "Pick another model size or --deployment-type, or copy a script there as a template."
         )
 
     def _flag(self, step: int) -> str:
-        return "reward-model" if step == 2 else "actor-model"
+        return "reward-model" if step == 2 and not self.dpo else "actor-model"
 
     def command(self, step: int) -> list[str]:
         """The script's command line, then the run's own flags, then extra flags.
 
-        OUTPUT ZERO_STAGE for steps 1 and 2; step 3: ACTOR CRITIC ZEROs OUTPUT, or ACTOR ZERO_STAGE OUTPUT
-        for a verifier script (no critic, no reward model).
+        OUTPUT ZERO_STAGE for steps 1 and 2; OUTPUT ZERO_STAGE ACTOR for DPO (the step-1 model, at the actor's
+        stage); step 3: ACTOR CRITIC ZEROs OUTPUT, or ACTOR ZERO_STAGE OUTPUT for a verifier script (no critic, no
+        reward model).
         """
-        if step == 3 and self.verifier_only:
+        if self.runs_dpo(step):
+            args = [str(self.step_dir(2)), self.actor_zero_stage, str(self.step_dir(1))]
+        elif step == 3 and self.verifier_only:
             args = [str(self.step_dir(1)), self.actor_zero_stage, str(self.step_dir(3))]
         elif step == 3:
             args = [str(self.step_dir(1)), str(self.step_dir(2)), self.actor_zero_stage, self.reward_zero_stage,
@@ -199,7 +241,7 @@ class Plan:
         env.pop("MODEL", None)
         env["MASTER_PORT"] = str(free_port())
         choice = self.choice(step)
-        if step in (1, 2) and choice.model_env is not None:
+        if step in (1, 2) and not self.runs_dpo(step) and choice.model_env is not None:
             env["MODEL"] = choice.model_env
         return env
 
@@ -207,7 +249,9 @@ class Plan:
         flags = [f"--step {step}", f"--actor-model {shlex.quote(self.actor.base)}"]
         if self.seed is not None:
             flags.append(f"--seed {self.seed}")
-        if step == 2:
+        if self.dpo:
+            flags.append("--step2-method dpo")
+        elif step == 2:
             reward = FROM_STEP1 if self.reward.label.startswith(f"{FROM_STEP1}-") else self.reward.base
             flags.append(f"--reward-model {shlex.quote(reward)}")
         flags.append(f"--output-dir {shlex.quote(str(self.output_dir))}")
@@ -237,8 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                                   "step3-models/ and report.md go.")
     parser.add_argument("--deployment-type", default="single_gpu", choices=DEPLOYMENTS,
                         help="Which scripts run: one GPU, one node, or several nodes.")
-    parser.add_argument("--step3-algorithm", default="ppo", choices=ALGORITHMS,
-                        help="Step 3's algorithm: PPO with a critic, or critic-free GRPO, RLOO or REINFORCE++.")
+    parser.add_argument("--step2-method", default="reward", choices=STEP2_METHODS,
+                        help="Step 2 trains a reward model for step 3 (reward), or replaces steps 2 and 3 by DPO of "
+                             "the step-1 model on the step-2 pairs into dpo-models/ (dpo; default steps 1 2).")
+    parser.add_argument("--step3-algorithm", default=None, choices=ALGORITHMS,
+                        help="Step 3's algorithm: PPO with a critic (default), or critic-free GRPO, RLOO or "
+                             "REINFORCE++.")
     parser.add_argument("--reward-fn", default=None, metavar="NAME|FILE.py:FUNCTION",
                         help="Step 3 rewards from a function (prompt, response) -> float, e.g. synthetic_tasks (the "
                              "exact checker). With a critic-free algorithm no reward model is trained or loaded.")
@@ -269,15 +317,36 @@ def make_plan(args: argparse.Namespace) -> Plan:
     except ValueError as exc:
         raise RunnerError(f"--stepN-args: {exc}") from exc
     reward_fn = _caller_path(args.reward_fn) if args.reward_fn else None
-    verifier_only = reward_fn is not None and args.step3_algorithm != "ppo"
-    requested = args.step or ((1, 3) if verifier_only else (1, 2, 3))
+    algorithm = args.step3_algorithm or "ppo"
+    dpo = args.step2_method == "dpo"
+    if dpo:
+        check_dpo_flags(args)
+    verifier_only = reward_fn is not None and algorithm != "ppo"
+    requested = args.step or ((1, 2) if dpo else (1, 3) if verifier_only else (1, 2, 3))
     steps = () if args.report_only else tuple(sorted(set(requested)))
     plan = Plan(steps, actor, reward, args.actor_zero_stage, args.reward_zero_stage,
-                output_dir, args.deployment_type, extra, algorithm=args.step3_algorithm, reward_fn=reward_fn,
-                seed=args.seed)
+                output_dir, args.deployment_type, extra, algorithm=algorithm, reward_fn=reward_fn,
+                seed=args.seed, step2_method=args.step2_method)
     for step in plan.steps:
         plan.script(step)
     return plan
+
+
+def check_dpo_flags(args: argparse.Namespace) -> None:
+    """``--step2-method dpo`` trains the actor on preferences directly: flags of step 3 or of a reward model would
+    be ignored, so they are refused."""
+    unused = [flag for flag, given in (("--step3-algorithm", args.step3_algorithm is not None),
+                                       ("--reward-fn", args.reward_fn is not None),
+                                       ("--reward-model", args.reward_model is not None),
+                                       ("--reward-zero-stage", bool(args.reward_zero_stage)),
+                                       ("--step3-args", bool(args.step3_args)),
+                                       ("--step 3", 3 in (args.step or ()))) if given]
+    if unused:
+        raise RunnerError(
+            f"--step2-method dpo cannot be combined with {', '.join(unused)}: DPO trains the step-1 model on the "
+            "step-2 pairs directly, with no reward model and no step 3 (its ZeRO stage is --actor-zero-stage). "
+            "Drop those flags, or use --step2-method reward for the reward model and step 3."
+        )
 
 
 def _caller_path(reward_fn: str) -> str:
@@ -365,6 +434,15 @@ def check_step3_inputs(plan: Plan) -> None:
         raise RunnerError("\n".join(problems))
 
 
+def check_dpo_inputs(plan: Plan) -> None:
+    """DPO starts from the step-1 actor (and compares with it): it must exist and load."""
+    folder = plan.step_dir(1)
+    problem = model_problem(folder)
+    if problem:
+        raise RunnerError(f"DPO starts from the step-1 actor in {folder}, but {problem}.\n"
+                          f"  Run step 1 first: {plan.retrain_hint(1)}")
+
+
 def same_tokenizer(actor: Path, reward: Path) -> bool:
     """Whether the two models tokenise alike, compared as step 3 compares them before it trains."""
     from chatrlhf.utils.data.fingerprint import tokenizer_fingerprint
@@ -401,8 +479,9 @@ def looks_out_of_memory(log: Path, returncode: int) -> bool:
 
 def oom_advice(plan: Plan, step: int) -> str:
     """What to change when a step runs out of memory, with the flags of that step."""
-    zero_flag = "--reward-zero-stage" if step == 2 else "--actor-zero-stage"
-    current = (plan.reward_zero_stage if step == 2 else plan.actor_zero_stage) or "the script's default"
+    reward_stage = step == 2 and not plan.dpo
+    zero_flag = "--reward-zero-stage" if reward_stage else "--actor-zero-stage"
+    current = (plan.reward_zero_stage if reward_stage else plan.actor_zero_stage) or "the script's default"
     if step == 3:
         batch = "--per_device_generation_batch_size and --per_device_training_batch_size"
         checkpointing = "--actor_gradient_checkpointing --critic_gradient_checkpointing"
@@ -414,7 +493,7 @@ def oom_advice(plan: Plan, step: int) -> str:
         checkpointing = "--gradient_checkpointing"
         lora = "--lora_dim 128 --only_optimize_lora"
         zero = f"{zero_flag} 3"
-        extra = ""
+        extra = "; --offload_reference_model moves DPO's frozen reference to the CPU" if plan.dpo else ""
     choice = plan.choice(step)
     device = "" if _has_cuda() else " --device cpu"
     memory = (f"chatrlhf memory --step {step} --model {shlex.quote(choice.memory_name)}"
@@ -447,17 +526,17 @@ def run_step(plan: Plan, step: int) -> float:
     command = plan.command(step)
     folder = plan.step_dir(step)
     folder.mkdir(parents=True, exist_ok=True)
-    print(f"---=== Running step {step} ({STEP_NAMES[step]}) ===---\n{shlex.join(command)}", flush=True)
+    print(f"---=== Running step {step} ({plan.step_name(step)}) ===---\n{shlex.join(command)}", flush=True)
     started = time.perf_counter()
-    returncode = subprocess.run(command, cwd=STEP_DIRS[step], env=plan.env(step)).returncode
+    returncode = subprocess.run(command, cwd=plan.code_dir(step), env=plan.env(step)).returncode
     elapsed = time.perf_counter() - started
     record_timing(plan, step, elapsed, "ok" if returncode == 0 else f"failed (exit code {returncode})")
     if returncode == 0:
         print(f"---=== Finished step {step} in {_duration(elapsed)} ===---", flush=True)
         return elapsed
     log = folder / "training.log"
-    lines = [f"Step {step} ({STEP_NAMES[step]}) failed with exit code {returncode} after {_duration(elapsed)}.",
-             f"Command (run in {STEP_DIRS[step]}): {shlex.join(command)}"]
+    lines = [f"Step {step} ({plan.step_name(step)}) failed with exit code {returncode} after {_duration(elapsed)}.",
+             f"Command (run in {plan.code_dir(step)}): {shlex.join(command)}"]
     tail = log_tail(log)
     if tail:
         lines += [f"Last {len(tail)} lines of {log}:", *(f"  | {line}" for line in tail)]
@@ -494,24 +573,36 @@ def record_timing(plan: Plan, step: int, seconds: float, status: str) -> None:
 def make_report(plan: Plan, args: argparse.Namespace) -> Path:
     from chatrlhf.applications.e2e_report import ReportInputs, algorithm_name, write_report
 
+    if plan.dpo:
+        method = {"step 2 method": "DPO of the step-1 model (no reward model, no step 3)"}
+    else:
+        method = {"reward": f"function {plan.reward_fn}" if plan.verifier_only else f"model {plan.reward.base}"
+                  + (f" + function {plan.reward_fn}" if plan.reward_fn else ""),
+                  "step 3 algorithm": algorithm_name(plan.algorithm)}
+    stages = {"actor ZeRO stage": plan.actor_zero_stage or "script default"}
+    if not plan.dpo:
+        stages["reward ZeRO stage"] = plan.reward_zero_stage or "script default"
+    reward_plan = replace(plan, step2_method="reward")
     inputs = ReportInputs(
         output_dir=plan.output_dir,
-        step_dirs={step: plan.step_dir(step) for step in (1, 2, 3)},
+        step_dirs={step: reward_plan.step_dir(step) for step in (1, 2, 3)},
         base_model=plan.actor.base,
         timings=read_timings(plan.output_dir),
-        settings={"actor model": plan.actor.base,
-                  "reward": f"function {plan.reward_fn}" if plan.verifier_only else f"model {plan.reward.base}"
-                  + (f" + function {plan.reward_fn}" if plan.reward_fn else ""),
-                  "step 3 algorithm": algorithm_name(plan.algorithm), "seed": plan.seed or "scripts' default",
-                  "actor ZeRO stage": plan.actor_zero_stage or "script default",
-                  "reward ZeRO stage": plan.reward_zero_stage or "script default",
+        settings={"actor model": plan.actor.base, **method, "seed": plan.seed or "scripts' default", **stages,
                   "deployment": plan.deployment, "steps run": " ".join(map(str, plan.steps)) or "none (report only)"},
         synthetic=args.report_prompts,
         examples=args.report_examples,
         seed=1234 if plan.seed is None else plan.seed,
         rl_dirs=rl_dirs(plan),
+        dpo_dir=dpo_dir(plan),
     )
     return write_report(inputs)
+
+
+def dpo_dir(plan: Plan) -> Path | None:
+    """The DPO output of this actor in the output folder, whichever method this run used: they compare."""
+    folder = replace(plan, step2_method="dpo").step_dir(2)
+    return folder if folder.is_dir() else None
 
 
 def rl_dirs(plan: Plan) -> dict[str, Path]:
@@ -534,6 +625,8 @@ def main(argv: list[str] | None = None) -> int:
         for step in plan.steps:
             if step == 3:
                 check_step3_inputs(plan)
+            if plan.runs_dpo(step):
+                check_dpo_inputs(plan)
             run_step(plan, step)
     except RunnerError as exc:
         print(f"chatrlhf e2e: {exc}", file=sys.stderr, flush=True)

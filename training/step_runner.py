@@ -10,10 +10,11 @@ from chatrlhf.training.engine import init_train_engine
 from chatrlhf.training.loop import Trainer, make_loader, total_optimizer_steps, write_metrics
 from chatrlhf.training.metrics_log import MetricsLogger, print_rank0
 from chatrlhf.training.run_control import StopRequested
-from chatrlhf.training.run_setup import resolve_model, set_seed
+from chatrlhf.training.run_setup import set_seed
 from chatrlhf.utils import device
 from chatrlhf.utils.data.config import DataConfig
 from chatrlhf.utils.data.tokenized import StepData, build_step_data, sample_lengths
+from chatrlhf.utils.model.resolve import resolve_model
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,10 @@ class StepRun:
     def build_model(self, path: str, tokenizer):
         raise NotImplementedError
 
+    def prepare_data(self, data: StepData, path: str, tokenizer) -> StepData:
+        """The data as the task needs it, once the model is built (DPO adds precomputed reference log-probs)."""
+        return data
+
     def collator(self, tokenizer):
         raise NotImplementedError
 
@@ -84,6 +89,7 @@ class StepRun:
         data = build_step_data(self.data, self.step, tokenizer)
         self._report_data(data)
         model = self.build_model(path, tokenizer)
+        data = self.prepare_data(data, path, tokenizer)
         collate = self.collator(tokenizer)
         lengths = sample_lengths(data.train, self.step) if self.loop.group_by_length else None
         train_loader = make_loader(data.train, self.engine.micro_batch_size, collate, shuffle=True, seed=self.loop.seed,

@@ -41,11 +41,17 @@ class SFTCollator:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+# Per-pair numbers that ride along when the dataset has them: the prompt's length (DPO masks the prompt out of
+# its log-probs) and DPO's precomputed reference log-probs (float64, as cached).
+PAIR_COLUMNS = {"prompt_len": torch.long, "ref_chosen_logp": torch.float64, "ref_rejected_logp": torch.float64}
+
+
 @dataclass
 class PairCollator:
     """Step 2: the chosen rows, then the rejected rows, in one batch so one forward pass scores both.
 
-    The ``task``/``mistake`` labels (one per pair) ride along as lists for accuracy per task and mistake kind.
+    The ``task``/``mistake`` labels (one per pair) ride along as lists for accuracy per task and mistake kind,
+    and the ``PAIR_COLUMNS`` the dataset has as tensors (one value per pair).
     """
 
     pad_id: int
@@ -54,6 +60,9 @@ class PairCollator:
         seqs = [r["chosen_ids"] for r in rows] + [r["rejected_ids"] for r in rows]
         ids, mask = pad_sequences(seqs, self.pad_id)
         batch = {"input_ids": ids, "attention_mask": mask, "margin": torch.tensor([r["margin"] for r in rows])}
+        for key, dtype in PAIR_COLUMNS.items():
+            if key in rows[0]:
+                batch[key] = torch.tensor([r[key] for r in rows], dtype=dtype)
         for key in ("task", "mistake"):
             if key in rows[0]:
                 batch[key] = [r[key] for r in rows]

@@ -58,3 +58,18 @@ def tokenizer_fingerprint(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     body = backend.to_str() if backend is not None else sorted(tokenizer.get_vocab().items())
     return hash_text(body, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.bos_token_id)
+
+
+def weights_fingerprint(model) -> str:
+    """A model's identity for caches of what it computes: the bytes of every tensor of its state dict, by name.
+
+    It names the weights themselves, not the files they came from, so a retrained model in the same folder (or
+    the same weights in another) keys its outputs rightly.
+    """
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()[:20]

@@ -21,7 +21,9 @@ from chatrlhf.utils.data.partitions import StepRecords, step_records
 from chatrlhf.utils.data.records import Record
 from chatrlhf.utils.data.splitting import parse_source_spec
 
-CACHE_VERSION = 1
+# 2: step-2 pairs carry their prompt length (DPO masks the prompt out of the log-probs).
+# 3: local pair files' margin columns fill step 2's margins; the info names the sources without margins.
+CACHE_VERSION = 3
 TOKENIZE_BATCH = 512
 
 
@@ -41,11 +43,20 @@ def prompt_prefix_ids(tokenizer) -> list[int]:
     return [bos] if probe and probe[0] == bos else []
 
 
-def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
-    ids: list[list[int]] = []
-    for start in range(0, len(texts), TOKENIZE_BATCH):
-        ids.extend(tokenizer(texts[start : start + TOKENIZE_BATCH], add_special_tokens=False)["input_ids"])
-    return ids
+def _encode(tokenizer, texts: list[str], num_proc: int | None) -> list[list[int]]:
+    """Token ids of ``texts`` (no special tokens), tokenised by ``num_proc`` processes (None: this one)."""
+    if not texts:
+        return []
+
+    def tokenise(batch: dict[str, list]) -> dict[str, list]:
+        return {"ids": tokenizer(batch["text"], add_special_tokens=False)["input_ids"]}
+
+    # Nothing is cached per call (the whole result is, under its key), so a fixed fingerprint spares hashing
+    # the tokenizer.
+    encoded = datasets.Dataset.from_dict({"text": texts}).map(
+        tokenise, batched=True, batch_size=TOKENIZE_BATCH, num_proc=num_proc, remove_columns=["text"],
+        new_fingerprint="chatrlhf-tokenise", desc="tokenising")
+    return list(encoded["ids"])
 
 
 def _join(prompt: list[int], response: list[int], eos: int | None, max_len: int) -> list[int]:
@@ -63,8 +74,8 @@ def _meta_columns(records: list[Record]) -> dict[str, list]:
 
 def _build_step1(records: list[Record], tokenizer, cfg: DataConfig, dropped: dict) -> dict[str, list]:
     prefix = prompt_prefix_ids(tokenizer)
-    prompts = _encode(tokenizer, [r.prompt for r in records])
-    responses = _encode(tokenizer, [r.chosen for r in records])
+    prompts = _encode(tokenizer, [r.prompt for r in records], cfg.preprocessing_num_workers)
+    responses = _encode(tokenizer, [r.chosen for r in records], cfg.preprocessing_num_workers)
     out: dict[str, list] = {"input_ids": [], "prompt_len": []}
     for prompt, response in zip(prompts, responses):
         prompt = prefix + prompt
@@ -78,11 +89,12 @@ def _build_step1(records: list[Record], tokenizer, cfg: DataConfig, dropped: dic
 
 def _build_step2(records: list[Record], tokenizer, cfg: DataConfig, dropped: dict) -> dict[str, list]:
     prefix = prompt_prefix_ids(tokenizer)
-    prompts = _encode(tokenizer, [r.prompt for r in records])
-    chosen = _encode(tokenizer, [r.chosen for r in records])
-    rejected = _encode(tokenizer, [r.rejected or "" for r in records])
+    prompts = _encode(tokenizer, [r.prompt for r in records], cfg.preprocessing_num_workers)
+    chosen = _encode(tokenizer, [r.chosen for r in records], cfg.preprocessing_num_workers)
+    rejected = _encode(tokenizer, [r.rejected or "" for r in records], cfg.preprocessing_num_workers)
     meta = _meta_columns(records)
-    out: dict[str, list] = {"chosen_ids": [], "rejected_ids": [], "margin": [], "task": [], "mistake": []}
+    out: dict[str, list] = {"chosen_ids": [], "rejected_ids": [], "prompt_len": [], "margin": [], "task": [],
+                            "mistake": []}
     eos = tokenizer.eos_token_id
     for i, (prompt, good, bad) in enumerate(zip(prompts, chosen, rejected)):
         prompt = prefix + prompt
@@ -95,6 +107,7 @@ def _build_step2(records: list[Record], tokenizer, cfg: DataConfig, dropped: dic
             continue
         out["chosen_ids"].append(good_ids)
         out["rejected_ids"].append(bad_ids)
+        out["prompt_len"].append(len(prompt))
         out["margin"].append(float(records[i].meta.get("margin", 0.0)))
         out["task"].append(meta["task"][i])
         out["mistake"].append(meta["mistake"][i])
@@ -103,7 +116,7 @@ def _build_step2(records: list[Record], tokenizer, cfg: DataConfig, dropped: dic
 
 def _build_step3(records: list[Record], tokenizer, cfg: DataConfig, dropped: dict) -> dict[str, list]:
     prefix = prompt_prefix_ids(tokenizer)
-    prompts = _encode(tokenizer, [r.prompt for r in records])
+    prompts = _encode(tokenizer, [r.prompt for r in records], cfg.preprocessing_num_workers)
     meta = _meta_columns(records)
     out: dict[str, list] = {"prompt_ids": [], "prompt": [], "chosen": [], "task": []}
     for i, ids in enumerate(prompts):
@@ -125,8 +138,8 @@ _IDS = datasets.Sequence(datasets.Value("int32"))
 _TEXT = datasets.Value("string")
 FEATURES = {
     1: datasets.Features({"input_ids": _IDS, "prompt_len": datasets.Value("int32")}),
-    2: datasets.Features({"chosen_ids": _IDS, "rejected_ids": _IDS, "margin": datasets.Value("float32"),
-                          "task": _TEXT, "mistake": _TEXT}),
+    2: datasets.Features({"chosen_ids": _IDS, "rejected_ids": _IDS, "prompt_len": datasets.Value("int32"),
+                          "margin": datasets.Value("float32"), "task": _TEXT, "mistake": _TEXT}),
     3: datasets.Features({"prompt_ids": _IDS, "prompt": _TEXT, "chosen": _TEXT, "task": _TEXT}),
 }
 
@@ -141,7 +154,7 @@ def sample_lengths(dataset: datasets.Dataset, step: int) -> list[int]:
 def cache_key(cfg: DataConfig, step: int, tokenizer) -> str:
     sources = [(spec, source_fingerprint(parse_source_spec(spec)[0], cfg.seed)) for spec in cfg.data_path]
     sft_only = [(spec, source_fingerprint(spec, cfg.seed)) for spec in cfg.sft_only_data_path]
-    unkeyed = {"data_path", "sft_only_data_path", "data_output_path"}
+    unkeyed = {"data_path", "sft_only_data_path", "data_output_path", "preprocessing_num_workers"}
     settings = {k: v for k, v in asdict(cfg).items() if k not in unkeyed}
     if step != 3:
         settings.pop("max_prompt_seq_len")
@@ -170,6 +183,10 @@ def _build(cfg: DataConfig, step: int, tokenizer, records: StepRecords | None) -
         "num_train": len(train),
         "num_eval": len(evals),
     }
+    if step == 2:
+        # Sources whose pairs carry no margin (their margin column holds 0): step 2's --use_margin refuses them.
+        info["sources_without_margin"] = sorted({r.source for r in records.train + records.eval
+                                                 if "margin" not in r.meta})
     return StepData(train, evals, info)
 
 

@@ -72,14 +72,46 @@ def answer_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     return head(hidden[:, start - 1 : -1])
 
 
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log p(token) under ``logits`` (computed in fp32)."""
-    return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, *, fp32: bool = True) -> torch.Tensor:
+    """log p(token) under ``logits`` (computed in fp32 unless ``fp32`` is False: then in the logits' dtype)."""
+    return torch.log_softmax(logits.float() if fp32 else logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-def token_logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``token_logprobs`` and the (gradient-free) entropy of each position, from one fp32 log-softmax."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
+def answer_logprobs(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_len: torch.Tensor,
+    *,
+    fp32: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of a right-padded batch: the summed log-probs of the answer tokens, in fp32, and how many there are.
+
+    The answer is everything after the row's first ``prompt_len`` tokens that the mask keeps; the prompt's own
+    tokens never count (though they condition the answer). The head runs on the answer positions only;
+    ``fp32`` says whether the log-softmax runs in fp32 or the model's dtype (``--compute_fp32_loss``).
+    """
+    rows, width = input_ids.shape
+    positions = torch.arange(1, width, device=input_ids.device)
+    keep = (positions.unsqueeze(0) >= prompt_len.to(input_ids.device).unsqueeze(1)) & attention_mask[:, 1:].bool()
+    parts = split_lm(model)
+    if parts is None:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1][keep]
+    else:
+        backbone, head = parts
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
+        logits = head(hidden[:, :-1][keep])
+    logp = token_logprobs(logits, input_ids[:, 1:][keep], fp32=fp32).float()
+    owner = torch.arange(rows, device=input_ids.device).unsqueeze(1).expand(-1, width - 1)[keep]
+    sums = torch.zeros(rows, dtype=torch.float32, device=logp.device).index_add(0, owner, logp)
+    return sums, keep.sum(dim=1)
+
+
+def token_logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor, *,
+                               fp32: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """``token_logprobs`` and the (gradient-free) entropy of each position, from one log-softmax (in fp32
+    unless ``fp32`` is False: then in the logits' dtype)."""
+    logp = torch.log_softmax(logits.float() if fp32 else logits, dim=-1)
     with torch.no_grad():
         ent = -(logp.exp() * logp).sum(-1)
     return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), ent

@@ -1,0 +1,140 @@
+"""DPO's reference: a frozen model scored every step, the LoRA policy with its adapters off, or log-probs
+computed once before training and cached on disk.
+
+The cache of precomputed log-probs is keyed by the tokenised data's own cache key and a hash of the
+reference's weights: the data key names no model, so a retrained SFT model in the same folder must not
+read the old model's log-probs.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import datasets
+import torch
+from torch import nn
+from torch.utils.data import DistributedSampler
+
+from chatrlhf.training.config import EngineSettings
+from chatrlhf.training.engine import init_eval_engine
+from chatrlhf.training.loop import to_device
+from chatrlhf.training.metrics_log import print_rank0
+from chatrlhf.training.saving import atomic_dir
+from chatrlhf.utils import device
+from chatrlhf.utils.data.fingerprint import hash_text, weights_fingerprint
+from chatrlhf.utils.data.tokenized import StepData
+from chatrlhf.utils.model.lm_forward import answer_logprobs
+
+REF_CACHE_VERSION = 1
+REF_COLUMNS = ("ref_chosen_logp", "ref_rejected_logp")
+
+
+def pair_sums(model: nn.Module, batch: dict, *, fp32: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed answer log-probs and answer token counts of a ``PairCollator`` batch (chosen rows, then rejected)."""
+    prompt_len = batch["prompt_len"].repeat(2)
+    return answer_logprobs(model, batch["input_ids"], batch["attention_mask"], prompt_len, fp32=fp32)
+
+
+@contextmanager
+def adapters_off(policy: nn.Module) -> Iterator[nn.Module]:
+    """The LoRA policy with its adapters off and dropout off: the model it started from (``--only_optimize_lora``)."""
+    was_training = policy.training
+    policy.eval()
+    try:
+        with policy.disable_adapter():
+            yield policy
+    finally:
+        policy.train(was_training)
+
+
+@dataclass
+class LiveReference:
+    """The reference scored every step: a frozen model, or (``model`` None) the policy with its adapters off."""
+
+    model: nn.Module | None = None
+
+    @contextmanager
+    def scoring(self, policy: nn.Module) -> Iterator[nn.Module]:
+        if self.model is not None:
+            yield self.model
+            return
+        with adapters_off(policy) as reference:
+            yield reference
+
+
+def load_reference(path: str, tokenizer, options, engine: EngineSettings, offload: bool) -> tuple[nn.Module, str]:
+    """The frozen reference and the hash of its weights.
+
+    Under ZeRO-3 it is sharded like the policy; ``offload`` (``--offload_reference_model``) keeps its
+    parameters on the CPU through ZeRO-3 parameter offload, whatever the policy's stage. Otherwise it is a plain
+    module on the device.
+    """
+    from chatrlhf.utils.model.loading import load_causal_lm
+
+    model = load_causal_lm(path, tokenizer, options)
+    identity = weights_fingerprint(model)
+    if engine.zero_stage == 3 or offload:
+        settings = EngineSettings(zero_stage=3, offload=offload, dtype=engine.dtype,
+                                  micro_batch_size=engine.micro_batch_size)
+        return init_eval_engine(model, settings).module, identity
+    model.requires_grad_(False)
+    return model.to(device.local_device()).eval(), identity
+
+
+def ref_cache_dir(data: StepData, reference_identity: str, fp32: bool) -> str:
+    """Where the reference log-probs of ``data`` under this reference are cached, beside the tokenised data."""
+    data_dir = data.info["cache_dir"]
+    key = hash_text(REF_CACHE_VERSION, os.path.basename(data_dir), reference_identity, fp32)
+    return os.path.join(os.path.dirname(data_dir), f"dpo_ref_{key}")
+
+
+def _score_split(reference: nn.Module, dataset: datasets.Dataset, collate, batch_size: int,
+                 fp32: bool) -> tuple[list[float], list[float]]:
+    """Every pair's summed reference log-probs; each rank scores its share and all ranks get the whole."""
+    sampler = DistributedSampler(dataset, num_replicas=device.world_size(), rank=device.rank(), shuffle=False)
+    indices = list(sampler)
+    scored: list[tuple[int, float, float]] = []
+    target = device.local_device()
+    with torch.no_grad():
+        for start in range(0, len(indices), batch_size):
+            rows = indices[start : start + batch_size]
+            batch = to_device(collate([dataset[i] for i in rows]), target)
+            sums, _ = pair_sums(reference, batch, fp32=fp32)
+            half = len(rows)
+            scored += zip(rows, sums[:half].tolist(), sums[half:].tolist())
+    found = {row: (chosen, rejected) for part in device.all_gather_json(scored) for row, chosen, rejected in part}
+    return [found[i][0] for i in range(len(dataset))], [found[i][1] for i in range(len(dataset))]
+
+
+def precomputed_reference(
+    data: StepData,
+    reference: nn.Module,
+    reference_identity: str,
+    collate,
+    batch_size: int,
+    *,
+    fp32: bool,
+) -> StepData:
+    """``data`` with the reference's summed answer log-probs as columns, computed once and cached on disk."""
+    target = ref_cache_dir(data, reference_identity, fp32)
+    hit = device.all_ranks(os.path.isdir(target))
+    if not hit:
+        splits = {}
+        for name, split in (("train", data.train), ("eval", data.eval)):
+            chosen, rejected = _score_split(reference, split, collate, batch_size, fp32)
+            splits[name] = datasets.Dataset.from_dict(
+                dict(zip(REF_COLUMNS, (chosen, rejected))),
+                datasets.Features({column: datasets.Value("float64") for column in REF_COLUMNS}),
+            )
+        if device.is_main_process():
+            atomic_dir(target, datasets.DatasetDict(splits).save_to_disk)
+    device.barrier()
+    cached = datasets.load_from_disk(target)
+    print_rank0(f"reference log-probs {'cached' if hit else 'computed'} at {target}")
+    train, evals = data.train, data.eval
+    for column in REF_COLUMNS:
+        train = train.add_column(column, cached["train"][column])
+        evals = evals.add_column(column, cached["eval"][column])
+    return StepData(train, evals, {**data.info, "ref_cache_dir": target, "ref_cache_hit": hit})
