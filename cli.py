@@ -7,12 +7,13 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("chatrlhf.step1_sft.main", "Step 1: supervised fine-tuning"),
     "reward": ("chatrlhf.step2_reward.main", "Step 2: reward model training"),
+    "dpo": ("chatrlhf.step2_dpo.main", "Step 2 alternative: DPO (and IPO, SimPO, ORPO, ...) of the SFT model"),
     "ppo": ("chatrlhf.step3_rlhf.main", "Step 3: PPO RLHF"),
     "e2e": ("chatrlhf.applications.e2e_rlhf", "Run steps 1-3 end to end and write a report"),
     "chat": ("chatrlhf.applications.chat", "Chat with a model in the terminal"),
     "compare": ("chatrlhf.applications.compare", "Compare models on held-out prompts"),
-    "memory": ("chatrlhf.utils.memory_estimator", "Estimate memory per GPU and CPU for a run"),
-    "data": ("chatrlhf.utils.data.report", "Inspect data sources, splits and overlaps"),
+    "memory": ("chatrlhf.applications.memory_estimator", "Estimate memory per GPU and CPU for a run"),
+    "data": ("chatrlhf.applications.data_report", "Inspect data sources, splits and overlaps"),
 }
 
 

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer, set_seed
+from transformers import TextStreamer, set_seed
 
 from chatrlhf.utils.model.generation import STOP_MARKERS, GenerationSettings, cut_at_new_turn, encode_prompts
 
@@ -129,21 +129,6 @@ class TerminalStreamer(TextStreamer):
             self.write(shown)
 
 
-class StopAtNewTurn(StoppingCriteria):
-    """Ends generation as soon as the model starts a ``Human:`` turn, rather than at ``max_new_tokens``.
-
-    It decodes the tokens itself because the streamer only passes on whole words, which can be a token late.
-    """
-
-    def __init__(self, tokenizer, prompt_length: int) -> None:
-        self.tokenizer = tokenizer
-        self.prompt_length = prompt_length
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor | None, **kwargs) -> torch.Tensor:
-        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
-        return torch.tensor([cut_at_new_turn(t) != t for t in texts], dtype=torch.bool, device=input_ids.device)
-
-
 @torch.no_grad()
 def stream_answer(model, tokenizer, prompt: str, settings: GenerationSettings, write: Write) -> str:
     """Generate the answer to ``prompt``, writing it as it comes; returns exactly what was written."""
@@ -158,7 +143,9 @@ def stream_answer(model, tokenizer, prompt: str, settings: GenerationSettings, w
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         streamer=streamer,
-        stopping_criteria=StoppingCriteriaList([StopAtNewTurn(tokenizer, ids.shape[1])]),
+        # transformers checks the stop strings on the new tokens alone, without decoding the whole answer.
+        stop_strings=list(STOP_MARKERS),
+        tokenizer=tokenizer,
         **(sampling if settings.do_sample else {}),
     )
     return streamer.cutter.printed

@@ -1,11 +1,13 @@
-"""``chatrlhf memory``: estimate per-GPU and host memory of an SFT, reward or PPO run before launching it.
+"""``chatrlhf memory``: estimate per-GPU and host memory of an SFT, reward or step-3 (PPO, GRPO, RLOO, REINFORCE++)
+run before launching it.
 
 Library use::
 
-    from chatrlhf.utils.memory_estimator import RunSettings, cpu_process_bytes, estimate_memory
+    from chatrlhf.applications.memory_estimator import RunSettings, cpu_process_bytes, estimate_memory
     from chatrlhf.utils.model_specs import load_model_spec
     estimate = estimate_memory(load_model_spec("opt-1.3b"), RunSettings(step=1, zero_stage=3, gpus_per_node=8))
     estimate.gpu_peak, estimate.host_peak, estimate.rows["activations"], estimate.fits
+    grpo = RunSettings(step=3, algorithm="grpo", num_samples_per_prompt=8, reward_fn=True)  # no critic, no reward model
     peak_rss = cpu_process_bytes(model.config.to_dict(), RunSettings(dtype="fp32", train_batch_size=2))
 
 Model states agree with DeepSpeed's ZeRO estimators; activations, the generation KV cache and communication
@@ -20,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from chatrlhf.step3_rlhf.config import ALGORITHMS, AlgorithmConfig
 from chatrlhf.utils.activation_memory import (
     Attention,
     TrainingActivations,
@@ -42,13 +45,15 @@ Device = Literal["cuda", "cpu"]
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 GIB = 2**30
 STEP_NAMES = {1: "SFT", 2: "reward model", 3: "PPO"}
+ALGORITHM_NAMES = {"ppo": "PPO", "grpo": "GRPO", "rloo": "RLOO", "reinforce_pp": "REINFORCE++"}
 # What a training process holds before any model: Python, torch, transformers, DeepSpeed and its process group,
 # the tokenizer, the data set and TensorBoard. Measured on the project's 2-core CPU machine (torch 2.13 CPU,
 # transformers 5.23, deepspeed 0.19.8) as the peak RSS of a step-1 run of a 2.6-thousand-parameter model
 # (571,802 KiB; step 3 with that model as all four: 584,909 KiB). The imports alone are 268,012 KiB.
 BASELINE_PROCESS_BYTES = 571_802 * 1024
 # DeepSpeed-Chat README: GPU GB / 3 = billions of parameters for step 1 with ZeRO-3 + LoRA + gradient
-# checkpointing (step 2 trains one model, so the same); GPU GB / 6 for actor plus critic in step 3.
+# checkpointing (step 2 trains one model, so the same); GPU GB / 6 for actor plus critic in step 3. A critic-free
+# step 3 trains one model, the actor, so it gets the single-model rule (see ``rule_of_thumb_divisor``).
 RULE_OF_THUMB_DIVISOR = {1: 3, 2: 3, 3: 6}
 ROWS = (
     "weights",
@@ -93,9 +98,20 @@ class RunSettings:
     critic: ModelSpec = field(default_factory=lambda: KNOWN_MODELS["opt-350m"])
     offload_reference_model: bool = False
     offload_reward_model: bool = False
+    algorithm: str = "ppo"
+    """Step 3's algorithm (``chatrlhf ppo --algorithm``): only ppo loads and trains a critic."""
+    num_samples_per_prompt: int = 1
+    """Step 3: completions per prompt; a rollout holds ``generation_batch_size`` prompts x this many."""
+    reward_model: ModelSpec | None = None
+    """Step 3's frozen reward model (``--reward_model_name_or_path``). None: ``critic``'s model, as ``chatrlhf ppo``
+    defaults it, unless ``reward_fn`` (then there is no reward model)."""
+    reward_fn: bool = False
+    """Step 3 takes (part of) its reward from a Python function (``--reward_fn``): no reward model is loaded unless
+    ``reward_model`` names one."""
     reduce_bucket_size: int = REDUCE_BUCKET_SIZE
     cpu_buffer_factor: float = CPU_BUFFER_FACTOR
     zero: ZeroSettings = field(init=False, repr=False, compare=False)
+    algorithm_config: AlgorithmConfig = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         checks = {
@@ -110,9 +126,21 @@ class RunSettings:
                 self.max_prompt_seq_len, self.max_answer_seq_len,
             ) >= 1,
         }
+        if self.step != 3:
+            step3_only = {
+                f"--algorithm {self.algorithm}": self.algorithm != "ppo",
+                f"--num_samples_per_prompt {self.num_samples_per_prompt}": self.num_samples_per_prompt != 1,
+                "--reward_model_name_or_path": self.reward_model is not None,
+                "--reward_fn": self.reward_fn,
+            }
+            checks.update({f"{flag} applies to --step 3 only (got --step {self.step})": not given
+                           for flag, given in step3_only.items()})
         failed = [message for message, ok in checks.items() if not ok]
         if failed:
             raise ValueError("; ".join(failed))
+        # chatrlhf ppo's own checks: a known --algorithm, and 2+ samples per prompt for grpo and rloo.
+        object.__setattr__(self, "algorithm_config", AlgorithmConfig(
+            name=self.algorithm, num_samples_per_prompt=self.num_samples_per_prompt))
         zero = ZeroSettings(  # validates stage, offload and GPU counts
             stage=self.zero_stage, offload=self.offload, gpus_per_node=self.gpus_per_node, num_nodes=self.num_nodes,
             reduce_bucket_size=self.reduce_bucket_size, cpu_buffer_factor=self.cpu_buffer_factor,
@@ -123,6 +151,26 @@ class RunSettings:
     @property
     def dtype_bytes(self) -> int:
         return DTYPE_BYTES[self.dtype]
+
+    @property
+    def uses_critic(self) -> bool:
+        """Step 3 with ``--algorithm ppo``: the critic-free algorithms load no critic at all."""
+        return self.step == 3 and self.algorithm_config.uses_critic
+
+    @property
+    def reward_spec(self) -> ModelSpec | None:
+        """Step 3's reward model as ``chatrlhf ppo`` picks it: ``--reward_model_name_or_path``, else the critic's
+        model unless ``--reward_fn`` is given; None when there is none (or before step 3)."""
+        if self.step != 3:
+            return None
+        if self.reward_model is not None:
+            return self.reward_model
+        return None if self.reward_fn else self.critic
+
+    @property
+    def rollout_rows(self) -> int:
+        """Sequences of one rollout: ``generation_batch_size`` prompts x ``num_samples_per_prompt`` completions."""
+        return self.generation_batch_size * self.num_samples_per_prompt
 
     @property
     def seq_len(self) -> int:
@@ -188,16 +236,21 @@ def _engines(model: ModelSpec, run: RunSettings) -> tuple[EngineStates, ...]:
         return (trained_engine("model", model, "lm", zero, dtype_bytes=w, lora_dim=run.lora_dim),)
     if run.step == 2:
         return (trained_engine("model", model, "reward", zero, dtype_bytes=w, lora_dim=run.lora_dim),)
-    return (
+    engines = [
         trained_engine("actor", model, "lm", zero, dtype_bytes=w, lora_dim=run.lora_dim),
         frozen_engine("reference", model, "lm", zero, dtype_bytes=w, offload=run.offload_reference_model),
-        trained_engine("critic", run.critic, "reward", zero, dtype_bytes=w, lora_dim=run.lora_dim),
-        frozen_engine("reward", run.critic, "reward", zero, dtype_bytes=w, offload=run.offload_reward_model),
-    )
+    ]
+    if run.uses_critic:
+        engines.append(trained_engine("critic", run.critic, "reward", zero, dtype_bytes=w, lora_dim=run.lora_dim))
+    if run.reward_spec is not None:
+        engines.append(frozen_engine("reward", run.reward_spec, "reward", zero, dtype_bytes=w,
+                                     offload=run.offload_reward_model))
+    return tuple(engines)
 
 
 def _training_activations(model: ModelSpec, run: RunSettings) -> tuple[TrainingActivations, ...]:
-    """Step 1: one SFT micro-batch. Step 2: chosen + rejected, ``2b`` sequences. Step 3: actor, then critic."""
+    """Step 1: one SFT micro-batch. Step 2: chosen + rejected, ``2b`` sequences. Step 3: actor, then the critic
+    (PPO only); training micro-batches are ``train_batch_size`` rows whatever ``num_samples_per_prompt``."""
     common = {
         "seq": run.seq_len, "dtype_bytes": run.dtype_bytes, "attention": run.attention,
         "gradient_checkpointing": run.gradient_checkpointing, "lora_dim": run.lora_dim,
@@ -208,15 +261,15 @@ def _training_activations(model: ModelSpec, run: RunSettings) -> tuple[TrainingA
         return (training_activation_bytes(model, "lm", batch=b, **common),)
     if run.step == 2:
         return (training_activation_bytes(model, "reward", batch=2 * b, **common),)
-    return (
-        training_activation_bytes(model, "lm", batch=b, fp32_loss=False, **common),
-        training_activation_bytes(run.critic, "reward", batch=b, **common),
-    )
+    actor = training_activation_bytes(model, "lm", batch=b, fp32_loss=False, **common)
+    if not run.uses_critic:
+        return (actor,)
+    return actor, training_activation_bytes(run.critic, "reward", batch=b, **common)
 
 
 def check_positions(model: ModelSpec, run: RunSettings) -> None:
     """Sequences longer than the position table cannot run at all, so refuse to estimate them."""
-    models = [model] if run.step < 3 else [model, run.critic]
+    models = [model] + ([run.critic] if run.uses_critic else []) + [s for s in (run.reward_spec,) if s is not None]
     for spec in models:
         if run.seq_len > spec.max_positions:
             flags = "--max_seq_len" if run.step < 3 else "--max_prompt_seq_len + --max_answer_seq_len"
@@ -234,7 +287,7 @@ def estimate_memory(model: ModelSpec, run: RunSettings) -> MemoryEstimate:
     activations = max(act.total for act in training)
     kv_cache = 0
     if run.step == 3:
-        seq, gen_batch = run.seq_len, run.generation_batch_size
+        seq, gen_batch = run.seq_len, run.rollout_rows  # generation and scoring hold the whole rollout
         activations = max(activations, experience_bytes(model, gen_batch, seq, run.dtype_bytes, run.attention))
         kv_cache = kv_cache_bytes(model, gen_batch, seq, run.dtype_bytes)
 
@@ -286,9 +339,36 @@ class MemoryReport:
     rule_difference: str
 
 
+def rule_of_thumb_divisor(run: RunSettings) -> int:
+    """DeepSpeed-Chat's divisor: 3 for one trained model (steps 1, 2), 6 for actor + critic (step 3, PPO).
+
+    A critic-free step 3 trains only the actor, so halving the budget for a critic would be wrong: it gets the
+    single-trained-model rule, / 3 (which, like / 6, leaves out the frozen reference and reward model)."""
+    if run.step == 3 and not run.uses_critic:
+        return RULE_OF_THUMB_DIVISOR[1]
+    return RULE_OF_THUMB_DIVISOR[run.step]
+
+
 def rule_of_thumb_billions(run: RunSettings) -> float:
-    """DeepSpeed-Chat's rule: memory GB / 3 (step 1, 2) or / 6 (step 3, actor + critic) billions of params."""
-    return run.memory_gib / RULE_OF_THUMB_DIVISOR[run.step]
+    """DeepSpeed-Chat's rule: memory GB / ``rule_of_thumb_divisor`` billions of trained params."""
+    return run.memory_gib / rule_of_thumb_divisor(run)
+
+
+def rule_of_thumb_counts(run: RunSettings) -> str:
+    """The parameters the rule of thumb bounds."""
+    if run.step < 3:
+        return "model"
+    return "actor + critic" if run.uses_critic else "actor only: no critic"
+
+
+def counted_models(run: RunSettings) -> str:
+    """Step 3: which models the estimate holds, and why any of DeepSpeed-Chat's four is missing."""
+    roles = ["actor", "reference"] + (["critic"] if run.uses_critic else [])
+    roles += ["reward model"] if run.reward_spec is not None else []
+    missing = [] if run.uses_critic else [f"no critic (--algorithm {run.algorithm} is critic-free)"]
+    if run.reward_spec is None:
+        missing.append("no reward model (--reward_fn without --reward_model_name_or_path)")
+    return " + ".join(roles) + "".join(f"; {reason}" for reason in missing)
 
 
 def _rule_difference(estimate: MemoryEstimate) -> str:
@@ -305,15 +385,17 @@ def _rule_difference(estimate: MemoryEstimate) -> str:
             "the rule assumes ZeRO-3 + LoRA + gradient checkpointing (~3 bytes/param per GPU); this run has no "
             f"{' or '.join(missing)}, so its model states and activations cost more per parameter."
         )
-    batch = run.train_batch_size * (2 if run.step == 2 else 1)
+    tokens = f"{run.train_batch_size * (2 if run.step == 2 else 1)} x {run.seq_len} tokens"
+    if run.step == 3:
+        tokens = f"{tokens} in training, {run.rollout_rows} x {run.seq_len} in experience scoring"
     activations = format_bytes(estimate.rows["activations"].gpu)
     if run.zero.world_size > 1:
         return (
             f"the rule is per GPU and ignores that ZeRO-3 splits model states over {run.zero.world_size} GPUs, "
-            f"and the {activations} of activations for {batch} x {run.seq_len} tokens."
+            f"and the {activations} of activations for {tokens}."
         )
     return (
-        f"the rule ignores activations ({activations} for {batch} x {run.seq_len} tokens), DeepSpeed's "
+        f"the rule ignores activations ({activations} for {tokens}), DeepSpeed's "
         f"{format_bytes(estimate.rows['buffers'].gpu)} of buffers and frozen weights (16-bit, 2 bytes/param)."
     )
 
@@ -353,10 +435,17 @@ def _notes(estimate: MemoryEstimate) -> list[str]:
     notes = [f"the largest training pass keeps {format_bytes(largest.layers)} in the layers and "
              f"{format_bytes(largest.logits)} of logits / values for backward."]
     if run.step == 3:
-        notes.append("activations = max(actor training, critic training, experience scoring); the KV cache is "
-                     "only live during generation, so the peak counts max(activations, KV cache).")
+        passes = "actor training, critic training" if run.uses_critic else "actor training (no critic)"
+        notes.append(f"activations = max({passes}, experience scoring); the KV cache is only live during "
+                     "generation, so the peak counts max(activations, KV cache).")
+        notes.append(f"generation and experience scoring hold the whole rollout: {run.generation_batch_size} prompts "
+                     f"x {run.num_samples_per_prompt} sample(s) = {run.rollout_rows} sequences; training "
+                     f"micro-batches are {run.train_batch_size} sequences.")
+        has_reward_model = run.reward_spec is not None
+        if run.offload_reward_model and not has_reward_model:
+            notes.append("--offload_reward_model changes nothing: this run loads no reward model.")
         offloaded = [name for name, on in (("reference", run.offload_reference_model),
-                                           ("reward", run.offload_reward_model)) if on]
+                                           ("reward", run.offload_reward_model and has_reward_model)) if on]
         if offloaded and run.zero_stage != 3:
             notes.append(f"DeepSpeed offloads parameters only at ZeRO-3, so at ZeRO-{run.zero_stage} the "
                          f"{' and '.join(offloaded)} model(s) stay on the GPU; use --zero_stage 3 to offload them.")
@@ -385,14 +474,18 @@ def render_report(report: MemoryReport) -> str:
     sequences = (
         f"batch {run.train_batch_size} x {run.seq_len} tokens" + (" (x2: chosen + rejected)" if run.step == 2 else "")
         if run.step < 3 else
-        f"train batch {run.train_batch_size}, generation batch {run.generation_batch_size}, "
+        f"train batch {run.train_batch_size}, generation batch {run.generation_batch_size}"
+        + (f" prompts x {run.num_samples_per_prompt} samples = {run.rollout_rows} sequences"
+           if run.num_samples_per_prompt > 1 else "") + ", "
         f"{run.max_prompt_seq_len} prompt + {run.max_answer_seq_len} answer tokens"
     )
     offload = "offload" if run.offload else "no offload"
     lora = f"LoRA r={run.lora_dim}" if run.lora_dim else "no LoRA"
     checkpointing = "gradient checkpointing" if run.gradient_checkpointing else "no gradient checkpointing"
+    step_name = STEP_NAMES[run.step] if run.step < 3 else ALGORITHM_NAMES[run.algorithm] + (
+        "" if run.uses_critic else ", critic-free")
     lines = [
-        f"chatrlhf memory: step {run.step} ({STEP_NAMES[run.step]}) of {model.name} on {hardware}",
+        f"chatrlhf memory: step {run.step} ({step_name}) of {model.name} on {hardware}",
         f"  {run.dtype}, ZeRO-{run.zero_stage}, {offload}, {lora}, {checkpointing}, {run.attention} attention, "
         f"{sequences}",
         "",
@@ -420,6 +513,8 @@ def render_report(report: MemoryReport) -> str:
     lines.append(f"{verdict}: needs {need} of {have} {where} ({estimate.compared_bytes / estimate.capacity_bytes:.0%})")
     if run.host_memory_gib is not None and not on_cpu:
         lines.append(f"  host: needs {format_bytes(estimate.host_peak)} of {run.host_memory_gib:.1f} GiB per node")
+    if run.step == 3:
+        lines.append(f"  counted: {counted_models(run)}")
 
     role = "actor" if run.step == 3 else "model"
     best, ours = report.largest_fitting, 0
@@ -429,12 +524,14 @@ def render_report(report: MemoryReport) -> str:
         best_params = best.params("reward" if run.step == 2 else "lm")
         lines.append(f"largest {model.family} {role} that fits with these settings: {best.name} "
                      f"({format_params(best_params)} params)")
-        ours = best_params + (run.critic.params("reward") if run.step == 3 else 0)
-    counted = "actor + critic" if run.step == 3 else "model"
+        ours = best_params + (run.critic.params("reward") if run.uses_critic else 0)
     lines.append(
-        f"DeepSpeed-Chat rule of thumb: {run.memory_gib:.4g} GB / {RULE_OF_THUMB_DIVISOR[run.step]} = "
-        f"{report.rule_of_thumb_billions:.1f}B params ({counted}); this estimate: {ours / 1e9:.2f}B"
+        f"DeepSpeed-Chat rule of thumb: {run.memory_gib:.4g} GB / {rule_of_thumb_divisor(run)} = "
+        f"{report.rule_of_thumb_billions:.1f}B params ({rule_of_thumb_counts(run)}); this estimate: {ours / 1e9:.2f}B"
     )
+    if run.step == 3 and not run.uses_critic:
+        lines.append("  critic-free: DeepSpeed-Chat's GB / 6 budgets an actor + critic; with no critic this uses its "
+                     "single-trained-model rule, GB / 3, for the actor.")
     lines.append(f"  why they differ: {report.rule_difference}")
     lines += [f"note: {note}" for note in _notes(estimate)]
     return "\n".join(lines)
@@ -449,7 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--model", "--model_name_or_path", "--actor_model_name_or_path", dest="model", default="opt-1.3b",
         help=f"model directory, config.json, or a known name: {', '.join(KNOWN_MODELS)} (default opt-1.3b)")
     add("--critic_model", "--critic_model_name_or_path", dest="critic_model", default="opt-350m",
-        help="step 3 critic and reward model (default opt-350m)")
+        help="step 3 critic (--algorithm ppo only), and the reward model unless --reward_model_name_or_path or "
+             "--reward_fn is given, as in chatrlhf ppo (default opt-350m)")
     add("--step", type=int, choices=(1, 2, 3), default=1, help="1 SFT, 2 reward model, 3 PPO")
     add("--device", choices=("cuda", "cpu"), default="cuda",
         help="cpu: run on this machine's CPU; --gpu_memory_gb then means host RAM (default: all of it)")
@@ -477,6 +575,26 @@ def build_parser() -> argparse.ArgumentParser:
     add("--offload_reward_model", action="store_true", help="step 3: reward model weights on the CPU")
     add("--reduce_bucket_size", type=int, default=REDUCE_BUCKET_SIZE,
         help="DeepSpeed zero_optimization.reduce_bucket_size in elements (default 5e8, DeepSpeed's)")
+    step3 = parser.add_argument_group("step 3 algorithm and rewards (the flags of chatrlhf ppo)")
+    step3.add_argument(
+        "--algorithm", choices=ALGORITHMS, default="ppo",
+        help="ppo (default): actor + reference + critic + reward model. grpo, rloo, reinforce_pp: critic-free, no "
+             "critic weights, gradients, optimizer states or activations are counted; the DeepSpeed-Chat rule of "
+             "thumb is then GB / 3 for the actor instead of GB / 6 for actor + critic")
+    step3.add_argument(
+        "--num_samples_per_prompt", type=int, default=1,
+        help="answers per prompt (default 1; grpo and rloo need 2 or more): the generation KV cache and experience "
+             "scoring hold --per_device_generation_batch_size x this many sequences; training micro-batches stay "
+             "--per_device_train_batch_size")
+    step3.add_argument(
+        "--reward_model_name_or_path", default=None,
+        help="the frozen reward model (a directory, config.json or known name); default: --critic_model, unless "
+             "--reward_fn is given")
+    step3.add_argument(
+        "--reward_fn", nargs="?", const="given", default=None, metavar="SPEC",
+        help="the reward comes from a Python function (SPEC as for chatrlhf ppo, not read here; may be omitted): "
+             "no reward model is counted unless --reward_model_name_or_path names one (--critic_model then names "
+             "only the critic)")
     return parser
 
 
@@ -496,6 +614,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelSpec, RunSettings]:
         max_prompt_seq_len=args.max_prompt_seq_len, max_answer_seq_len=args.max_answer_seq_len,
         critic=as_model_spec(args.critic_model), offload_reference_model=args.offload_reference_model,
         offload_reward_model=args.offload_reward_model, reduce_bucket_size=args.reduce_bucket_size,
+        algorithm=args.algorithm, num_samples_per_prompt=args.num_samples_per_prompt,
+        reward_model=as_model_spec(args.reward_model_name_or_path) if args.reward_model_name_or_path else None,
+        reward_fn=args.reward_fn is not None,
     )
     return as_model_spec(args.model), run
 

@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "the tied input embeddings. It keeps the backbone a language model of good answers, which "
                             "regularises the ranking on small data (tied-embedding families, ZeRO stage 0-2).")
     group.add_argument("--use_margin", action="store_true",
-                       help="Use the data's margin column: loss -log sigmoid(r_chosen - r_rejected - margin).")
+                       help="Loss -log sigmoid(r_chosen - r_rejected - margin), with each pair's margin from the "
+                            "'margin' column (or --margin_column) of a local pair file; every source must have one.")
     group.add_argument("--disable_dropout", action="store_true",
                        help="Set every dropout to 0 (older DeepSpeed-Chat flag; same as --dropout 0.0).")
     group.add_argument("--no_bf16_to_fp32_loss", action="store_false", dest="bf16_to_fp32_loss",
@@ -47,9 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     from chatrlhf.step2_reward.run import RewardRun
+    from chatrlhf.training.compat_flags import notify_inert_flags
     from chatrlhf.training.validation import run_cli
+
+    notify_inert_flags(parser, args, ("num_padding_at_beginning", "no_fused_kernels"))
 
     def body() -> int:
         RewardRun.from_args(args).run()

@@ -88,12 +88,8 @@ def score_batches(model, batches, *, fp32: bool = True) -> ScoredPairs:
             rejected += bad.tolist()
             tasks += batch.get("task") or [""] * len(good)
             mistakes += batch.get("mistake") or [""] * len(good)
-    local = (chosen, rejected, tasks, mistakes)
-    if device.world_size() > 1:
-        parts: list = [None] * device.world_size()
-        torch.distributed.all_gather_object(parts, local)
-        local = tuple(sum((part[i] for part in parts), []) for i in range(4))
-    return ScoredPairs(*local)
+    parts = device.all_gather_json([chosen, rejected, tasks, mistakes])
+    return ScoredPairs(*(sum((part[i] for part in parts), []) for i in range(4)))
 
 
 def pair_metrics(scored: ScoredPairs) -> dict[str, float]:

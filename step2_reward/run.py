@@ -61,6 +61,16 @@ class RewardRun(StepRun):
             check_tied_embeddings(model, "--lm_loss_coef")
         return apply_lora(model, self.lora, trainable_modules=(HEAD_NAME,)) if self.lora.enabled else model
 
+    def prepare_data(self, data: StepData, path: str, tokenizer) -> StepData:
+        """With ``--use_margin``, refuse sources without margins: their pairs would train with a margin of 0."""
+        lacking = data.info.get("sources_without_margin", [])
+        if self.use_margin and lacking:
+            raise ConfigError(
+                f"--use_margin needs each pair's margin, but --data_path {', '.join(lacking)} supplies none; give "
+                "local pair files (json, jsonl, csv or parquet) with a numeric 'margin' column (or name the column "
+                "with --margin_column), or drop --use_margin")
+        return data
+
     def collator(self, tokenizer) -> PairCollator:
         return PairCollator(tokenizer.pad_token_id)
 

@@ -143,9 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     from chatrlhf.step2_reward.scoring import RewardScorer
+    from chatrlhf.training.compat_flags import notify_inert_flags
     from chatrlhf.utils.data.config import DataConfig
+
+    notify_inert_flags(parser, args, ("num_padding_at_beginning",))
 
     try:
         pairs = read_pairs(args.pairs_file, args) if args.pairs_file else built_in_pairs(args.seed,

@@ -34,9 +34,9 @@ class RewardScorer:
     ) -> RewardScorer:
         """The reward model at ``path`` (a step-2 output; a preset needs the data its tokenizer was trained on)."""
         from chatrlhf.step2_reward.reward_model import load_reward_model
-        from chatrlhf.training.run_setup import resolve_model
         from chatrlhf.utils.device import local_device
         from chatrlhf.utils.model.loading import ModelOptions, load_tokenizer
+        from chatrlhf.utils.model.resolve import resolve_model
 
         data = data_config or DataConfig()
         resolved = resolve_model(path, data)

@@ -1,33 +1,25 @@
 """The models of step 3 and their DeepSpeed engines.
 
-Actor (trained), reference (frozen initial actor; with LoRA the actor with adapters off), critic
-(trained, initialised from the reward model; PPO only) and reward model (frozen; absent when a reward
-function alone gives the reward); optionally an EMA of the actor.
+Actor (trained), reference (frozen initial actor; the actor with its adapters off when LoRA trains the
+adapters alone), critic (trained, initialised from the reward model; PPO only) and reward model (frozen;
+absent when a reward function alone gives the reward); optionally an EMA of the actor. Each loads with its
+own role's settings (``roles``).
 """
 from __future__ import annotations
 
 import copy
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
-from chatrlhf.training.config import EngineSettings, LoraSettings, OptimSettings
+from chatrlhf.step3_rlhf.roles import FrozenRole, TrainedRole
+from chatrlhf.training.ds_config import frozen_overrides
 from chatrlhf.training.engine import init_eval_engine, init_train_engine
 from chatrlhf.training.lora import LORA_MARK, apply_lora, lora_layers, merged_weight, plain_name
-from chatrlhf.training.metrics_log import print_rank0
 from chatrlhf.utils import device
-
-
-@dataclass(frozen=True)
-class ModelRole:
-    """How one trained model runs: its path, engine, optimizer and LoRA settings."""
-
-    path: str
-    engine: EngineSettings
-    optim: OptimSettings
-    lora: LoraSettings
+from chatrlhf.utils.model.loading import ModelOptions
 
 
 @dataclass
@@ -55,12 +47,12 @@ class PPOEngines:
             yield self.actor.module
 
 
-def _frozen(model: nn.Module, settings: EngineSettings, offload: bool) -> nn.Module:
-    """A frozen model: a ZeRO-3 (optionally offloaded) engine when the run shards, else a plain module."""
-    if settings.zero_stage == 3 or offload:
-        frozen_settings = EngineSettings(zero_stage=3 if settings.zero_stage == 3 else 0, offload=offload,
-                                         dtype=settings.dtype, micro_batch_size=settings.micro_batch_size)
-        return init_eval_engine(model, frozen_settings).module
+def _frozen(model: nn.Module, role: FrozenRole) -> nn.Module:
+    """A frozen model: a DeepSpeed engine's module when it is sharded (ZeRO-3), offloaded, or configured by
+    ``--deepspeed_config``, else a plain module."""
+    settings = role.engine
+    if settings.zero_stage == 3 or settings.offload or frozen_overrides(settings.deepspeed_config):
+        return init_eval_engine(model, settings).module
     for param in model.parameters():
         param.requires_grad_(False)
     return model.to(device.local_device()).eval()
@@ -69,11 +61,7 @@ def _frozen(model: nn.Module, settings: EngineSettings, offload: bool) -> nn.Mod
 def hybrid_engine_config(enabled: bool, max_out_tokens: int, inference_tp_size: int, release_cache: bool,
                          pin_parameters: bool, tp_gather_partition_size: int) -> dict | None:
     """DeepSpeed's hybrid engine (fast generation inside the training engine) where it is supported."""
-    if not enabled:
-        return None
-    if not device.has_cuda():
-        print_rank0("--enable_hybrid_engine: DeepSpeed's hybrid engine needs a CUDA device; "
-                    "falling back to plain generation with the KV cache.")
+    if not enabled or not device.has_cuda():
         return None
     return {
         "enabled": True,
@@ -86,38 +74,44 @@ def hybrid_engine_config(enabled: bool, max_out_tokens: int, inference_tp_size: 
 
 
 def build_engines(
-    actor_role: ModelRole,
-    critic_role: ModelRole | None,
+    actor_role: TrainedRole,
+    critic_role: TrainedRole | None,
+    reference_role: FrozenRole,
+    reward_role: FrozenRole | None,
     tokenizer,
-    options,
+    options: ModelOptions,
     *,
-    reward_path: str | None,
-    reward_engine: EngineSettings,
     total_steps: int,
-    offload_reference: bool,
-    offload_reward: bool,
     enable_ema: bool,
 ) -> PPOEngines:
-    """The engines of a run; no critic when ``critic_role`` is None, no reward model when ``reward_path`` is.
+    """The engines of a run, each model loaded with its role's dropout and dtype over ``options``; no critic
+    when ``critic_role`` is None, no reward model when ``reward_role`` is.
 
-    The critic is loaded before the reward model, as always, so a run draws the same random numbers.
+    The reference is a separate frozen model unless LoRA trains the actor's adapters alone: with the base
+    weights training too, the actor with its adapters off would move with the actor and the KL would
+    measure nothing. The critic is loaded before the reward model, as always, so a run draws the same
+    random numbers.
     """
     from chatrlhf.step2_reward.reward_model import load_reward_model
     from chatrlhf.utils.model.loading import load_causal_lm
 
-    actor = load_causal_lm(actor_role.path, tokenizer, options)
+    def role_options(role: TrainedRole | FrozenRole) -> ModelOptions:
+        return replace(options, dropout=role.dropout, dtype=role.dtype)
+
+    actor = load_causal_lm(actor_role.path, tokenizer, role_options(actor_role))
     ema = copy.deepcopy(actor).eval().requires_grad_(False) if enable_ema else None
     reference = None
+    if actor_role.base_weights_train:
+        reference = load_causal_lm(reference_role.path, tokenizer, role_options(reference_role))
+        reference = _frozen(reference, reference_role)
     if actor_role.lora.enabled:
         actor = apply_lora(actor, actor_role.lora)
-    else:
-        reference = _frozen(load_causal_lm(actor_role.path, tokenizer, options), actor_role.engine, offload_reference)
     actor_engine = init_train_engine(actor, actor_role.engine, actor_role.optim, actor_role.lora, total_steps)
 
-    critic = load_reward_model(critic_role.path, tokenizer, options) if critic_role is not None else None
+    critic = load_reward_model(critic_role.path, tokenizer, role_options(critic_role)) if critic_role else None
     reward = None
-    if reward_path is not None:
-        reward = _frozen(load_reward_model(reward_path, tokenizer, options), reward_engine, offload_reward)
+    if reward_role is not None:
+        reward = _frozen(load_reward_model(reward_role.path, tokenizer, role_options(reward_role)), reward_role)
     critic_engine = None
     if critic_role is not None:
         if critic_role.lora.enabled:

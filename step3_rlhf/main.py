@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--unsup_coef", type=float, default=27.8)
     add("--actor_model_name_or_path", type=str, default="tiny-opt")
     add("--critic_model_name_or_path", type=str, default="tiny-opt")
-    add("--num_padding_at_beginning", type=int, default=1, help="Accepted for compatibility; not needed.")
+    add("--num_padding_at_beginning", type=int, default=1,
+        help="Accepted for DeepSpeed-Chat compatibility; scores use the attention mask, so it changes nothing.")
     add("--per_device_generation_batch_size", type=int, default=16)
     add("--per_device_training_batch_size", type=int, default=16)
     add("--generation_batches", type=int, default=1)
@@ -48,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--num_warmup_steps", type=int, default=100)
     add("--output_dir", type=str, default=None)
     add("--seed", type=int, default=1234)
-    add("--preprocessing_num_workers", type=int, default=None, help="Accepted for compatibility.")
+    add("--preprocessing_num_workers", type=int, default=None,
+        help="Processes that tokenise the data cache (default: this one).")
     add("--local_rank", type=int, default=-1)
     add("--enable_hybrid_engine", action="store_true")
     add("--unpin_actor_parameters", action="store_true")
@@ -74,12 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("--critic_lora_learning_rate", type=float, default=5e-4)
     add("--enable_ema", action="store_true")
     add("--enable_mixed_precision_lora", action="store_true")
-    add("--compute_fp32_loss", action="store_true")
+    add("--compute_fp32_loss", action="store_true",
+        help="With --dtype fp16/bf16, compute log-probs, values and losses in fp32 (else in the model's dtype).")
     add("--enable_tensorboard", action="store_true")
     add("--tensorboard_path", type=str, default="step3_tensorboard")
     add("--add_eot_token", action="store_true")
     add("--eot_token", type=str, default="<|endoftext|>")
-    add("--align_overflow", action="store_true", help="Accepted for compatibility (fp16 overflow alignment).")
+    add("--align_overflow", action="store_true",
+        help="Accepted for DeepSpeed-Chat compatibility (fp16 overflow alignment of actor and critic); no effect.")
     add("--print_answers", action="store_true")
     add("--print_answers_interval", type=int, default=1)
     add("--enable_test_mode", action="store_true")
@@ -169,12 +173,25 @@ def explicit_flags(parser: argparse.ArgumentParser, argv: list[str] | None,
     return frozenset(name for name, value in vars(probe).items() if value is not unset)
 
 
+def inert_flags(args: argparse.Namespace) -> tuple[str, ...]:
+    """The DeepSpeed-Chat flags that change nothing in this run: the hybrid-engine ones too unless the engine
+    runs (--enable_hybrid_engine on a CUDA device)."""
+    from chatrlhf.training.compat_flags import HYBRID_ENGINE_FLAGS
+    from chatrlhf.utils.device import has_cuda
+
+    names = ("num_padding_at_beginning", "align_overflow")
+    return names if args.enable_hybrid_engine and has_cuda() else names + HYBRID_ENGINE_FLAGS
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     given = explicit_flags(parser, argv, args)
     from chatrlhf.step3_rlhf.run import PPORun
+    from chatrlhf.training.compat_flags import notify_inert_flags
     from chatrlhf.training.validation import run_cli
+
+    notify_inert_flags(parser, args, inert_flags(args))
 
     def body() -> int:
         PPORun.from_args(args, given).run()

@@ -120,7 +120,9 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
     return float(1.0 - var_diff / var_returns.clamp(min=1e-8))
 
 
-def logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """log p(token) and the entropy of each position, both differentiable (for an entropy bonus)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
+def logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor, *,
+                         fp32: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(token) and the entropy of each position, both differentiable (for an entropy bonus); computed in
+    fp32, or in the logits' dtype when ``fp32`` is False (an fp16/bf16 run without ``--compute_fp32_loss``)."""
+    logp = torch.log_softmax(logits.float() if fp32 else logits, dim=-1)
     return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), -(logp.exp() * logp).sum(-1)

@@ -10,16 +10,17 @@ from dataclasses import dataclass, replace
 import torch
 
 from chatrlhf.step3_rlhf.config import AlgorithmConfig, GenerationConfig, PPOConfig, RewardConfig, RunConfig
-from chatrlhf.step3_rlhf.engines import ModelRole, build_engines, hybrid_engine_config
+from chatrlhf.step3_rlhf.engines import build_engines, hybrid_engine_config
 from chatrlhf.step3_rlhf.reward_functions import RewardFunction, absolute_spec
+from chatrlhf.step3_rlhf.roles import FrozenRole, TrainedRole
 from chatrlhf.step3_rlhf.trainer import IterationStats, PPOTrainer
 from chatrlhf.training import cli_args
 from chatrlhf.training.checkpoint import CheckpointManager, restore_rng
 from chatrlhf.training.config import EngineSettings, LoraSettings, OptimSettings
 from chatrlhf.training.loop import make_loader, write_metrics
-from chatrlhf.training.metrics_log import MetricsLogger, format_metrics, print_rank0
+from chatrlhf.training.metrics_log import MetricsLogger, format_metrics, print_rank0, progress_bar
 from chatrlhf.training.run_control import StopRequested, StopSignals
-from chatrlhf.training.run_setup import require_output_dir, resolve_model, set_seed
+from chatrlhf.training.run_setup import require_output_dir, set_seed
 from chatrlhf.training.saving import save_hf_model
 from chatrlhf.training.validation import ConfigError, check_data_flags, check_length, check_model_path
 from chatrlhf.utils import device
@@ -27,6 +28,7 @@ from chatrlhf.utils.data.collators import PromptCollator
 from chatrlhf.utils.data.config import DataConfig
 from chatrlhf.utils.data.fingerprint import tokenizer_fingerprint
 from chatrlhf.utils.data.tokenized import build_step_data
+from chatrlhf.utils.model.resolve import resolve_model
 
 # Sampled answers a held-out prompt gets in the start and end evaluations.
 EVAL_SAMPLES = 4
@@ -37,8 +39,10 @@ CRITIC_ONLY_FLAGS = ("cliprange_value", "lam")
 @dataclass
 class PPORun:
     data: DataConfig
-    actor: ModelRole
-    critic: ModelRole | None
+    actor: TrainedRole
+    critic: TrainedRole | None
+    reference: FrozenRole
+    reward: FrozenRole | None
     generation: GenerationConfig
     ppo: PPOConfig
     run_config: RunConfig
@@ -46,11 +50,8 @@ class PPORun:
     rewards: RewardConfig
     algorithm: AlgorithmConfig = AlgorithmConfig()
     reward_fn: RewardFunction | None = None
-    offload_reference: bool = False
-    offload_reward: bool = False
     unsupervised: tuple[str | None, str | None] = (None, None)
     eval_prompts: int = 64
-    dropout: tuple[float | None, float | None] = (None, None)
     eot: tuple[bool, str] = (False, "<|endoftext|>")
 
     @classmethod
@@ -63,18 +64,36 @@ class PPORun:
                                       args.release_inference_cache, not args.unpin_actor_parameters,
                                       args.tp_gather_partition_size)
 
-        def role(path: str, stage: int, lr: float, wd: float, ckpt: bool, lora_dim: int, lora_name: str,
-                 lora_lr: float, he: dict | None, job: str) -> ModelRole:
-            engine = EngineSettings(zero_stage=stage, offload=args.offload, dtype=dtype, gradient_checkpointing=ckpt,
-                                    micro_batch_size=args.per_device_training_batch_size,
-                                    gradient_accumulation_steps=args.gradient_accumulation_steps,
-                                    compute_fp32_loss=args.compute_fp32_loss,
-                                    deepspeed_config=getattr(args, "deepspeed_config", None),
-                                    job_name=job, hybrid_engine=he)
-            optim = OptimSettings(learning_rate=lr, weight_decay=wd, lr_scheduler_type=args.lr_scheduler_type,
-                                  num_warmup_steps=args.num_warmup_steps,
-                                  gradient_accumulation_steps=args.gradient_accumulation_steps)
-            return ModelRole(path, engine, optim, LoraSettings(lora_dim, lora_name, args.only_optimize_lora, lora_lr))
+        def engine(stage: int, *, offload: bool, checkpointing: bool = False, job: str,
+                   hybrid_engine: dict | None = None) -> EngineSettings:
+            return EngineSettings(zero_stage=stage, offload=offload, dtype=dtype, gradient_checkpointing=checkpointing,
+                                  micro_batch_size=args.per_device_training_batch_size,
+                                  gradient_accumulation_steps=args.gradient_accumulation_steps,
+                                  compute_fp32_loss=args.compute_fp32_loss,
+                                  deepspeed_config=getattr(args, "deepspeed_config", None),
+                                  job_name=job, hybrid_engine=hybrid_engine)
+
+        def trained(name: str, *, hybrid_engine: dict | None = None) -> TrainedRole:
+            """The actor or the critic from its own ``--{name}_*`` flags."""
+            flag = vars(args)
+            return TrainedRole(
+                name=name, path=flag[f"{name}_model_name_or_path"], dropout=flag[f"{name}_dropout"],
+                engine=engine(flag[f"{name}_zero_stage"], offload=args.offload,
+                              checkpointing=flag[f"{name}_gradient_checkpointing"], job=name,
+                              hybrid_engine=hybrid_engine),
+                optim=OptimSettings(learning_rate=flag[f"{name}_learning_rate"],
+                                    weight_decay=flag[f"{name}_weight_decay"],
+                                    lr_scheduler_type=args.lr_scheduler_type, num_warmup_steps=args.num_warmup_steps,
+                                    gradient_accumulation_steps=args.gradient_accumulation_steps),
+                lora=LoraSettings(dim=flag[f"{name}_lora_dim"], module_name=flag[f"{name}_lora_module_name"],
+                                  only_optimize_lora=args.only_optimize_lora,
+                                  learning_rate=flag[f"{name}_lora_learning_rate"]))
+
+        def frozen(name: str, flags: str, path: str, offload: bool) -> FrozenRole:
+            """The reference (``flags`` actor) or the reward model (critic): ZeRO-3 when that role is."""
+            stage = 3 if vars(args)[f"{flags}_zero_stage"] == 3 else 0
+            return FrozenRole(name=name, flags=flags, path=path, dropout=vars(args)[f"{flags}_dropout"],
+                              engine=engine(stage, offload=offload, job=name))
 
         algorithm = AlgorithmConfig(
             name=args.algorithm, num_samples_per_prompt=args.num_samples_per_prompt,
@@ -87,18 +106,20 @@ class PPORun:
             fn_format_credit=args.reward_fn_format_credit, fn_partial_credit=args.reward_fn_partial_credit)
         critic = None
         if algorithm.uses_critic:
-            critic = role(args.critic_model_name_or_path, args.critic_zero_stage, args.critic_learning_rate,
-                          args.critic_weight_decay, args.critic_gradient_checkpointing, args.critic_lora_dim,
-                          args.critic_lora_module_name, args.critic_lora_learning_rate, None, "critic")
+            critic = trained("critic")
         else:
             warn_unused_critic_flags(algorithm.name, given, critic_names_reward_model=(
                 args.reward_model_name_or_path is None and args.reward_fn is None))
+        # Without a critic, the reward model runs as the actor does (ZeRO-3 or not), as it always has.
+        reward_flags = "critic" if critic is not None else "actor"
+        reward = (frozen("reward", reward_flags, rewards.model_path, args.offload_reward_model)
+                  if rewards.model_path is not None else None)
         run = cls(
             data=replace(cli_args.data_config(args, max_prompt_seq_len=args.max_prompt_seq_len)),
-            actor=role(args.actor_model_name_or_path, args.actor_zero_stage, args.actor_learning_rate,
-                       args.actor_weight_decay, args.actor_gradient_checkpointing, args.actor_lora_dim,
-                       args.actor_lora_module_name, args.actor_lora_learning_rate, hybrid, "actor"),
+            actor=trained("actor", hybrid_engine=hybrid),
             critic=critic,
+            reference=frozen("reference", "actor", args.actor_model_name_or_path, args.offload_reference_model),
+            reward=reward,
             generation=GenerationConfig(
                 max_prompt_seq_len=args.max_prompt_seq_len, max_answer_seq_len=args.max_answer_seq_len,
                 min_answer_seq_len=args.min_answer_seq_len, temperature=args.temperature, top_p=args.top_p,
@@ -123,11 +144,8 @@ class PPORun:
             tensorboard=(args.enable_tensorboard, args.tensorboard_path),
             rewards=rewards,
             algorithm=algorithm,
-            offload_reference=args.offload_reference_model,
-            offload_reward=args.offload_reward_model,
             unsupervised=(args.unsupervised_dataset_name, args.unsupervised_dataset_config_name),
             eval_prompts=args.eval_prompts,
-            dropout=(args.actor_dropout, args.critic_dropout),
             eot=(args.add_eot_token, args.eot_token),
         )
         run.validate(args)
@@ -172,11 +190,11 @@ class PPORun:
         check_length(f"--max_prompt_seq_len {args.max_prompt_seq_len} + --max_answer_seq_len {args.max_answer_seq_len}",
                      args.max_prompt_seq_len + args.max_answer_seq_len, args.actor_model_name_or_path)
 
-    def _model_options(self, dropout: float | None):
+    def _model_options(self):
+        """What every model loads with; each role sets its own dropout and dtype over it."""
         from chatrlhf.utils.model.loading import ModelOptions
 
-        return ModelOptions(dropout=dropout, dtype=device.resolve_dtype(self.actor.engine.dtype),
-                            add_eot_token=self.eot[0], eot_token=self.eot[1])
+        return ModelOptions(dtype=self.actor.dtype, add_eot_token=self.eot[0], eot_token=self.eot[1])
 
     def run(self) -> dict:
         from chatrlhf.step2_reward.reward_model import load_reward_stats
@@ -191,11 +209,11 @@ class PPORun:
         if reward_path is not None:
             same = self.critic is not None and reward_path == self.critic.path
             reward_path = critic_path if same else resolve_model(reward_path, self.data)
-        tokenizer = load_tokenizer(actor_path, self._model_options(self.dropout[0]))
+        tokenizer = load_tokenizer(actor_path, self._model_options())
         scorers = {"critic": critic_path, "reward model": reward_path if reward_path != critic_path else None}
         for role, path in scorers.items():
             if path is not None and tokenizer_fingerprint(tokenizer) != tokenizer_fingerprint(
-                    load_tokenizer(path, self._model_options(self.dropout[1]))):
+                    load_tokenizer(path, self._model_options())):
                 raise ConfigError(
                     f"the actor ({actor_path}) and the {role} ({path}) use different tokenizers; the reward "
                     "model must score the actor's tokens: train step 2 on a model with the actor's tokenizer")
@@ -215,12 +233,12 @@ class PPORun:
         micro_per_iter = completions // self.run_config.per_device_training_batch_size
         total_steps = max(iterations * self.ppo.ppo_epochs * micro_per_iter
                           // self.run_config.gradient_accumulation_steps, 1)
-        actor_role = replace(self.actor, path=actor_path)
-        critic_role = replace(self.critic, path=critic_path) if self.critic is not None else None
-        engines = build_engines(actor_role, critic_role, tokenizer, self._model_options(self.dropout[0]),
-                                reward_path=reward_path, reward_engine=(self.critic or self.actor).engine,
-                                total_steps=total_steps, offload_reference=self.offload_reference,
-                                offload_reward=self.offload_reward, enable_ema=self.run_config.enable_ema)
+        engines = build_engines(
+            replace(self.actor, path=actor_path),
+            replace(self.critic, path=critic_path) if self.critic is not None else None,
+            replace(self.reference, path=actor_path),
+            replace(self.reward, path=reward_path) if self.reward is not None else None,
+            tokenizer, self._model_options(), total_steps=total_steps, enable_ema=self.run_config.enable_ema)
         stats = load_reward_stats(reward_path) if reward_path is not None else None
         if self.ppo.normalize_reward and stats is None:
             print_rank0(f"--normalize_reward: {reward_path} has no reward_stats.json; rewards stay unnormalised")
@@ -230,6 +248,7 @@ class PPORun:
             rewards=self.rewards, reward_fn=self.reward_fn, algorithm=self.algorithm,
             reward_mean=stats.mean if stats else 0.0, reward_std=stats.std if stats else 1.0,
             unsupervised=self._unsupervised(tokenizer), actor_zero_stage=self.actor.engine.zero_stage,
+            fp32_loss=self.actor.engine.compute_fp32_loss,
         )
         manager = CheckpointManager(self.run_config.output_dir, self.run_config.save_total_limit)
         engines_by_tag = engines.trained()
@@ -283,9 +302,7 @@ class PPORun:
         Checkpoints fall between iterations, where the experience buffer is empty, so a resumed run
         regenerates nothing and draws the same random numbers as an uninterrupted one.
         """
-        from tqdm import tqdm
-
-        bar = tqdm(total=iterations, disable=not device.is_main_process(), desc="ppo", dynamic_ncols=True)
+        bar = progress_bar(iterations, "ppo")
         bar.update(trainer.steps)
         start_epoch, skip = (resumed["epoch"], resumed["next_batch"]) if resumed else (0, 0)
         signals = StopSignals()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
@@ -85,6 +86,7 @@ class PPOTrainer:
         reward_std: float = 1.0,
         unsupervised: Iterator[dict] | None = None,
         actor_zero_stage: int = 0,
+        fp32_loss: bool = False,
     ) -> None:
         self.engines = engines
         self.tokenizer = tokenizer
@@ -98,6 +100,8 @@ class PPOTrainer:
         self.kl = KLController(ppo.kl_ctl, ppo.target_kl, ppo.kl_horizon)
         self.reward_mean, self.reward_std = reward_mean, max(reward_std, 1e-6)
         self.unsupervised = unsupervised
+        # --compute_fp32_loss: log-softmax and values in fp32 under fp16/bf16 (a no-op for fp32 models).
+        self.fp32_loss = fp32_loss
         self.actor_zero_stage = actor_zero_stage
         self.target = device.local_device()
         self.steps = 0
@@ -200,8 +204,8 @@ class PPOTrainer:
         rollout = self.generate(batch)
         generated = time.perf_counter()
         with self.engines.reference_policy() as reference, onednn_linears(reference):
-            (ref_logprobs,) = self._policy_outputs(reference, rollout,
-                                                   lambda logits, tokens: (token_logprobs(logits, tokens),))
+            (ref_logprobs,) = self._policy_outputs(
+                reference, rollout, lambda logits, tokens: (token_logprobs(logits, tokens, fp32=self.fp32_loss),))
         answers = self.decode_answers(rollout)
         scores, rewards_in = self.score(rollout, batch["prompt"], answers, stats)
         if all(batch["task"]):
@@ -268,7 +272,8 @@ class PPOTrainer:
         from chatrlhf.step2_reward.reward_model import score_head, token_values
 
         actor = self.engines.actor.module
-        head = logprobs_and_entropy if self.algorithm.entropy_coef else token_logprobs_and_entropy
+        head = partial(logprobs_and_entropy if self.algorithm.entropy_coef else token_logprobs_and_entropy,
+                       fp32=self.fp32_loss)
         with onednn_linears(actor):
             logprobs, ent = self._policy_outputs(actor, exp, head)
         if self.engines.critic is None:
@@ -277,16 +282,19 @@ class PPOTrainer:
 
         def value(ids: torch.Tensor, mask: torch.Tensor, start: int) -> tuple[torch.Tensor]:
             with outputs_from(critic, start - 1):
-                return (token_values(critic, ids, mask)[:, start - 1 : -1].float(),)
+                return (self._loss_dtype(token_values(critic, ids, mask)[:, start - 1 : -1]),)
 
         with onednn_linears(critic):
             packed = self._packed(critic, exp)
             if packed is not None:
                 (values,) = packed.answer_outputs(
-                    critic, lambda hidden, _: (score_head(critic)(hidden).squeeze(-1).float(),))
+                    critic, lambda hidden, _: (self._loss_dtype(score_head(critic)(hidden).squeeze(-1)),))
             else:
                 (values,) = grouped(value, exp.sequences, exp.attention_mask, exp.prompt_width, self._groups(exp))
         return logprobs, ent, values
+
+    def _loss_dtype(self, values: torch.Tensor) -> torch.Tensor:
+        return values.float() if self.fp32_loss else values
 
     @torch.no_grad()
     def _score_old(self, exp: Experience) -> None:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from chatrlhf.applications.data_report import main as data_main
 from chatrlhf.step1_sft.main import main as sft_main
 from chatrlhf.step2_reward.main import main as reward_main
 from chatrlhf.step3_rlhf.main import main as ppo_main
-from chatrlhf.utils.data.report import main as data_main
 
 GOOD = {"prompt": "\n\nHuman: hi?\n\nAssistant:", "chosen": " hello", "rejected": " go away"}
 
@@ -91,8 +91,8 @@ def test_prompt_only_rows_in_a_pair_step(tmp_path, capsys, data_cache):
 
 
 def test_tokenizer_without_an_end_token(tmp_path, capsys, cache_root, data_cache):
-    from chatrlhf.training.run_setup import resolve_model
     from chatrlhf.utils.data.config import DataConfig
+    from chatrlhf.utils.model.resolve import resolve_model
 
     model_dir = tmp_path / "model"
     source = Path(resolve_model("tiny-opt", DataConfig()))

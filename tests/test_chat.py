@@ -23,7 +23,6 @@ from chatrlhf.applications.chat import (
     AnswerCutter,
     ContextTooLong,
     Conversation,
-    StopAtNewTurn,
     chat_loop,
     prompt_budget,
     stream_answer,
@@ -135,13 +134,30 @@ def tiny_opt():
     return load_for_inference("tiny-opt")
 
 
-def test_stop_criterion_fires_on_a_new_human_turn(tiny_opt) -> None:
-    _, tokenizer = tiny_opt
-    prompt = encode_prompts(tokenizer, ["\n\nHuman: What is 2 + 3?\n\nAssistant:"])[0]
-    criterion = StopAtNewTurn(tokenizer, len(prompt))
-    for answer, stop in [(" 5.", False), (" 5.\n\nHuman:", True), (" 5.\n\nHuman: and", True)]:
-        ids = torch.tensor([prompt + tokenizer(answer, add_special_tokens=False)["input_ids"]])
-        assert criterion(ids, None).tolist() == [stop]
+def test_generation_stops_at_a_new_human_turn(tiny_opt, monkeypatch) -> None:
+    """The answer ends at the first token that completes a ``Human:`` turn, not at ``max_new_tokens``."""
+    model, tokenizer = tiny_opt
+    prompt = "\n\nHuman: What is 2 + 3?\n\nAssistant:"
+    turn = tokenizer(" 5.\n\nHuman: and then some more words", add_special_tokens=False)["input_ids"]
+    original = model.generate
+    step = {"n": 0}
+
+    def scripted(**kwargs):
+        """The model's own generate, with logits that spell out ``turn`` token by token."""
+
+        def force(input_ids, scores):
+            forced = torch.full_like(scores, -1e9)
+            forced[:, turn[min(step["n"], len(turn) - 1)]] = 0.0
+            step["n"] += 1
+            return forced
+
+        return original(**kwargs, logits_processor=[force])
+
+    monkeypatch.setattr(model, "generate", scripted)
+    answer = stream_answer(model, tokenizer, prompt, GenerationSettings(max_new_tokens=len(turn)), io.StringIO().write)
+    assert answer == "5."
+    human_end = len(tokenizer(" 5.\n\nHuman:", add_special_tokens=False)["input_ids"])
+    assert step["n"] == human_end < len(turn)
 
 
 def test_streamed_answer_matches_plain_generation(tiny_opt) -> None:

@@ -7,12 +7,12 @@ from dataclasses import replace
 import pytest
 import torch
 
+from chatrlhf.applications.data_report import count_overlaps
+from chatrlhf.applications.data_report import main as data_main
 from chatrlhf.utils.data.collators import IGNORE_INDEX, PairCollator, PromptCollator, SFTCollator, pad_sequences
 from chatrlhf.utils.data.config import DataConfig
 from chatrlhf.utils.data.errors import DataError
 from chatrlhf.utils.data.partitions import step_records
-from chatrlhf.utils.data.report import count_overlaps
-from chatrlhf.utils.data.report import main as data_main
 from chatrlhf.utils.data.splitting import parse_data_split, parse_source_spec, split_indices, weighted_take
 from chatrlhf.utils.data.tokenized import build_step_data, cache_key
 

@@ -9,15 +9,15 @@ from dataclasses import replace
 
 import pytest
 
-from chatrlhf.cli import main as cli_main
-from chatrlhf.utils.activation_memory import training_activation_bytes
-from chatrlhf.utils.memory_estimator import (
+from chatrlhf.applications.memory_estimator import (
     BASELINE_PROCESS_BYTES,
     RunSettings,
     cpu_process_bytes,
     estimate_memory,
     main,
 )
+from chatrlhf.cli import main as cli_main
+from chatrlhf.utils.activation_memory import experience_bytes, training_activation_bytes
 from chatrlhf.utils.model.presets import preset_config
 from chatrlhf.utils.model_specs import KNOWN_MODELS, ModelSpec, ModelSpecError, load_model_spec
 from chatrlhf.utils.zero_memory import Placement
@@ -188,6 +188,76 @@ def test_kv_cache_uses_kv_heads() -> None:
     assert kv == 2 * 80 * 2 * 512 * 8 * 128 * 2
 
 
+def test_critic_free_estimate_counts_no_critic_and_no_reward_model_with_reward_fn() -> None:
+    ppo = estimate_memory(OPT_1_3B, RunSettings(step=3, num_samples_per_prompt=4))
+    grpo = estimate_memory(OPT_1_3B, RunSettings(step=3, algorithm="grpo", num_samples_per_prompt=4, reward_fn=True))
+    assert [engine.role for engine in ppo.engines] == ["actor", "reference", "critic", "reward"]
+    assert [engine.role for engine in grpo.engines] == ["actor", "reference"]
+    assert len(grpo.training_activations) == 1  # the actor's; no critic pass
+    actor, reference, critic, reward = ppo.engines
+    for row, attribute in (("weights", "weights"), ("gradients", "gradients"), ("optimizer states", "optimizer")):
+        assert grpo.rows[row] == getattr(actor, attribute) + getattr(reference, attribute)
+        assert ppo.rows[row] == grpo.rows[row] + getattr(critic, attribute) + getattr(reward, attribute)
+    assert grpo.rows["generation KV cache"] == ppo.rows["generation KV cache"]  # same actor, same rollout
+    assert grpo.gpu_peak < ppo.gpu_peak
+    # PPO with --reward_fn keeps its critic but loads no reward model.
+    ppo_fn = estimate_memory(OPT_1_3B, RunSettings(step=3, reward_fn=True))
+    assert [engine.role for engine in ppo_fn.engines] == ["actor", "reference", "critic"]
+
+
+def test_a_reward_model_adds_exactly_its_frozen_weights() -> None:
+    reward_spec = KNOWN_MODELS["opt-125m"]
+    run = RunSettings(step=3, algorithm="rloo", num_samples_per_prompt=2, reward_fn=True)
+    without = estimate_memory(OPT_1_3B, run)
+    with_reward = estimate_memory(OPT_1_3B, replace(run, reward_model=reward_spec))
+    assert [engine.role for engine in with_reward.engines] == ["actor", "reference", "reward"]
+    frozen = 2 * reward_spec.params("reward")  # bf16 weights at ZeRO-0 on one GPU, nothing else
+    assert with_reward.rows["weights"].gpu - without.rows["weights"].gpu == frozen
+    assert with_reward.gpu_peak - without.gpu_peak == frozen
+    for row in ("gradients", "optimizer states", "activations", "generation KV cache", "buffers"):
+        assert with_reward.rows[row].gpu == without.rows[row].gpu
+    # Without --reward_fn the critic's model is the reward model, as in chatrlhf ppo (no critic is trained).
+    default = estimate_memory(OPT_1_3B, replace(run, reward_fn=False))
+    assert [(engine.role, engine.spec) for engine in default.engines][2:] == [("reward", run.critic)]
+
+
+def test_kv_cache_and_experience_scale_with_samples_per_prompt() -> None:
+    run = RunSettings(step=3, algorithm="grpo", num_samples_per_prompt=4, reward_fn=True, generation_batch_size=8,
+                      train_batch_size=4)
+    four = estimate_memory(OPT_1_3B, run)
+    eight = estimate_memory(OPT_1_3B, replace(run, num_samples_per_prompt=8))
+    assert eight.rows["generation KV cache"].gpu == 2 * four.rows["generation KV cache"].gpu
+    assert four.rows["generation KV cache"].gpu == estimate_memory(
+        OPT_1_3B, replace(run, algorithm="reinforce_pp", num_samples_per_prompt=1, generation_batch_size=32)
+    ).rows["generation KV cache"].gpu  # 8 prompts x 4 answers = 32 prompts x 1
+    assert eight.training_activations == four.training_activations  # micro-batches stay train_batch_size rows
+    # Experience scoring (larger than a 4-row training pass here) scores all 8 x 8 = 64 sequences.
+    assert eight.rows["activations"].gpu == experience_bytes(OPT_1_3B, 64, 512, 2, "sdpa")
+    assert four.rows["activations"].gpu == experience_bytes(OPT_1_3B, 32, 512, 2, "sdpa")
+
+
+def test_cli_critic_free_says_what_it_counted(capsys) -> None:
+    argv = ["--step", "3", "--num_gpus", "8", "--zero_stage", "3", "--num_samples_per_prompt", "8"]
+    assert main([*argv, "--algorithm", "grpo", "--reward_fn", "synthetic_tasks"]) == 0
+    out = capsys.readouterr().out
+    assert "step 3 (GRPO, critic-free)" in out
+    assert "16 prompts x 8 samples = 128 sequences" in out
+    assert "\n  critic " not in out and "\n  reward " not in out
+    assert "counted: actor + reference; no critic (--algorithm grpo is critic-free); no reward model" in out
+    assert "DeepSpeed-Chat rule of thumb: 80 GB / 3 = 26.7B params (actor only: no critic)" in out
+    assert "critic training" not in out
+
+    assert main([*argv, "--algorithm", "grpo", "--reward_fn", "--reward_model_name_or_path", "opt-125m"]) == 0
+    out = capsys.readouterr().out
+    assert "\n  reward     opt-125m" in out
+    assert "counted: actor + reference + reward model; no critic" in out
+
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "counted: actor + reference + critic + reward model" in out
+    assert "DeepSpeed-Chat rule of thumb: 80 GB / 6 = 13.3B params (actor + critic)" in out
+
+
 def test_reads_config_json_from_a_directory(tmp_path) -> None:
     opt_125m = KNOWN_MODELS["opt-125m"]
     config = {
@@ -246,6 +316,15 @@ def test_cli_step3_and_cpu_device(capsys) -> None:
         (["--critic_model", "no/such/dir"], "unknown model 'no/such/dir'"),
         (["--offload"], "--offload needs --zero_stage 1, 2 or 3"),
         (["--model", "tiny-opt", "--max_seq_len", "4096"], "exceeds tiny-opt's 1024 positions"),
+        (["--step", "3", "--algorithm", "grpo"], "needs --num_samples_per_prompt 2 or more (got 1)"),
+        (["--step", "3", "--algorithm", "rloo", "--num_samples_per_prompt", "1"],
+         "needs --num_samples_per_prompt 2 or more (got 1)"),
+        (["--step", "3", "--num_samples_per_prompt", "0"], "--num_samples_per_prompt 0 must be 1 or more"),
+        (["--algorithm", "grpo", "--num_samples_per_prompt", "4"], "--algorithm grpo applies to --step 3 only"),
+        (["--reward_fn", "synthetic_tasks"], "--reward_fn applies to --step 3 only"),
+        (["--step", "3", "--reward_model_name_or_path", "no/such/dir"], "unknown model 'no/such/dir'"),
+        (["--step", "3", "--algorithm", "grpo", "--num_samples_per_prompt", "4", "--max_prompt_seq_len", "1024",
+          "--reward_model_name_or_path", "tiny-opt"], "exceeds tiny-opt's 1024 positions"),
     ],
 )
 def test_cli_errors_exit_nonzero_with_a_clear_message(argv: list[str], message: str, capsys) -> None:

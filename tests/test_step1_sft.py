@@ -57,8 +57,8 @@ def test_lora_run_merges_adapters(tmp_path, cache_root, data_cache):
     model = AutoModelForCausalLM.from_pretrained(out)
     names = [n for n, _ in model.named_parameters()]
     assert not any("lora" in n for n in names)
-    from chatrlhf.training.run_setup import resolve_model
     from chatrlhf.utils.data.config import DataConfig
+    from chatrlhf.utils.model.resolve import resolve_model
 
     base = AutoModelForCausalLM.from_pretrained(resolve_model("tiny-opt", DataConfig()))
     changed = [n for n, p in model.named_parameters() if not torch.equal(p, dict(base.named_parameters())[n])]
@@ -91,3 +91,13 @@ def test_prompts_file_formats(tmp_path):
     bench.write_text('{"question_id": 1}\n')
     with pytest.raises(DataError, match="q.jsonl:1"):
         read_prompts(str(bench), "hh")
+
+
+def test_redirected_output_has_metric_lines_and_no_bar_frames(tmp_path, cache_root, data_cache, capfd):
+    """Off a terminal a log reads line by line: one metric line per log interval, no carriage-return frames."""
+    assert sft_main(["--output_dir", str(tmp_path / "out"), "--max_steps", "6", "--per_device_train_batch_size", "8",
+                     "--max_seq_len", "96", "--data_output_path", data_cache, "--eval_iters", "1",
+                     "--log_interval", "2"]) == 0
+    out, err = capfd.readouterr()
+    assert "\r" not in out + err
+    assert sum(line.startswith("[train]") for line in out.splitlines()) == 3

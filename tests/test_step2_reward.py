@@ -145,7 +145,7 @@ def reward_dir(sft_model, data_cache, tmp_path_factory) -> str:
     assert reward_main(["--model_name_or_path", sft_model, "--output_dir", str(out), "--max_steps", "5",
                         "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "32",
                         "--max_seq_len", "96", "--learning_rate", "1e-3", "--data_output_path", data_cache,
-                        "--eval_iters", "2", "--eval_interval", "3", "--log_interval", "2", "--use_margin",
+                        "--eval_iters", "2", "--eval_interval", "3", "--log_interval", "2",
                         "--center_rewards_coef", "0.01", "--lm_loss_coef", "0.5", "--enable_tensorboard",
                         "--tensorboard_path", str(out / "tb")]) == 0
     return str(out)

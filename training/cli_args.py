@@ -30,6 +30,8 @@ def add_data_args(parser: argparse.ArgumentParser, *, sft_only: bool = True) -> 
     group.add_argument("--response_column", default=None, help="Column holding the response (SFT sources).")
     group.add_argument("--chosen_column", default=None, help="Column holding the preferred response.")
     group.add_argument("--rejected_column", default=None, help="Column holding the rejected response.")
+    group.add_argument("--margin_column", default=None,
+                       help="Column holding a pair's margin, read by step 2's --use_margin (default: 'margin').")
     group.add_argument("--skip_bad_records", action="store_true", help="Skip and count broken records.")
     group.add_argument("--strict_data", action="store_true", help="Fail on unusable records instead of dropping.")
 
@@ -98,7 +100,8 @@ def add_deepspeed_args(parser: argparse.ArgumentParser) -> None:
 
 
 def data_config(args: argparse.Namespace, *, max_prompt_seq_len: int = 256) -> DataConfig:
-    columns = ColumnMap(args.prompt_column, args.response_column, args.chosen_column, args.rejected_column)
+    columns = ColumnMap(prompt=args.prompt_column, response=args.response_column, chosen=args.chosen_column,
+                        rejected=args.rejected_column, margin=args.margin_column)
     return DataConfig(
         data_path=tuple(args.data_path),
         data_split=args.data_split,
@@ -110,6 +113,7 @@ def data_config(args: argparse.Namespace, *, max_prompt_seq_len: int = 256) -> D
         skip_bad_records=args.skip_bad_records,
         strict_data=args.strict_data,
         source=SourceOptions(prompt_template=args.prompt_template, columns=columns),
+        preprocessing_num_workers=getattr(args, "preprocessing_num_workers", None),
     )
 
 

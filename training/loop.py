@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from chatrlhf.training.checkpoint import restore_rng
 from chatrlhf.training.config import LoopSettings
-from chatrlhf.training.metrics_log import MetricsLogger, Throughput, format_metrics, print_rank0
+from chatrlhf.training.metrics_log import MetricsLogger, Throughput, format_metrics, print_rank0, progress_bar
 from chatrlhf.training.run_control import LossGuard, StopRequested, StopSignals
 from chatrlhf.training.samplers import LengthGroupedSampler
 from chatrlhf.utils import device
@@ -125,9 +125,7 @@ class Trainer:
         return metrics
 
     def _progress(self):
-        from tqdm import tqdm
-
-        return tqdm(total=self.total_steps, disable=not device.is_main_process(), desc="train", dynamic_ncols=True)
+        return progress_bar(self.total_steps, "train")
 
     def state(self, epoch: int, next_batch: int) -> dict:
         """What a checkpoint needs to continue exactly from here."""
@@ -227,11 +225,8 @@ class Trainer:
 
 
 def _mean_over_ranks(value: float) -> float:
-    if device.world_size() == 1:
-        return float(value)
-    tensor = torch.tensor([float(value)], dtype=torch.float64)
-    torch.distributed.all_reduce(tensor)
-    return float(tensor.item() / device.world_size())
+    total = device.all_reduce_sum(torch.tensor([float(value)], dtype=torch.float64))
+    return float(total.item() / device.world_size())
 
 
 def write_metrics(output_dir: str, result: TrainResult, extra: dict | None = None) -> None:

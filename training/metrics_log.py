@@ -10,8 +10,35 @@ from chatrlhf.utils import device
 
 
 def print_rank0(*args: object) -> None:
+    """A line on the console from rank 0, written above any live progress bar rather than through it."""
     if device.is_main_process():
-        print(*args, flush=True)
+        from tqdm import tqdm
+
+        tqdm.write(" ".join(str(arg) for arg in args), file=sys.stdout)
+        sys.stdout.flush()
+
+
+def console_is_tty() -> bool:
+    return sys.stderr.isatty()
+
+
+def progress_bar(total: int, desc: str):
+    """A progress bar on a terminal only: redirected output gets the metric lines and no carriage-return frames."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, dynamic_ncols=True,
+                disable=not (device.is_main_process() and console_is_tty()))
+
+
+def quiet_library_bars() -> None:
+    """The progress bars of datasets and transformers (loading, mapping, saving) off unless on a terminal."""
+    if console_is_tty():
+        return
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    datasets.disable_progress_bars()
+    transformers_logging.disable_progress_bar()
 
 
 class MetricsLogger:
@@ -64,6 +91,3 @@ class Throughput:
         self.tokens, self.samples, self.started = 0, 0, time.perf_counter()
         return figures
 
-
-def console_is_tty() -> bool:
-    return sys.stderr.isatty()

@@ -51,11 +51,7 @@ class StopSignals:
 
     def requested(self) -> int:
         """The signal any rank received (0 for none), the same answer on every rank."""
-        if device.world_size() == 1:
-            return self.received
-        flag = torch.tensor([self.received], dtype=torch.long)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return int(flag.item())
+        return device.max_over_ranks(self.received)
 
 
 @dataclass

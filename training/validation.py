@@ -74,6 +74,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 def run_cli(prog: str, body: Callable[[], int]) -> int:
     """Run a command; a user error is printed as ``prog: error: ...`` (no traceback) with exit code 2."""
+    from chatrlhf.training.metrics_log import quiet_library_bars
+
+    quiet_library_bars()
     try:
         return body()
     except user_errors() as exc:

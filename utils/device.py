@@ -1,9 +1,11 @@
 """Device, dtype and process-group set-up: CUDA when present, else DeepSpeed's CPU accelerator."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -133,6 +135,35 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     total = values.detach().to(local_device(), copy=True)
     torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
     return total.to(values.device)
+
+
+def max_over_ranks(value: int) -> int:
+    """The largest ``value`` of any rank (one all-reduce on this rank's device, which NCCL needs)."""
+    if world_size() == 1:
+        return value
+    largest = torch.tensor([value], dtype=torch.long, device=local_device())
+    torch.distributed.all_reduce(largest, op=torch.distributed.ReduceOp.MAX)
+    return int(largest.item())
+
+
+def all_gather_json(value: Any) -> list[Any]:
+    """Every rank's ``value`` (JSON-serialisable), in rank order; ``[value]`` in a single process.
+
+    Sent as UTF-8 bytes in tensors on this rank's device, so it works under NCCL (which cannot move CPU
+    tensors) as under gloo; the sizes go first, since ranks' payloads differ in length.
+    """
+    if world_size() == 1:
+        return [value]
+    payload = torch.frombuffer(bytearray(json.dumps(value).encode()), dtype=torch.uint8).to(local_device())
+    size = torch.tensor([payload.numel()], dtype=torch.long, device=local_device())
+    sizes = [torch.zeros_like(size) for _ in range(world_size())]
+    torch.distributed.all_gather(sizes, size)
+    longest = max(int(s.item()) for s in sizes)
+    padded = torch.zeros(longest, dtype=torch.uint8, device=local_device())
+    padded[: payload.numel()] = payload
+    parts = [torch.empty_like(padded) for _ in range(world_size())]
+    torch.distributed.all_gather(parts, padded)
+    return [json.loads(bytes(part[: int(n.item())].cpu().tolist()).decode()) for part, n in zip(parts, sizes)]
 
 
 def barrier() -> None:

@@ -18,4 +18,6 @@ class DataConfig:
     skip_bad_records: bool = False
     strict_data: bool = False
     eval_fraction: float = 0.1
+    # Processes tokenising the cache (``--preprocessing_num_workers``); None tokenises in this one.
+    preprocessing_num_workers: int | None = None
     source: SourceOptions = field(default_factory=SourceOptions)

@@ -11,6 +11,7 @@ import csv
 import gzip
 import io
 import json
+import math
 import os
 import re
 import zlib
@@ -58,7 +59,7 @@ class _Row:
 def detect_schema(columns: Iterable[str], mapping: Any, where: str) -> Schema:
     """The schema of a file with ``columns``, honouring the user's ``ColumnMap`` over the defaults."""
     found = list(dict.fromkeys(columns))
-    for role in ("prompt", "response", "chosen", "rejected"):
+    for role in ("prompt", "response", "chosen", "rejected", "margin"):
         name = getattr(mapping, role)
         if name is not None and name not in found:
             raise DataError(
@@ -71,10 +72,11 @@ def detect_schema(columns: Iterable[str], mapping: Any, where: str) -> Schema:
 
     prompt, chosen, rejected = pick("prompt", ("prompt",)), pick("chosen", ("chosen",)), pick("rejected", ("rejected",))
     response = pick("response", RESPONSE_COLUMNS)
+    margin = {"margin": column} if (column := pick("margin", ("margin",))) else {}
     if chosen and rejected and prompt:
-        return Schema("pairs", {"prompt": prompt, "chosen": chosen, "rejected": rejected})
+        return Schema("pairs", {"prompt": prompt, "chosen": chosen, "rejected": rejected, **margin})
     if chosen and rejected:
-        return Schema("transcripts", {"chosen": chosen, "rejected": rejected})
+        return Schema("transcripts", {"chosen": chosen, "rejected": rejected, **margin})
     if prompt and response:
         return Schema("sft", {"prompt": prompt, "response": response})
     if "instruction" in found and (response or "output" in found):
@@ -197,6 +199,12 @@ def _validate(row: _Row, schema: Schema) -> tuple[dict | None, str]:
     sample = {}
     for role, column in schema.columns.items():
         value = row.values.get(column)
+        if role == "margin":
+            margin, problem = _number(value, column)
+            if problem:
+                return None, problem
+            sample[role] = margin
+            continue
         if value is None and role in schema.optional:
             value = ""
         if column not in row.values and value is None:
@@ -211,6 +219,19 @@ def _validate(row: _Row, schema: Schema) -> tuple[dict | None, str]:
             return None, f"field {column!r} holds {len(value):,} characters, over the {MAX_FIELD_CHARS:,} limit"
         sample[role] = value
     return sample, ""
+
+
+def _number(value: Any, column: str) -> tuple[float, str]:
+    """A finite number from a JSON/parquet number or a CSV cell, or why the field holds none."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return 0.0, f"field {column!r} holds {type(value).__name__}, expected a number"
+    try:
+        number = float(value)
+    except ValueError:
+        return 0.0, f"field {column!r} holds {value!r}, expected a number"
+    if not math.isfinite(number):
+        return 0.0, f"field {column!r} holds {value!r}, expected a finite number"
+    return number, ""
 
 
 def load_file(path: str, options: SourceOptions) -> tuple[Schema, list[dict], list[tuple[str, str]]]:
@@ -303,6 +324,10 @@ class _LocalSource(PromptRawDataset):
 
     def get_rejected(self, sample: dict) -> str | None:
         return self._parts(sample)[2]
+
+    def sample_meta(self, sample: dict) -> dict:
+        """The pair's margin when the file has a margin column (step 2's ``--use_margin``)."""
+        return {"margin": sample["margin"]} if "margin" in sample else {}
 
     def describe(self, split: str, index: int) -> str:
         """``path:line`` of a sample (line for JSON lines and CSV, index for JSON lists and parquet)."""

@@ -8,12 +8,15 @@ PROMPT_TEMPLATES = ("hh", "alpaca", "chatml", "model")
 
 @dataclass(frozen=True)
 class ColumnMap:
-    """User overrides for column names (``--prompt_column`` and friends); None means auto-detect."""
+    """User overrides for column names (``--prompt_column`` and friends); None means auto-detect.
+
+    ``margin`` names a pair's numeric margin (step 2's ``--use_margin``); by default a ``margin`` column."""
 
     prompt: str | None = None
     response: str | None = None
     chosen: str | None = None
     rejected: str | None = None
+    margin: str | None = None
 
 
 @dataclass(frozen=True)

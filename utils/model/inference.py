@@ -12,8 +12,8 @@ def load_for_inference(name_or_path: str, data: DataConfig | None = None, dtype:
 
     A preset needs the data its tokenizer was trained on (default: ``synthetic/tasks``).
     """
-    from chatrlhf.training.run_setup import resolve_model
     from chatrlhf.utils.model.loading import ModelOptions, load_causal_lm, load_tokenizer
+    from chatrlhf.utils.model.resolve import resolve_model
 
     path = resolve_model(name_or_path, data or DataConfig())
     options = ModelOptions(dtype=dtype)
