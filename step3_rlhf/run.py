@@ -65,22 +65,23 @@ class PPORun:
                                       args.tp_gather_partition_size)
 
         def engine(stage: int, *, offload: bool, checkpointing: bool = False, job: str,
-                   hybrid_engine: dict | None = None) -> EngineSettings:
+                   hybrid_engine: dict | None = None, quantized: bool = False) -> EngineSettings:
             return EngineSettings(zero_stage=stage, offload=offload, dtype=dtype, gradient_checkpointing=checkpointing,
                                   micro_batch_size=args.per_device_training_batch_size,
                                   gradient_accumulation_steps=args.gradient_accumulation_steps,
                                   compute_fp32_loss=args.compute_fp32_loss,
                                   deepspeed_config=getattr(args, "deepspeed_config", None),
-                                  job_name=job, hybrid_engine=hybrid_engine)
+                                  job_name=job, hybrid_engine=hybrid_engine,
+                                  quantized_nontrainable_weights=quantized)
 
-        def trained(name: str, *, hybrid_engine: dict | None = None) -> TrainedRole:
+        def trained(name: str, *, hybrid_engine: dict | None = None, quantized: bool = False) -> TrainedRole:
             """The actor or the critic from its own ``--{name}_*`` flags."""
             flag = vars(args)
             return TrainedRole(
                 name=name, path=flag[f"{name}_model_name_or_path"], dropout=flag[f"{name}_dropout"],
                 engine=engine(flag[f"{name}_zero_stage"], offload=args.offload,
                               checkpointing=flag[f"{name}_gradient_checkpointing"], job=name,
-                              hybrid_engine=hybrid_engine),
+                              hybrid_engine=hybrid_engine, quantized=quantized),
                 optim=OptimSettings(learning_rate=flag[f"{name}_learning_rate"],
                                     weight_decay=flag[f"{name}_weight_decay"],
                                     lr_scheduler_type=args.lr_scheduler_type, num_warmup_steps=args.num_warmup_steps,
@@ -116,7 +117,7 @@ class PPORun:
                   if rewards.model_path is not None else None)
         run = cls(
             data=replace(cli_args.data_config(args, max_prompt_seq_len=args.max_prompt_seq_len)),
-            actor=trained("actor", hybrid_engine=hybrid),
+            actor=trained("actor", hybrid_engine=hybrid, quantized=args.enable_mixed_precision_lora),
             critic=critic,
             reference=frozen("reference", "actor", args.actor_model_name_or_path, args.offload_reference_model),
             reward=reward,

@@ -339,3 +339,18 @@ def test_every_collective_runs_on_the_local_device(monkeypatch):
         with pytest.raises(_Sent):
             call()
         assert seen and all(d == fake for d in seen), (name, seen)
+
+
+# ----- --enable_mixed_precision_lora
+def test_mixed_precision_lora_quantizes_the_actors_frozen_weights(tmp_path):
+    from chatrlhf.step3_rlhf.run import PPORun
+    from chatrlhf.training.ds_config import train_ds_config
+
+    flags = ["--output_dir", str(tmp_path / "o"), "--actor_lora_dim", "8", "--actor_zero_stage", "3"]
+    quantized = PPORun.from_args(ppo_parser().parse_args([*flags, "--enable_mixed_precision_lora"]))
+    plain = PPORun.from_args(ppo_parser().parse_args(flags))
+    zero = train_ds_config(quantized.actor.engine, world_size=2)["zero_optimization"]
+    assert zero["zero_quantized_nontrainable_weights"] is True
+    assert zero["zero_hpz_partition_size"] == 1  # two ranks on a one-device node: hpZ within the node
+    assert "zero_quantized_nontrainable_weights" not in train_ds_config(plain.actor.engine, 2)["zero_optimization"]
+    assert not quantized.critic.engine.quantized_nontrainable_weights

@@ -43,6 +43,8 @@ class EngineSettings:
     tensorboard_path: str = ""
     job_name: str = "step1"
     hybrid_engine: dict | None = None
+    # --enable_mixed_precision_lora: ZeRO-3 keeps the frozen (non-LoRA) weights quantized, as DeepSpeed-Chat.
+    quantized_nontrainable_weights: bool = False
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from chatrlhf.training.config import EngineSettings
-from chatrlhf.utils.device import has_cuda
+from chatrlhf.utils.device import accelerator_count, has_cuda
 
 # What a --deepspeed_config can say about a frozen model (reference, reward): how its parameters are
 # partitioned and offloaded, and its precision. Optimizer, gradient and batch keys concern trained models only.
@@ -30,6 +30,12 @@ def train_ds_config(settings: EngineSettings, world_size: int, max_grad_norm: fl
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": has_cuda()}
         if settings.zero_stage == 3:
             zero["offload_param"] = {"device": "cpu", "pin_memory": has_cuda()}
+    if settings.quantized_nontrainable_weights:
+        zero["zero_quantized_nontrainable_weights"] = True
+        # Within a node, hpZ keeps a secondary copy of the quantized weights, as DeepSpeed-Chat sets it up.
+        per_node = accelerator_count()
+        if world_size != per_node:
+            zero["zero_hpz_partition_size"] = per_node
     config = {
         "train_micro_batch_size_per_gpu": settings.micro_batch_size,
         "gradient_accumulation_steps": settings.gradient_accumulation_steps,
@@ -79,6 +85,12 @@ def eval_ds_config(settings: EngineSettings, world_size: int) -> dict:
     zero: dict = {"stage": 3 if settings.zero_stage == 3 else 0, "stage3_param_persistence_threshold": 1e4}
     if settings.offload and settings.zero_stage == 3:
         zero["offload_param"] = {"device": "cpu", "pin_memory": has_cuda()}
+    if settings.quantized_nontrainable_weights:
+        zero["zero_quantized_nontrainable_weights"] = True
+        # Within a node, hpZ keeps a secondary copy of the quantized weights, as DeepSpeed-Chat sets it up.
+        per_node = accelerator_count()
+        if world_size != per_node:
+            zero["zero_hpz_partition_size"] = per_node
     config = {
         "train_micro_batch_size_per_gpu": settings.micro_batch_size,
         "gradient_accumulation_steps": 1,

@@ -18,6 +18,11 @@ def has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def accelerator_count() -> int:
+    """Devices on this node: its GPUs, or 1 (the CPU)."""
+    return torch.cuda.device_count() if has_cuda() else 1
+
+
 def configure_accelerator(mmap_threshold: int = LARGE_BLOCK_BYTES) -> None:
     """On machines without CUDA: point DeepSpeed at its CPU accelerator (must run before importing it) and
     set which freed blocks the host allocator returns to the system (``host_memory``)."""
