@@ -344,8 +344,15 @@ def test_cpu_process_bytes_for_a_measured_run() -> None:
     assert cpu_process_bytes("tiny-llama", replace(run, train_batch_size=8)) > small
 
 
+# What the measured run inherits: nothing an earlier test left in this process's environment can change it.
+KEPT_VARIABLES = ("PATH", "HOME", "LANG", "TMPDIR", "VIRTUAL_ENV", "CHATRLHF_CACHE", "HF_HUB_OFFLINE",
+                  "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM")
+
+
 def _measured_peak_mib(module: str, argv: list[str], output_dir, env: dict[str, str]) -> float:
     """Run one step in its own process and read the peak resident memory it recorded in metrics.json."""
+    env = {key: env[key] for key in KEPT_VARIABLES if key in env} | {
+        "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "DS_ACCELERATOR": "cpu"}
     proc = subprocess.run([sys.executable, "-m", module, *argv], env=env, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads((output_dir / "metrics.json").read_text())["peak_rss_mib"]
