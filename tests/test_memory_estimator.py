@@ -359,11 +359,32 @@ def _measured_peak_mib(module: str, argv: list[str], output_dir, env: dict[str, 
 
 
 @pytest.mark.parametrize("step", [1, 3])
-def test_cpu_estimate_is_within_25_percent_of_a_measured_run(step, tmp_path, sft_model, subprocess_env):
-    """The estimate for a real tiny run on this CPU, against the peak RSS that run measured itself.
+def test_cpu_estimate_is_within_25_percent_of_a_measured_run(step, tmp_path):
+    """Runs the measurement below in a fresh pytest process: after some earlier tests of the same session the
+    measured run's peak came out 1085 MiB instead of about 660 MiB (the e2e's own step 1 records 663), a cause
+    not yet found, so the measurement runs in a process tree of its own."""
+    if os.environ.get(INNER):
+        pytest.skip("this is the outer wrapper; the inner process runs the measurement")
+    test = f"{__file__}::test_measured_run_agrees_with_the_estimate[{step}]"
+    env = {**os.environ, INNER: "1"}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp",
+                           str(tmp_path / "inner"), test], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "1 passed" in done.stdout
+
+
+INNER = "CHATRLHF_MEMORY_MEASUREMENT"
+
+
+@pytest.mark.parametrize("step", [1, 3])
+def test_measured_run_agrees_with_the_estimate(step, tmp_path, sft_model, subprocess_env):
+    """The estimate for a real tiny run on this CPU, against the peak RSS that run measured itself (run by the
+    wrapper above in a fresh pytest process).
 
     The run builds its own data cache, so what it measures does not depend on which tests filled the shared one.
     """
+    if not os.environ.get(INNER):
+        pytest.skip("run by test_cpu_estimate_is_within_25_percent_of_a_measured_run in a fresh process")
     out = tmp_path / "out"
     if step == 1:
         argv = ["--model_name_or_path", sft_model, "--per_device_train_batch_size", "16", "--max_seq_len", "128",
