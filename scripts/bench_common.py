@@ -268,7 +268,8 @@ def wrap_main(module: str, argv: list[str]) -> int:
     end to end like TRL's (data loading and bookkeeping between phases included).
     """
     import importlib
-    import resource
+
+    from chatrlhf.utils.host_memory import peak_resident_mib
 
     main = importlib.import_module(module).main
     clocks: list[float] = []
@@ -285,7 +286,7 @@ def wrap_main(module: str, argv: list[str]) -> int:
     rc = main(argv)
     import torch
 
-    report = {"maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    report = {"maxrss_kib": round(peak_resident_mib() * 1024),
               "torch_threads": torch.get_num_threads(), "iteration_end_clock": clocks}
     print(RESULT_PREFIX + json.dumps(report), flush=True)
     return rc or 0

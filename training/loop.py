@@ -9,7 +9,6 @@ import itertools
 import json
 import math
 import os
-import resource
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from chatrlhf.training.metrics_log import MetricsLogger, Throughput, format_metr
 from chatrlhf.training.run_control import LossGuard, StopRequested, StopSignals
 from chatrlhf.training.samplers import LengthGroupedSampler
 from chatrlhf.utils import device
+from chatrlhf.utils.host_memory import peak_resident_mib
 from chatrlhf.utils.model import shortcuts
 
 
@@ -238,7 +238,7 @@ def write_metrics(output_dir: str, result: TrainResult, extra: dict | None = Non
     if not device.is_main_process():
         return
     os.makedirs(output_dir, exist_ok=True)
-    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_rss_mib = peak_resident_mib()
     payload = {"steps": result.steps, "history": result.history, "evals": result.evals,
                "peak_rss_mib": round(peak_rss_mib, 1), "shortcuts": shortcuts.report(), **(extra or {})}
     tmp = os.path.join(output_dir, ".metrics.json.tmp")

@@ -31,3 +31,23 @@ def release_large_blocks(threshold: int = LARGE_BLOCK_BYTES) -> bool:
     except OSError:
         return False
     return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
+
+
+def peak_resident_mib() -> float:
+    """This process's own peak resident memory in MiB.
+
+    ``getrusage(RUSAGE_SELF).ru_maxrss`` is not that on Linux: exec records the old address space's
+    high-water mark in it, so a run started by a large parent (pytest, a notebook, a launcher that
+    imported torch) reports the parent's peak when that is higher. ``VmHWM`` belongs to the current
+    address space only; ``ru_maxrss`` is the fallback where ``/proc`` is missing.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
