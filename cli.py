@@ -20,7 +20,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 def usage() -> str:
     lines = ["usage: chatrlhf <command> [flags]", "", "commands:"]
     lines += [f"  {name:<8} {text}" for name, (_, text) in SUBCOMMANDS.items()]
-    lines.append("\n`chatrlhf <command> --help` lists a command's flags.")
+    lines.append("\n`chatrlhf <command> --help` lists a command's flags and their defaults. sft, reward, dpo, ppo and "
+                 "e2e also\ntake --config FILE.yaml|json; flags on the command line override the file.")
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import TextStreamer, set_seed
 
+from chatrlhf.training.cli_parser import new_parser
 from chatrlhf.utils.model.generation import STOP_MARKERS, GenerationSettings, cut_at_new_turn, encode_prompts
 
 CLEAR = "clear"
@@ -205,19 +206,21 @@ def chat_loop(model, tokenizer, conversation: Conversation, settings: Generation
         conversation.add(question, answer)
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="chatrlhf chat", description="Chat with a model in the terminal.")
-    parser.add_argument("--path", required=True, help="model directory, hub name or preset (e.g. tiny-opt)")
-    parser.add_argument("--max_new_tokens", type=int, default=128, help="longest answer, in tokens")
-    parser.add_argument("--do_sample", action="store_true", help="sample instead of greedy decoding")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top_p", type=float, default=1.0)
-    parser.add_argument("--top_k", type=int, default=0, help="0: no top-k filtering")
-    parser.add_argument("--seed", type=int, default=None, help="makes a sampled chat reproducible")
+def build_parser() -> argparse.ArgumentParser:
+    parser = new_parser("chatrlhf chat", "Chat with a model in the terminal.")
+    parser.add_argument("--path", required=True, help="Model directory, hub name or preset (e.g. tiny-opt).")
+    parser.add_argument("--max_new_tokens", type=int, default=128, help="Longest answer, in tokens.")
+    parser.add_argument("--do_sample", action="store_true", help="Sample instead of greedy decoding.")
+    parser.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature (with --do_sample).")
+    parser.add_argument("--top_p", type=float, default=1.0,
+                        help="With --do_sample: sample from the most likely tokens holding this probability mass.")
+    parser.add_argument("--top_k", type=int, default=0,
+                        help="With --do_sample: sample from the K most likely tokens (0: all).")
+    parser.add_argument("--seed", type=int, default=None, help="Makes a sampled chat reproducible.")
     parser.add_argument("--max_history_tokens", type=int, default=None,
-                        help="most prompt tokens (history and question); the oldest turns are forgotten beyond it. "
-                             "Default and ceiling: the model's positions minus --max_new_tokens")
-    return parser.parse_args(argv)
+                        help="Most prompt tokens (history and question); the oldest turns are forgotten beyond it. "
+                             "Unset: the model's positions minus --max_new_tokens, which is also the ceiling.")
+    return parser
 
 
 def write_stdout(text: str) -> None:
@@ -226,7 +229,7 @@ def write_stdout(text: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     from chatrlhf.utils.model.inference import load_for_inference
 
     if args.seed is not None:

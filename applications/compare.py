@@ -19,30 +19,33 @@ from chatrlhf.applications.comparison import (
     read_prompts,
     write_markdown,
 )
+from chatrlhf.training.cli_parser import new_parser
 from chatrlhf.utils.data.config import DataConfig
 from chatrlhf.utils.data.errors import DataError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="chatrlhf compare", description=__doc__.splitlines()[0])
+    parser = new_parser("chatrlhf compare", __doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", metavar="MODEL",
                         help="Model directories, hub names or presets (tiny-opt, tiny-llama, smollm2-135m).")
     parser.add_argument("--labels", nargs="+", default=None, help="One label per model (default: the paths).")
     prompts = parser.add_mutually_exclusive_group()
-    prompts.add_argument("--prompts_file", default=None, help="Plain lines, or MT-Bench/Vicuna .jsonl questions.")
+    prompts.add_argument("--prompts_file", default=None,
+                         help="Plain lines, or MT-Bench/Vicuna .jsonl questions (unset: built-in prompts).")
     prompts.add_argument("--synthetic", type=int, default=0,
-                         help="Use N held-out synthetic/tasks prompts and report checker accuracy.")
+                         help="Use N held-out synthetic/tasks prompts and report checker accuracy (0: off).")
     parser.add_argument("--novel_words", action="store_true",
                         help="With --synthetic: ask the word tasks of words outside words.txt (memorisation check).")
     parser.add_argument("--sampled", type=int, default=0,
-                        help="With --synthetic: also K answers a prompt sampled at temperature 1, for pass@1.")
+                        help="With --synthetic: also K answers a prompt sampled at temperature 1, for pass@1 "
+                             "(0: none).")
     parser.add_argument("--prompt_template", default="hh", choices=["hh", "alpaca", "chatml"],
                         help="How a --prompts_file question becomes a prompt.")
     parser.add_argument("--reward_model", default=None, help="A step-2 output directory: adds mean reward per model.")
     parser.add_argument("--output_file", default=None, help="Also write the comparison as markdown here.")
     parser.add_argument("--examples", type=int, default=5, help="How many prompts to show answers for.")
     parser.add_argument("--data_path", nargs="*", default=["synthetic/tasks"],
-                        help="The data a preset's tokenizer was trained on.")
+                        help="The data a preset's tokenizer is built from (preset model names only).")
     parser.add_argument("--seed", type=int, default=1234, help="Picks the synthetic prompts; keys preset tokenizers.")
     add_generation_args(parser)
     return parser

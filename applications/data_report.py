@@ -31,11 +31,15 @@ def count_overlaps(steps: dict[int, tuple[list, list]]) -> dict[str, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     from chatrlhf.training import cli_args
+    from chatrlhf.training.cli_parser import new_parser
 
-    parser = argparse.ArgumentParser(prog="chatrlhf data", description=__doc__.splitlines()[0])
+    parser = new_parser("chatrlhf data", __doc__.splitlines()[0])
     cli_args.add_data_args(parser)
-    parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--max_seq_len", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=1234,
+                        help="The seed of the run to check: it shuffles the splits and makes the synthetic data.")
+    parser.add_argument("--max_seq_len", type=int, default=512,
+                        help="Accepted so a training command's flags paste unchanged; no effect: the report counts "
+                             "records before tokenisation.")
     return parser
 
 

@@ -259,8 +259,10 @@ class Plan:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="chatrlhf e2e", description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+    from chatrlhf.training.cli_parser import new_parser
+
+    parser = new_parser(
+        "chatrlhf e2e", __doc__.splitlines()[0], config_file=True,
         epilog="Extra flags reach a step's script through --stepN-args, e.g. --step1-args=\"--max_steps 50\";\n"
                "PPO_STEPS=N shortens the tiny step 3.",
     )
@@ -274,19 +276,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"350m (facebook/opt-350m), any name or path (tiny scripts), or '{FROM_STEP1}' to start "
                              "from the step-1 model. Default: 350m on a GPU, step1 without one.")
     parser.add_argument("--actor-zero-stage", default="", choices=("", "0", "1", "2", "3"),
-                        help="ZeRO stage of step 1 and of step 3's actor (default: the script's).")
+                        help="ZeRO stage of step 1 and of step 3's actor ('': the script's own).")
     parser.add_argument("--reward-zero-stage", default="", choices=("", "0", "1", "2", "3"),
-                        help="ZeRO stage of step 2 and of step 3's critic (default: the script's).")
+                        help="ZeRO stage of step 2 and of step 3's critic ('': the script's own).")
     parser.add_argument("--output-dir", default="./output", help="Where actor-models/, reward-models/ and "
                                                                   "step3-models/ and report.md go.")
     parser.add_argument("--deployment-type", default="single_gpu", choices=DEPLOYMENTS,
                         help="Which scripts run: one GPU, one node, or several nodes.")
     parser.add_argument("--step2-method", default="reward", choices=STEP2_METHODS,
                         help="Step 2 trains a reward model for step 3 (reward), or replaces steps 2 and 3 by DPO of "
-                             "the step-1 model on the step-2 pairs into dpo-models/ (dpo; default steps 1 2).")
+                             "the step-1 model on the step-2 pairs into dpo-models/ (dpo; --step then defaults to "
+                             "1 2).")
     parser.add_argument("--step3-algorithm", default=None, choices=ALGORITHMS,
-                        help="Step 3's algorithm: PPO with a critic (default), or critic-free GRPO, RLOO or "
-                             "REINFORCE++.")
+                        help="Step 3's algorithm: PPO with a critic, or critic-free GRPO, RLOO or REINFORCE++ "
+                             "(unset: ppo).")
     parser.add_argument("--reward-fn", default=None, metavar="NAME|FILE.py:FUNCTION",
                         help="Step 3 rewards from a function (prompt, response) -> float, e.g. synthetic_tasks (the "
                              "exact checker). With a critic-free algorithm no reward model is trained or loaded.")
@@ -295,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "held-out prompts). Default: the scripts' own (1234).")
     for step in (1, 2, 3):
         parser.add_argument(f"--step{step}-args", default="", metavar="FLAGS",
-                            help=f"Flags appended to step {step}'s script (one quoted string).")
+                            help=f"Flags appended to step {step}'s script (one quoted string; '': none).")
     report = parser.add_mutually_exclusive_group()
     report.add_argument("--no-report", action="store_true", help="Do not write report.md at the end.")
     report.add_argument("--report-only", action="store_true",
@@ -617,6 +620,10 @@ def rl_dirs(plan: Plan) -> dict[str, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from chatrlhf.training.metrics_log import quiet_library_bars
+
+    # The steps quiet their own bars (run_cli); the checks before a step and the report load models here.
+    quiet_library_bars()
     if args.actor_zero_stage or args.reward_zero_stage:
         print("note: non-default ZeRO stages may run out of memory or run slower.", flush=True)
     started = time.perf_counter()

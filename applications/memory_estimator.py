@@ -538,63 +538,74 @@ def render_report(report: MemoryReport) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="chatrlhf memory", allow_abbrev=False,
-        description="Estimate memory per GPU and on the host for a DeepSpeed-Chat style run, and whether it fits.",
+    from chatrlhf.training.cli_parser import new_parser
+
+    parser = new_parser(
+        "chatrlhf memory",
+        "Estimate memory per GPU and on the host for a DeepSpeed-Chat style run, and whether it fits.",
+        allow_abbrev=False,
     )
     add = parser.add_argument
     add("--model", "--model_name_or_path", "--actor_model_name_or_path", dest="model", default="opt-1.3b",
-        help=f"model directory, config.json, or a known name: {', '.join(KNOWN_MODELS)} (default opt-1.3b)")
+        help=f"The trained model (step 3: the actor): a directory, config.json, or a known name: "
+             f"{', '.join(KNOWN_MODELS)}.")
     add("--critic_model", "--critic_model_name_or_path", dest="critic_model", default="opt-350m",
-        help="step 3 critic (--algorithm ppo only), and the reward model unless --reward_model_name_or_path or "
-             "--reward_fn is given, as in chatrlhf ppo (default opt-350m)")
-    add("--step", type=int, choices=(1, 2, 3), default=1, help="1 SFT, 2 reward model, 3 PPO")
+        help="Step 3's critic (--algorithm ppo only), and the reward model unless --reward_model_name_or_path or "
+             "--reward_fn is given, as in chatrlhf ppo.")
+    add("--step", type=int, choices=(1, 2, 3), default=1, help="The step to estimate: 1 SFT, 2 reward model, 3 RLHF.")
     add("--device", choices=("cuda", "cpu"), default="cuda",
-        help="cpu: run on this machine's CPU; --gpu_memory_gb then means host RAM (default: all of it)")
+        help="cpu: run on this machine's CPU; --gpu_memory_gb then means host RAM (unset: all of it).")
     add("--gpus_per_node", "--num_gpus", dest="gpus_per_node", type=int, default=1,
-        help="GPUs (or CPU processes) per node")
-    add("--num_nodes", type=int, default=1)
+        help="GPUs (or CPU processes) per node.")
+    add("--num_nodes", type=int, default=1, help="Nodes of the run; ZeRO partitions over every GPU of them.")
     add("--gpu_memory_gb", type=float, default=None,
-        help="memory per GPU in GB (GiB: an '80 GB' card holds 80 GiB); default 80, or host RAM with --device cpu")
-    add("--host_memory_gb", type=float, default=None, help="host RAM per node to check too (GPU runs)")
-    add("--zero_stage", type=int, choices=(0, 1, 2, 3), default=0)
-    add("--offload", action="store_true", help="ZeRO-Offload: optimizer states (and ZeRO-3 weights) on the CPU")
+        help="Memory per GPU in GB (GiB: an '80 GB' card holds 80 GiB); unset: 80, or the host RAM with "
+             "--device cpu.")
+    add("--host_memory_gb", type=float, default=None,
+        help="Host RAM per node to check too (GPU runs; unset: not checked).")
+    add("--zero_stage", type=int, choices=(0, 1, 2, 3), default=0,
+        help="ZeRO stage of the trained model(s), as chatrlhf's --zero_stage (step 3: actor and critic).")
+    add("--offload", action="store_true", help="ZeRO-Offload: optimizer states (and ZeRO-3 weights) on the CPU.")
     add("--lora_dim", type=int, default=0,
-        help="LoRA rank on every linear of the decoder blocks, training only the adapters (--only_optimize_lora)")
-    add("--gradient_checkpointing", action="store_true")
-    add("--dtype", choices=tuple(DTYPE_BYTES), default=None, help="default bf16, or fp32 with --device cpu")
+        help="LoRA rank on every linear of the decoder blocks, training only the adapters (--only_optimize_lora); "
+             "0: no LoRA.")
+    add("--gradient_checkpointing", action="store_true",
+        help="Activations as with gradient checkpointing: each layer keeps only its input, and one layer's are "
+             "recomputed at a time.")
+    add("--dtype", choices=tuple(DTYPE_BYTES), default=None, help="Precision; unset: bf16, or fp32 with --device cpu.")
     add("--attention", choices=("sdpa", "eager"), default="sdpa",
-        help="eager keeps b·heads·s² attention scores per layer; sdpa (what chatrlhf loads) does not")
+        help="eager keeps b·heads·s² attention scores per layer; sdpa (what chatrlhf loads) does not.")
     add("--per_device_train_batch_size", "--per_device_training_batch_size", dest="train_batch_size", type=int,
-        default=16)
-    add("--per_device_generation_batch_size", dest="generation_batch_size", type=int, default=16)
-    add("--max_seq_len", type=int, default=512, help="steps 1 and 2")
-    add("--max_prompt_seq_len", type=int, default=256, help="step 3")
-    add("--max_answer_seq_len", type=int, default=256, help="step 3")
-    add("--offload_reference_model", action="store_true", help="step 3: reference model weights on the CPU")
-    add("--offload_reward_model", action="store_true", help="step 3: reward model weights on the CPU")
+        default=16, help="Training samples (step 3: completions) per GPU and micro-batch.")
+    add("--per_device_generation_batch_size", dest="generation_batch_size", type=int, default=16,
+        help="Step 3: prompts per GPU in a rollout.")
+    add("--max_seq_len", type=int, default=512, help="Steps 1 and 2: sequence length in tokens.")
+    add("--max_prompt_seq_len", type=int, default=256, help="Step 3: prompt length in tokens.")
+    add("--max_answer_seq_len", type=int, default=256, help="Step 3: answer length in tokens.")
+    add("--offload_reference_model", action="store_true", help="Step 3: reference model weights on the CPU.")
+    add("--offload_reward_model", action="store_true", help="Step 3: reward model weights on the CPU.")
     add("--reduce_bucket_size", type=int, default=REDUCE_BUCKET_SIZE,
-        help="DeepSpeed zero_optimization.reduce_bucket_size in elements (default 5e8, DeepSpeed's)")
+        help="DeepSpeed's zero_optimization.reduce_bucket_size in elements (DeepSpeed's default).")
     step3 = parser.add_argument_group("step 3 algorithm and rewards (the flags of chatrlhf ppo)")
     step3.add_argument(
         "--algorithm", choices=ALGORITHMS, default="ppo",
-        help="ppo (default): actor + reference + critic + reward model. grpo, rloo, reinforce_pp: critic-free, no "
+        help="ppo: actor + reference + critic + reward model. grpo, rloo, reinforce_pp: critic-free, no "
              "critic weights, gradients, optimizer states or activations are counted; the DeepSpeed-Chat rule of "
-             "thumb is then GB / 3 for the actor instead of GB / 6 for actor + critic")
+             "thumb is then GB / 3 for the actor instead of GB / 6 for actor + critic.")
     step3.add_argument(
         "--num_samples_per_prompt", type=int, default=1,
-        help="answers per prompt (default 1; grpo and rloo need 2 or more): the generation KV cache and experience "
+        help="Answers per prompt (grpo and rloo need 2 or more): the generation KV cache and experience "
              "scoring hold --per_device_generation_batch_size x this many sequences; training micro-batches stay "
-             "--per_device_train_batch_size")
+             "--per_device_train_batch_size.")
     step3.add_argument(
         "--reward_model_name_or_path", default=None,
-        help="the frozen reward model (a directory, config.json or known name); default: --critic_model, unless "
-             "--reward_fn is given")
+        help="The frozen reward model (a directory, config.json or known name); unset: --critic_model, unless "
+             "--reward_fn is given.")
     step3.add_argument(
         "--reward_fn", nargs="?", const="given", default=None, metavar="SPEC",
-        help="the reward comes from a Python function (SPEC as for chatrlhf ppo, not read here; may be omitted): "
+        help="The reward comes from a Python function (SPEC as for chatrlhf ppo, not read here; may be omitted): "
              "no reward model is counted unless --reward_model_name_or_path names one (--critic_model then names "
-             "only the critic)")
+             "only the critic).")
     return parser
 
 

@@ -15,13 +15,14 @@ configure_accelerator()
 
 def build_parser() -> argparse.ArgumentParser:
     from chatrlhf.training import cli_args
+    from chatrlhf.training.cli_parser import new_parser
 
-    parser = argparse.ArgumentParser(prog="chatrlhf sft", description=__doc__.splitlines()[0])
+    parser = new_parser("chatrlhf sft", __doc__.splitlines()[0], config_file=True)
     cli_args.add_data_args(parser)
     cli_args.add_model_args(parser)
     cli_args.add_training_args(parser, learning_rate=1e-3)
     parser.add_argument("--train_on_prompt", action="store_true", help="Put the prompt tokens in the loss too.")
-    parser.add_argument("--print_loss", action="store_true", help="Print the loss of every step.")
+    parser.add_argument("--print_loss", action="store_true", help="Print the loss at every optimizer step.")
     cli_args.add_deepspeed_args(parser)
     return parser
 
@@ -29,10 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from chatrlhf.step1_sft.run import SFTRun
+    from chatrlhf.training.config_file import run_record
     from chatrlhf.training.validation import run_cli
 
     def body() -> int:
-        SFTRun.from_args(args).run()
+        SFTRun.from_args(args).run(run_record(args, argv))
         return 0
 
     return run_cli("chatrlhf sft", body)

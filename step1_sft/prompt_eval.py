@@ -18,21 +18,27 @@ from chatrlhf.applications.comparison import (
     read_prompts,
     write_markdown,
 )
+from chatrlhf.training.cli_parser import new_parser
 from chatrlhf.utils.data.config import DataConfig
 from chatrlhf.utils.data.errors import DataError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prompt_eval", description=__doc__.splitlines()[0])
-    parser.add_argument("--model_name_or_path_baseline", required=True)
-    parser.add_argument("--model_name_or_path_finetune", required=True)
-    parser.add_argument("--prompts_file", default=None, help="Plain lines, or MT-Bench/Vicuna .jsonl questions.")
+    parser = new_parser("prompt_eval", __doc__.splitlines()[0])
+    parser.add_argument("--model_name_or_path_baseline", required=True,
+                        help="The model before fine-tuning: a directory, hub name or preset.")
+    parser.add_argument("--model_name_or_path_finetune", required=True,
+                        help="The fine-tuned model (a step-1 output directory).")
+    parser.add_argument("--prompts_file", default=None,
+                        help="Plain lines, or MT-Bench/Vicuna .jsonl questions (unset: built-in prompts).")
     parser.add_argument("--synthetic", type=int, default=0,
-                        help="Use N held-out synthetic/tasks prompts and print checker accuracy.")
-    parser.add_argument("--prompt_template", default="hh", choices=["hh", "alpaca", "chatml"])
+                        help="Use N held-out synthetic/tasks prompts and print checker accuracy (0: off).")
+    parser.add_argument("--prompt_template", default="hh", choices=["hh", "alpaca", "chatml"],
+                        help="How a --prompts_file question becomes a prompt.")
     parser.add_argument("--data_path", nargs="*", default=["synthetic/tasks"],
-                        help="The data a preset's tokenizer was trained on.")
-    parser.add_argument("--seed", type=int, default=1234)
+                        help="The data a preset's tokenizer is built from (preset model names only).")
+    parser.add_argument("--seed", type=int, default=1234,
+                        help="Picks the synthetic prompts; keys preset tokenizers.")
     add_generation_args(parser)
     parser.add_argument("--output_file", default="prompt_eval.md", help="Where the markdown comparison goes.")
     return parser

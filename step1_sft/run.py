@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from chatrlhf.training import cli_args
 from chatrlhf.training.lora import apply_lora
+from chatrlhf.training.model_card import ModelCard
 from chatrlhf.training.run_setup import require_output_dir
 from chatrlhf.training.saving import save_hf_model
 from chatrlhf.training.step_runner import ModelSettings, StepRun
@@ -16,6 +17,9 @@ from chatrlhf.utils.data.tokenized import StepData
 
 @dataclass
 class SFTRun(StepRun):
+    card_tag = "sft"
+    card_metrics = {"loss": "eval loss", "perplexity": "eval perplexity"}
+
     train_on_prompt: bool = False
 
     @classmethod
@@ -23,6 +27,7 @@ class SFTRun(StepRun):
         check_model_path("--model_name_or_path", args.model_name_or_path)
         check_data_flags(tuple(args.data_path), tuple(args.sft_only_data_path), args.data_split)
         check_length(f"--max_seq_len {args.max_seq_len}", args.max_seq_len, args.model_name_or_path)
+        lora = cli_args.lora_settings(args)
         output_dir = require_output_dir(args.output_dir, "step 1", args.overwrite_output_dir)
         return cls(
             step=1,
@@ -30,7 +35,7 @@ class SFTRun(StepRun):
             model=ModelSettings(args.model_name_or_path, args.dropout, args.add_eot_token, args.eot_token),
             engine=cli_args.engine_settings(args, "step1_model"),
             optim=cli_args.optim_settings(args),
-            lora=cli_args.lora_settings(args),
+            lora=lora,
             loop=cli_args.loop_settings(args, output_dir),
             train_on_prompt=args.train_on_prompt,
         )
@@ -49,5 +54,10 @@ class SFTRun(StepRun):
 
         return SFTTask(self.engine.compute_fp32_loss)
 
-    def save(self, engine, tokenizer, data: StepData) -> None:
-        save_hf_model(engine.module, tokenizer, self.loop.output_dir, zero_stage=self.engine.zero_stage)
+    def card_method(self) -> str:
+        return ("Step 1, supervised fine-tuning: next-token cross-entropy on the responses"
+                + (" and the prompts." if self.train_on_prompt else " (prompt tokens masked out of the loss)."))
+
+    def save(self, engine, tokenizer, data: StepData, card: ModelCard) -> None:
+        save_hf_model(engine.module, tokenizer, self.loop.output_dir, zero_stage=self.engine.zero_stage, card=card,
+                      adapter=self.lora.save_adapter)

@@ -16,8 +16,9 @@ configure_accelerator()
 def build_parser() -> argparse.ArgumentParser:
     from chatrlhf.step2_dpo.losses import DEFAULT_SIMPO_GAMMA, LOSS_TYPES
     from chatrlhf.training import cli_args
+    from chatrlhf.training.cli_parser import new_parser
 
-    parser = argparse.ArgumentParser(prog="chatrlhf dpo", description=__doc__.splitlines()[0])
+    parser = new_parser("chatrlhf dpo", __doc__.splitlines()[0], config_file=True)
     cli_args.add_data_args(parser, sft_only=False)
     cli_args.add_model_args(parser)
     cli_args.add_training_args(parser, learning_rate=1e-3)
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--precompute_ref_log_probs", action="store_true",
                        help="Score every pair with the reference once before training (cached on disk beside the "
                             "tokenised data, keyed by a hash of the reference's weights), then free it.")
-    group.add_argument("--print_loss", action="store_true", help="Print the loss of every step.")
+    group.add_argument("--print_loss", action="store_true", help="Print the loss at every optimizer step.")
     cli_args.add_deepspeed_args(parser)
     return parser
 
@@ -48,10 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from chatrlhf.step2_dpo.run import DPORun
+    from chatrlhf.training.config_file import run_record
     from chatrlhf.training.validation import run_cli
 
     def body() -> int:
-        DPORun.from_args(args).run()
+        DPORun.from_args(args).run(run_record(args, argv))
         return 0
 
     return run_cli("chatrlhf dpo", body)

@@ -10,6 +10,7 @@ from chatrlhf.step2_dpo.reference import LiveReference
 from chatrlhf.training import cli_args
 from chatrlhf.training.lora import apply_lora
 from chatrlhf.training.metrics_log import print_rank0
+from chatrlhf.training.model_card import ModelCard
 from chatrlhf.training.run_setup import require_output_dir
 from chatrlhf.training.saving import save_hf_model
 from chatrlhf.training.step_runner import ModelSettings, StepRun
@@ -49,6 +50,10 @@ def check_reference_flags(loss: LossConfig, reference: ReferenceSettings, adapte
 
 @dataclass
 class DPORun(StepRun):
+    card_tag = "dpo"
+    card_metrics = {"reward_accuracy": "reward accuracy", "reward_margin": "reward margin",
+                    "chosen_reward": "chosen reward", "rejected_reward": "rejected reward", "loss": "eval loss"}
+
     loss: LossConfig = field(default_factory=LossConfig)
     reference: ReferenceSettings = field(default_factory=ReferenceSettings)
     fp32_loss: bool = False
@@ -155,8 +160,22 @@ class DPORun(StepRun):
 
         return DPOTask(self.loss, self.live_reference, fp32=self.fp32_loss)
 
-    def save(self, engine, tokenizer, data: StepData) -> None:
-        save_hf_model(engine.module, tokenizer, self.loop.output_dir, zero_stage=self.engine.zero_stage)
+    def card_method(self) -> str:
+        reference = {"none": "no reference model", "precomputed": "reference log-probs computed once before training",
+                     "adapters_off": "the policy with its LoRA adapters off as the reference",
+                     "model": f"`{self.reference.path or self.model.name_or_path}` as the frozen reference"}
+        return (f"Step 2, direct preference optimization: the `{self.loss.loss_type}` preference loss (beta "
+                f"{self.loss.beta}) on chosen/rejected pairs, with {reference[self.reference_kind]}. The rewards "
+                "below are the loss's implicit rewards of the held-out chosen and rejected answers.")
+
+    def card_settings(self) -> dict[str, object]:
+        return {"loss type": self.loss.loss_type, "beta": self.loss.beta,
+                "label smoothing": self.loss.label_smoothing or None, "SimPO gamma": self.loss.simpo_gamma,
+                "reference": self.reference_kind}
+
+    def save(self, engine, tokenizer, data: StepData, card: ModelCard) -> None:
+        save_hf_model(engine.module, tokenizer, self.loop.output_dir, zero_stage=self.engine.zero_stage, card=card,
+                      adapter=self.lora.save_adapter)
 
 
 def _adapters_off(only_lora_trains: bool, reference: ReferenceSettings) -> bool:

@@ -17,16 +17,17 @@ DEFAULT_EVAL_ITERS = 100
 
 def build_parser() -> argparse.ArgumentParser:
     from chatrlhf.training import cli_args
+    from chatrlhf.training.cli_parser import new_parser
+    from chatrlhf.training.compat_flags import inert_help
 
-    parser = argparse.ArgumentParser(prog="chatrlhf reward", description=__doc__.splitlines()[0])
+    parser = new_parser("chatrlhf reward", __doc__.splitlines()[0], config_file=True)
     cli_args.add_data_args(parser, sft_only=False)
     cli_args.add_model_args(parser, eot=False)
     cli_args.add_training_args(parser, learning_rate=5e-5)
     parser.set_defaults(eval_iters=DEFAULT_EVAL_ITERS, tensorboard_path="step2_tensorboard")
     group = parser.add_argument_group("step 2")
     group.add_argument("--num_padding_at_beginning", type=int, default=1,
-                       help="Accepted for DeepSpeed-Chat compatibility; scores are read at the last real token "
-                            "of the attention mask, so leading pads never matter.")
+                       help=inert_help("num_padding_at_beginning"))
     group.add_argument("--center_rewards_coef", type=float, default=0.0,
                        help="Weight of mean((r_chosen + r_rejected)^2) in the loss, keeping scores centred on 0.")
     group.add_argument("--lm_loss_coef", type=float, default=0.0,
@@ -40,9 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Set every dropout to 0 (older DeepSpeed-Chat flag; same as --dropout 0.0).")
     group.add_argument("--no_bf16_to_fp32_loss", action="store_false", dest="bf16_to_fp32_loss",
                        help="With --dtype bf16, compute the loss in bf16 instead of fp32.")
-    group.add_argument("--no_fused_kernels", action="store_true",
-                       help="Accepted for compatibility; the engine picks the optimizer implementation.")
-    group.add_argument("--print_loss", action="store_true", help="Print the loss of every step.")
+    group.add_argument("--no_fused_kernels", action="store_true", help=inert_help("no_fused_kernels"))
+    group.add_argument("--print_loss", action="store_true", help="Print the loss at every optimizer step.")
     cli_args.add_deepspeed_args(parser)
     return parser
 
@@ -52,12 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from chatrlhf.step2_reward.run import RewardRun
     from chatrlhf.training.compat_flags import notify_inert_flags
+    from chatrlhf.training.config_file import run_record
     from chatrlhf.training.validation import run_cli
 
     notify_inert_flags(parser, args, ("num_padding_at_beginning", "no_fused_kernels"))
 
     def body() -> int:
-        RewardRun.from_args(args).run()
+        RewardRun.from_args(args).run(run_record(args, argv))
         return 0
 
     return run_cli("chatrlhf reward", body)

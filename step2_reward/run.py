@@ -8,6 +8,7 @@ from chatrlhf.training import cli_args
 from chatrlhf.training.loop import make_loader
 from chatrlhf.training.lora import apply_lora
 from chatrlhf.training.metrics_log import print_rank0
+from chatrlhf.training.model_card import ModelCard, Result
 from chatrlhf.training.run_setup import require_output_dir
 from chatrlhf.training.saving import save_hf_model
 from chatrlhf.training.step_runner import ModelSettings, StepRun
@@ -20,6 +21,10 @@ JOB_NAME = "step2_model"
 
 @dataclass
 class RewardRun(StepRun):
+    card_tag = "reward-model"
+    card_metrics = {"accuracy": "reward accuracy", "margin": "mean margin (chosen - rejected)",
+                    "chosen_score": "chosen score", "rejected_score": "rejected score", "loss": "eval loss"}
+
     use_margin: bool = False
     center_rewards_coef: float = 0.0
     lm_loss_coef: float = 0.0
@@ -30,6 +35,7 @@ class RewardRun(StepRun):
         check_model_path("--model_name_or_path", args.model_name_or_path)
         check_data_flags(tuple(args.data_path), (), args.data_split)
         check_length(f"--max_seq_len {args.max_seq_len}", args.max_seq_len, args.model_name_or_path)
+        lora = cli_args.lora_settings(args)
         output_dir = require_output_dir(args.output_dir, "step 2", args.overwrite_output_dir)
         engine = cli_args.engine_settings(args, JOB_NAME)
         if args.lm_loss_coef < 0:
@@ -44,7 +50,7 @@ class RewardRun(StepRun):
             model=ModelSettings(args.model_name_or_path, dropout, args.add_eot_token),
             engine=engine,
             optim=cli_args.optim_settings(args),
-            lora=cli_args.lora_settings(args),
+            lora=lora,
             loop=cli_args.loop_settings(args, output_dir),
             use_margin=args.use_margin,
             center_rewards_coef=args.center_rewards_coef,
@@ -79,7 +85,21 @@ class RewardRun(StepRun):
 
         return RewardTask(self.fp32_loss, self.use_margin, self.center_rewards_coef, self.lm_loss_coef)
 
-    def save(self, engine, tokenizer, data: StepData) -> None:
+    def card_method(self) -> str:
+        loss = "-log sigmoid(r_chosen - r_rejected" + (" - margin)" if self.use_margin else ")")
+        if self.center_rewards_coef:
+            loss += f" + {self.center_rewards_coef} x mean((r_chosen + r_rejected)^2)"
+        if self.lm_loss_coef:
+            loss += f" + {self.lm_loss_coef} x the chosen answers' LM loss"
+        return ("Step 2, reward model: a scalar `score` head on the backbone, trained on chosen/rejected pairs with "
+                f"the pairwise ranking loss {loss}; the score is read at the last real token. It loads as "
+                "`AutoModelForSequenceClassification` (`num_labels=1`).")
+
+    def card_settings(self) -> dict[str, object]:
+        return {"use margin": self.use_margin or None, "center rewards coef": self.center_rewards_coef or None,
+                "LM loss coef": self.lm_loss_coef or None}
+
+    def save(self, engine, tokenizer, data: StepData, card: ModelCard) -> None:
         """The model with ``reward_stats.json``: mean and std of its scores on the held-out pairs."""
         from chatrlhf.step2_reward.reward_model import REWARD_STATS_FILE
         from chatrlhf.step2_reward.reward_task import reward_stats
@@ -93,6 +113,9 @@ class RewardRun(StepRun):
             f"reward statistics on {stats.count} held-out pairs: mean {stats.mean:.4f} std {stats.std:.4f}"
             f" accuracy {stats.accuracy:.2%}"
         )
+        card.results += [Result(f"reward accuracy, all {stats.count} held-out pairs", None, stats.accuracy),
+                         Result("score mean (step 3 normalises with it)", None, stats.mean),
+                         Result("score std", None, stats.std)]
         extra = {REWARD_STATS_FILE: stats.to_json()}
         save_hf_model(engine.module, tokenizer, self.loop.output_dir, zero_stage=self.engine.zero_stage,
-                      extra_json=extra)
+                      extra_json=extra, card=card, adapter=self.lora.save_adapter)

@@ -123,22 +123,28 @@ def report(pairs: Pairs, chosen: list[float], rejected: list[float]) -> dict[str
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rw_eval", description=__doc__.splitlines()[0])
+    from chatrlhf.training.cli_parser import new_parser
+    from chatrlhf.training.compat_flags import inert_help
+
+    parser = new_parser("rw_eval", __doc__.splitlines()[0])
     parser.add_argument("--model_name_or_path", required=True, help="A step-2 output directory.")
-    parser.add_argument("--num_padding_at_beginning", type=int, default=1,
-                        help="Accepted for DeepSpeed-Chat compatibility; scores use the attention mask.")
+    parser.add_argument("--num_padding_at_beginning", type=int, default=1, help=inert_help("num_padding_at_beginning"))
     parser.add_argument("--add_eot_token", action="store_true",
                         help="Use <|endoftext|> as the end token (as the model was trained with it).")
     parser.add_argument("--pairs_file", default=None,
                         help="Pairs to score: any --data_path source with prompt/chosen/rejected.")
-    parser.add_argument("--prompt_template", default="hh", choices=["hh", "alpaca", "chatml"])
+    parser.add_argument("--prompt_template", default="hh", choices=["hh", "alpaca", "chatml"],
+                        help="How a bare instruction of the pairs becomes a prompt.")
     parser.add_argument("--max_pairs", type=int, default=0, help="Score at most N pairs of --pairs_file (0: all).")
-    parser.add_argument("--skip_bad_records", action="store_true")
+    parser.add_argument("--skip_bad_records", action="store_true",
+                        help="Skip and count broken records of --pairs_file instead of failing.")
     parser.add_argument("--data_path", nargs="*", default=["synthetic/tasks"],
-                        help="The data a preset's tokenizer was trained on (for preset names only).")
-    parser.add_argument("--max_seq_len", type=int, default=512)
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=1234)
+                        help="The data a preset's tokenizer is built from (preset model names only).")
+    parser.add_argument("--max_seq_len", type=int, default=512,
+                        help="Longest scored sequence in tokens (prompt and answer).")
+    parser.add_argument("--batch_size", type=int, default=16, help="Sequences scored at once.")
+    parser.add_argument("--seed", type=int, default=1234,
+                        help="Picks the built-in synthetic pairs; keys preset tokenizers.")
     return parser
 
 

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from chatrlhf.utils.device import configure_accelerator
 from chatrlhf.utils.host_memory import REUSED_BLOCK_BYTES
+
+if TYPE_CHECKING:
+    from chatrlhf.training.config_file import ConfigFileParser
 
 configure_accelerator(REUSED_BLOCK_BYTES)
 
@@ -18,98 +22,163 @@ configure_accelerator(REUSED_BLOCK_BYTES)
 def build_parser() -> argparse.ArgumentParser:
     from chatrlhf.step3_rlhf.config import KL_ESTIMATORS
     from chatrlhf.training import cli_args
+    from chatrlhf.training.cli_parser import new_parser
+    from chatrlhf.training.compat_flags import inert_help
     from chatrlhf.training.optim import SCHEDULERS
     from chatrlhf.utils.device import DTYPES
 
-    parser = argparse.ArgumentParser(prog="chatrlhf ppo", description=__doc__.splitlines()[0])
+    parser = new_parser("chatrlhf ppo", __doc__.splitlines()[0], config_file=True)
     cli_args.add_data_args(parser, sft_only=False)
     add = parser.add_argument
     add("--unsupervised_dataset_name", type=str, default=None,
-        help="Pretraining-loss data: a .txt file, a data-layer source, or a dataset with a 'text' column.")
-    add("--unsupervised_dataset_config_name", type=str, default=None)
-    add("--unsup_coef", type=float, default=27.8)
-    add("--actor_model_name_or_path", type=str, default="tiny-opt")
-    add("--critic_model_name_or_path", type=str, default="tiny-opt")
-    add("--num_padding_at_beginning", type=int, default=1,
-        help="Accepted for DeepSpeed-Chat compatibility; scores use the attention mask, so it changes nothing.")
-    add("--per_device_generation_batch_size", type=int, default=16)
-    add("--per_device_training_batch_size", type=int, default=16)
-    add("--generation_batches", type=int, default=1)
-    add("--ppo_epochs", type=int, default=1)
-    add("--max_prompt_seq_len", type=int, default=256)
-    add("--max_answer_seq_len", type=int, default=256)
-    add("--min_answer_seq_len", type=int, default=0)
-    add("--actor_learning_rate", type=float, default=9.65e-6)
-    add("--critic_learning_rate", type=float, default=5e-6)
-    add("--actor_weight_decay", type=float, default=0.0)
-    add("--critic_weight_decay", type=float, default=0.0)
-    add("--num_train_epochs", type=int, default=1)
-    add("--lr_scheduler_type", type=str, default="cosine", choices=SCHEDULERS)
-    add("--gradient_accumulation_steps", type=int, default=1)
-    add("--num_warmup_steps", type=int, default=100)
-    add("--output_dir", type=str, default=None)
-    add("--seed", type=int, default=1234)
+        help="Pretraining-loss data: a .txt file, a data-layer source, or a dataset with a 'text' column "
+             "(unset: no pretraining loss).")
+    add("--unsupervised_dataset_config_name", type=str, default=None,
+        help="The configuration of a hub --unsupervised_dataset_name.")
+    add("--unsup_coef", type=float, default=27.8,
+        help="Weight of the next-token loss on --unsupervised_dataset_name blocks in the actor's loss.")
+    add("--actor_model_name_or_path", type=str, default="tiny-opt",
+        help="The step-1 model the actor and the frozen reference start from: a directory, hub name or preset.")
+    add("--critic_model_name_or_path", type=str, default="tiny-opt",
+        help="The step-2 model the critic starts from (--algorithm ppo); also the reward model unless "
+             "--reward_model_name_or_path or --reward_fn is given.")
+    add("--num_padding_at_beginning", type=int, default=1, help=inert_help("num_padding_at_beginning"))
+    add("--per_device_generation_batch_size", type=int, default=16,
+        help="Prompts per device in a rollout, each answered --num_samples_per_prompt times.")
+    add("--per_device_training_batch_size", type=int, default=16,
+        help="Completions per device in a training micro-batch.")
+    add("--generation_batches", type=int, default=1, help="Rollouts gathered for each training iteration.")
+    add("--ppo_epochs", type=int, default=1, help="Passes of the training over each iteration's completions.")
+    add("--max_prompt_seq_len", type=int, default=256, help="Longest prompt in tokens; longer ones are dropped.")
+    add("--max_answer_seq_len", type=int, default=256, help="Most tokens sampled per answer.")
+    add("--min_answer_seq_len", type=int, default=0,
+        help="Answers get at least this many tokens (the end-of-text token is blocked before).")
+    add("--actor_learning_rate", type=float, default=9.65e-6, help="Peak learning rate of the actor.")
+    add("--critic_learning_rate", type=float, default=5e-6, help="Peak learning rate of the critic.")
+    add("--actor_weight_decay", type=float, default=0.0, help="AdamW weight decay of the actor's weights.")
+    add("--critic_weight_decay", type=float, default=0.0, help="AdamW weight decay of the critic's weights.")
+    add("--num_train_epochs", type=int, default=1, help="Passes over the step-3 prompts.")
+    add("--lr_scheduler_type", type=str, default="cosine", choices=SCHEDULERS,
+        help="Learning-rate schedule of the actor and the critic after the warmup.")
+    add("--gradient_accumulation_steps", type=int, default=1, help="Training micro-batches per optimizer step.")
+    add("--num_warmup_steps", type=int, default=100, help="Optimizer steps of linear learning-rate warmup from 0.")
+    add("--output_dir", type=str, default=None,
+        help="Where actor/ (and critic/, actor_ema/), metrics.json, checkpoints and the resolved flags are saved "
+             "(required).")
+    add("--seed", type=int, default=1234, help="Seed of data order, sampling and the synthetic data.")
     add("--preprocessing_num_workers", type=int, default=None,
-        help="Processes that tokenise the data cache (default: this one).")
-    add("--local_rank", type=int, default=-1)
-    add("--enable_hybrid_engine", action="store_true")
-    add("--unpin_actor_parameters", action="store_true")
-    add("--release_inference_cache", action="store_true")
-    add("--inference_tp_size", type=int, default=1)
-    add("--tp_gather_partition_size", type=int, default=8)
-    add("--offload", action="store_true")
-    add("--offload_reference_model", action="store_true")
-    add("--offload_reward_model", action="store_true")
-    add("--dtype", type=str, default=None, choices=list(DTYPES))
-    add("--actor_zero_stage", type=int, default=0, choices=[0, 1, 2, 3])
-    add("--critic_zero_stage", type=int, default=0, choices=[0, 1, 2, 3])
-    add("--actor_gradient_checkpointing", action="store_true")
-    add("--critic_gradient_checkpointing", action="store_true")
-    add("--actor_dropout", type=float, default=None)
-    add("--critic_dropout", type=float, default=None)
-    add("--actor_lora_dim", type=int, default=0)
-    add("--actor_lora_module_name", type=str, default="decoder.layers.")
-    add("--critic_lora_dim", type=int, default=0)
-    add("--critic_lora_module_name", type=str, default="decoder.layers.")
-    add("--only_optimize_lora", action="store_true")
-    add("--actor_lora_learning_rate", type=float, default=5e-4)
-    add("--critic_lora_learning_rate", type=float, default=5e-4)
-    add("--enable_ema", action="store_true")
-    add("--enable_mixed_precision_lora", action="store_true")
+        help="Processes that tokenise the data cache (unset: this one).")
+    add("--local_rank", type=int, default=-1,
+        help="Set by the deepspeed launcher; the rank is read from its environment (LOCAL_RANK), so no need to "
+             "give it.")
+    add("--enable_hybrid_engine", action="store_true",
+        help="Generate with DeepSpeed's hybrid engine; CUDA only: elsewhere it has no effect (with a notice) and "
+             "generation runs on the training model with a KV cache.")
+    add("--unpin_actor_parameters", action="store_true",
+        help="Hybrid engine: do not pin the actor's inference parameters in memory (less memory, slower "
+             "generation); no effect without --enable_hybrid_engine on CUDA.")
+    add("--release_inference_cache", action="store_true",
+        help="Hybrid engine: free the inference cache after each generation; no effect without "
+             "--enable_hybrid_engine on CUDA.")
+    add("--inference_tp_size", type=int, default=1,
+        help="Hybrid engine: tensor-parallel degree of generation (above 1 needs --actor_zero_stage 3); no effect "
+             "without --enable_hybrid_engine on CUDA.")
+    add("--tp_gather_partition_size", type=int, default=8,
+        help="Hybrid engine: layers gathered at a time for tensor-parallel generation; no effect without "
+             "--enable_hybrid_engine on CUDA.")
+    add("--offload", action="store_true",
+        help="ZeRO-Offload of the actor and the critic: DeepSpeed's CPU Adam steps their optimizers, whose "
+             "states move to the CPU at ZeRO stage 1-3 (and the parameters too at stage 3).")
+    add("--offload_reference_model", action="store_true",
+        help="Keep the reference's parameters on the CPU (ZeRO-3 parameter offload: with --actor_zero_stage 3).")
+    add("--offload_reward_model", action="store_true",
+        help="Keep the reward model's parameters on the CPU (ZeRO-3 parameter offload: with --critic_zero_stage 3, "
+             "or --actor_zero_stage 3 when no critic runs).")
+    add("--dtype", type=str, default=None, choices=list(DTYPES),
+        help="Precision of every model; unset: bf16 on GPUs and fp32 on CPU.")
+    add("--actor_zero_stage", type=int, default=0, choices=[0, 1, 2, 3],
+        help="ZeRO stage of the actor; the reference is sharded (stage 3) when this is 3.")
+    add("--critic_zero_stage", type=int, default=0, choices=[0, 1, 2, 3],
+        help="ZeRO stage of the critic; the reward model is sharded (stage 3) when this is 3.")
+    add("--actor_gradient_checkpointing", action="store_true",
+        help="Recompute the actor's activations in the backward pass: less memory, slower steps.")
+    add("--critic_gradient_checkpointing", action="store_true",
+        help="Recompute the critic's activations in the backward pass: less memory, slower steps.")
+    add("--actor_dropout", type=float, default=None,
+        help="Set every dropout of the actor and the reference to this (unset: the model's own).")
+    add("--critic_dropout", type=float, default=None,
+        help="Set every dropout of the critic and the reward model to this (unset: the model's own); without a "
+             "critic the reward model takes --actor_dropout.")
+    add("--actor_lora_dim", type=int, default=0,
+        help="LoRA rank of the actor's adapters on the layers --actor_lora_module_name matches (0: no LoRA).")
+    add("--actor_lora_module_name", type=str, default="decoder.layers.",
+        help="The actor's LoRA goes on every linear layer whose name contains this ('layers.' for LLaMA).")
+    add("--critic_lora_dim", type=int, default=0,
+        help="LoRA rank of the critic's adapters on the layers --critic_lora_module_name matches (0: no LoRA).")
+    add("--critic_lora_module_name", type=str, default="decoder.layers.",
+        help="The critic's LoRA goes on every linear layer whose name contains this ('layers.' for LLaMA).")
+    add("--only_optimize_lora", action="store_true",
+        help="Train only the LoRA adapters of the actor and the critic; otherwise their base weights train too.")
+    add("--actor_lora_learning_rate", type=float, default=5e-4, help="Learning rate of the actor's LoRA adapters.")
+    add("--critic_lora_learning_rate", type=float, default=5e-4, help="Learning rate of the critic's LoRA adapters.")
+    add("--enable_ema", action="store_true",
+        help="Also keep an exponential moving average of the actor's weights, saved as actor_ema/.")
+    add("--enable_mixed_precision_lora", action="store_true",
+        help="Keep the actor's frozen weights quantized under ZeRO-3 (ZeRO++ zero_quantized_nontrainable_weights); "
+             "needs --actor_lora_dim > 0 and --actor_zero_stage 3.")
     add("--compute_fp32_loss", action="store_true",
         help="With --dtype fp16/bf16, compute log-probs, values and losses in fp32 (else in the model's dtype).")
-    add("--enable_tensorboard", action="store_true")
-    add("--tensorboard_path", type=str, default="step3_tensorboard")
-    add("--add_eot_token", action="store_true")
-    add("--eot_token", type=str, default="<|endoftext|>")
-    add("--align_overflow", action="store_true",
-        help="Accepted for DeepSpeed-Chat compatibility (fp16 overflow alignment of actor and critic); no effect.")
-    add("--print_answers", action="store_true")
-    add("--print_answers_interval", type=int, default=1)
-    add("--enable_test_mode", action="store_true")
-    add("--test_stop_step", type=int, default=0)
+    add("--enable_tensorboard", action="store_true", help="Write TensorBoard logs to --tensorboard_path.")
+    add("--tensorboard_path", type=str, default="step3_tensorboard",
+        help="Folder of the TensorBoard logs (in a subfolder step3_ppo).")
+    add("--add_eot_token", action="store_true",
+        help="Add an end-of-text token to the tokenizer as a special token and use it as EOS (--eot_token).")
+    add("--eot_token", type=str, default="<|endoftext|>", help="The token --add_eot_token adds.")
+    add("--align_overflow", action="store_true", help=inert_help("align_overflow"))
+    add("--print_answers", action="store_true",
+        help="Print two prompts of the rollout with their answers and rewards every --print_answers_interval "
+             "iterations.")
+    add("--print_answers_interval", type=int, default=1, help="Iterations between --print_answers prints.")
+    add("--enable_test_mode", action="store_true",
+        help="Stop after --test_stop_step iterations (DeepSpeed-Chat's test mode).")
+    add("--test_stop_step", type=int, default=0, help="With --enable_test_mode: the iteration to stop after.")
     group = parser.add_argument_group("PPO hyper-parameters (DeepSpeed-Chat's values as defaults)")
-    group.add_argument("--kl_ctl", type=float, default=0.1)
-    group.add_argument("--clip_reward_value", type=float, default=5.0)
-    group.add_argument("--cliprange", type=float, default=0.2)
-    group.add_argument("--cliprange_value", type=float, default=0.2)
-    group.add_argument("--gamma", type=float, default=1.0)
-    group.add_argument("--lam", type=float, default=0.95)
+    group.add_argument("--kl_ctl", type=float, default=0.1,
+                       help="Weight of the KL to the reference (the starting value when --target_kl is set).")
+    group.add_argument("--clip_reward_value", type=float, default=5.0,
+                       help="Rewards are clipped to [-this, this].")
+    group.add_argument("--cliprange", type=float, default=0.2,
+                       help="The actor's probability ratio is clipped to [1 - this, 1 + this] (the upper bound: "
+                            "--cliprange_high when set).")
+    group.add_argument("--cliprange_value", type=float, default=0.2,
+                       help="The critic's value loss clips new values to within this of the old ones "
+                            "(--algorithm ppo only).")
+    group.add_argument("--gamma", type=float, default=1.0,
+                       help="Discount of future token rewards (GAE, and REINFORCE++'s returns).")
+    group.add_argument("--lam", type=float, default=0.95, help="GAE's lambda (--algorithm ppo only).")
     group.add_argument("--kl_estimator", choices=KL_ESTIMATORS, default=None,
                        help="Per-token KL to the reference, with r = policy / reference: k1 = log r, "
-                            "k2 = (log r)^2 / 2, k3 = 1/r - 1 + log r. Default: k1 with the KL in the reward, "
+                            "k2 = (log r)^2 / 2, k3 = 1/r - 1 + log r. Unset: k1 with the KL in the reward, "
                             "k3 with it in the loss (--kl_mode).")
-    group.add_argument("--target_kl", type=float, default=None, help="Adaptive KL controller target (off if unset).")
-    group.add_argument("--kl_horizon", type=int, default=10000)
-    group.add_argument("--normalize_reward", action="store_true", help="Use the step-2 score mean and std.")
-    group.add_argument("--whiten_advantages", action="store_true")
-    group.add_argument("--temperature", type=float, default=1.0)
-    group.add_argument("--top_p", type=float, default=1.0)
-    group.add_argument("--top_k", type=int, default=0)
+    group.add_argument("--target_kl", type=float, default=None,
+                       help="Target KL of an adaptive controller that moves --kl_ctl toward it (unset: a fixed "
+                            "--kl_ctl).")
+    group.add_argument("--kl_horizon", type=int, default=10000,
+                       help="The adaptive KL controller's horizon in samples: how slowly --kl_ctl moves.")
+    group.add_argument("--normalize_reward", action="store_true",
+                       help="Standardise the reward model's scores with the mean and std step 2 measured "
+                            "(reward_stats.json).")
+    group.add_argument("--whiten_advantages", action="store_true",
+                       help="Standardise the advantages over the iteration's completions.")
+    group.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature of the rollouts.")
+    group.add_argument("--top_p", type=float, default=1.0,
+                       help="Sample from the most likely tokens holding this probability mass (1.0: all).")
+    group.add_argument("--top_k", type=int, default=0, help="Sample from the K most likely tokens (0: all).")
     group.add_argument("--max_steps", type=int, default=0, help="Stop after N PPO iterations (0: no cap).")
     group.add_argument("--eval_prompts", type=int, default=64, help="Held-out prompts scored at start and end.")
-    group.add_argument("--log_interval", type=int, default=1)
-    group.add_argument("--save_interval", type=int, default=0, help="Checkpoint every N PPO iterations.")
+    group.add_argument("--log_interval", type=int, default=1, help="Log metrics every N iterations.")
+    group.add_argument("--save_interval", type=int, default=0,
+                       help="Write a resumable checkpoint every N PPO iterations (0: none).")
     cli_args.add_reliability_args(group)
     add_algorithm_args(parser)
     cli_args.add_deepspeed_args(parser)
@@ -128,49 +197,48 @@ def add_algorithm_args(parser: argparse.ArgumentParser) -> None:
              "other samples), reinforce_pp (REINFORCE++: discounted returns of KL-penalised token rewards, "
              "normalised over the global batch).")
     add("--num_samples_per_prompt", type=int, default=1,
-        help="Answers sampled per prompt (default 1; grpo and rloo need 2 or more). A rollout holds "
+        help="Answers sampled per prompt (grpo and rloo need 2 or more). A rollout holds "
              "--per_device_generation_batch_size prompts x this many answers.")
     add("--scale_rewards", choices=SCALE_REWARDS, default="group",
-        help="grpo: divide each group's centred rewards by the group's std (group, the default), or not "
-             "(none: Dr. GRPO).")
+        help="grpo only: divide each group's centred rewards by the group's std (group), or not (none: Dr. GRPO).")
     add("--kl_mode", choices=KL_MODES, default=None,
         help="Where the KL to the reference goes, weighted by --kl_ctl: subtracted from the reward, or added "
-             "to the loss. Default: loss for grpo, reward for the others.")
+             "to the loss. Unset: loss for grpo, reward for the others.")
     add("--cliprange_high", type=float, default=None,
-        help="Upper clip of the probability ratio, 1 + this (asymmetric clipping); default --cliprange.")
+        help="Upper clip of the probability ratio, 1 + this (asymmetric clipping); unset: --cliprange.")
     add("--entropy_coef", type=float, default=0.0,
-        help="Entropy bonus: the loss subtracts this x the entropy (default 0: none).")
+        help="Entropy bonus: the loss subtracts this x the entropy (0: none).")
     add("--loss_aggregation", choices=LOSS_AGGREGATIONS, default="token_mean",
         help="How the actor's per-token losses become one: token_mean (every answer token alike) or "
              "sequence_mean (each answer's mean over its tokens, then the mean over answers).")
     add("--reward_model_name_or_path", type=str, default=None,
-        help="The frozen reward model. Default: --critic_model_name_or_path, unless --reward_fn is given "
+        help="The frozen reward model. Unset: --critic_model_name_or_path, unless --reward_fn is given "
              "(then no reward model is loaded unless named here).")
     add("--reward_fn", type=str, default=None,
         help=f"A reward function (prompt: str, response: str) -> float, called per sample: "
              f"{SYNTHETIC_TASKS_FN} (synthetic/tasks' exact checker: 1.0 right, 0.0 wrong), path/to/file.py:function "
              "(relative to the current directory) or package.module:function.")
     add("--reward_model_weight", type=float, default=1.0,
-        help="Reward = this (default 1.0) x the reward model's score + ...")
-    add("--reward_fn_weight", type=float, default=1.0, help="... + this (default 1.0) x the reward function's value.")
+        help="Reward = this x the reward model's score + ...")
+    add("--reward_fn_weight", type=float, default=1.0, help="... + this x the reward function's value.")
     add("--reward_fn_format_credit", type=float, default=0.0,
         help=f"--reward_fn {SYNTHETIC_TASKS_FN}: reward of a wrong answer in the right answer's sentence "
-             "(the checker's format with another value), below the 1.0 of a right answer; default 0.")
+             "(the checker's format with another value), below the 1.0 of a right answer.")
     add("--reward_fn_partial_credit", type=float, default=0.0,
         help=f"--reward_fn {SYNTHETIC_TASKS_FN}: plus this x the share of the result's units right and in place "
-             "(digits, letters, the sorted numbers) for a wrong answer in the right sentence; default 0.")
+             "(digits, letters, the sorted numbers) for a wrong answer in the right sentence.")
 
 
-def explicit_flags(parser: argparse.ArgumentParser, argv: list[str] | None,
-                   args: argparse.Namespace) -> frozenset[str]:
-    """The destinations of the flags given on the command line, even those given their default value.
+def explicit_flags(parser: ConfigFileParser, argv: list[str] | None, args: argparse.Namespace) -> frozenset[str]:
+    """The destinations of the flags given on the command line, even those given their default value, and of
+    those a --config file sets to something other than their default.
 
     argparse only fills a default into a namespace that lacks the attribute, so parsing again into a
     namespace preset with a marker leaves the marker exactly where no flag was given.
     """
     unset = object()
     probe = parser.parse_args(argv, argparse.Namespace(**{name: unset for name in vars(args)}))
-    return frozenset(name for name, value in vars(probe).items() if value is not unset)
+    return frozenset(name for name, value in vars(probe).items() if value is not unset) | parser.config_overrides
 
 
 def inert_flags(args: argparse.Namespace) -> tuple[str, ...]:
@@ -189,12 +257,13 @@ def main(argv: list[str] | None = None) -> int:
     given = explicit_flags(parser, argv, args)
     from chatrlhf.step3_rlhf.run import PPORun
     from chatrlhf.training.compat_flags import notify_inert_flags
+    from chatrlhf.training.config_file import run_record
     from chatrlhf.training.validation import run_cli
 
     notify_inert_flags(parser, args, inert_flags(args))
 
     def body() -> int:
-        PPORun.from_args(args, given).run()
+        PPORun.from_args(args, given).run(run_record(args, argv))
         return 0
 
     return run_cli("chatrlhf ppo", body)

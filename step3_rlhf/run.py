@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from chatrlhf.step3_rlhf.card import role_cards
 from chatrlhf.step3_rlhf.config import AlgorithmConfig, GenerationConfig, PPOConfig, RewardConfig, RunConfig
 from chatrlhf.step3_rlhf.engines import build_engines, hybrid_engine_config
 from chatrlhf.step3_rlhf.reward_functions import RewardFunction, absolute_spec
@@ -17,8 +18,10 @@ from chatrlhf.step3_rlhf.trainer import IterationStats, PPOTrainer
 from chatrlhf.training import cli_args
 from chatrlhf.training.checkpoint import CheckpointManager, restore_rng
 from chatrlhf.training.config import EngineSettings, LoraSettings, OptimSettings
+from chatrlhf.training.config_file import write_run_args
 from chatrlhf.training.loop import make_loader, write_metrics
 from chatrlhf.training.metrics_log import MetricsLogger, format_metrics, print_rank0, progress_bar
+from chatrlhf.training.model_card import ModelCard
 from chatrlhf.training.run_control import StopRequested, StopSignals
 from chatrlhf.training.run_setup import require_output_dir, set_seed
 from chatrlhf.training.saving import save_hf_model
@@ -197,7 +200,8 @@ class PPORun:
 
         return ModelOptions(dtype=self.actor.dtype, add_eot_token=self.eot[0], eot_token=self.eot[1])
 
-    def run(self) -> dict:
+    def run(self, record: dict | None = None) -> dict:
+        """Train and save; ``record`` (``config_file.run_record``) is saved in the output folder as the flags."""
         from chatrlhf.step2_reward.reward_model import load_reward_stats
         from chatrlhf.utils.model.loading import load_tokenizer
 
@@ -274,7 +278,9 @@ class PPORun:
             logger.close()
             raise SystemExit(stop.exit_code) from None
         evaluations["end"] = self.evaluate(trainer, data.eval)
-        self.save(engines, tokenizer)
+        if record is not None:
+            write_run_args(self.run_config.output_dir, record)
+        self.save(engines, tokenizer, role_cards(self, trainer.steps, trainer.history, evaluations, data.info))
         logger.close()
         summary = {"wall_time_s": time.perf_counter() - started, "iterations": trainer.steps,
                    "held_out": evaluations, "history": trainer.history, "kl_coef": trainer.kl.value}
@@ -389,15 +395,16 @@ class PPORun:
             result.update({f"{prefix}accuracy_{k}": accuracy[k] for k in keys})
         return result
 
-    def save(self, engines, tokenizer) -> None:
+    def save(self, engines, tokenizer, cards: dict[str, ModelCard]) -> None:
+        """The actor, its EMA and the critic, each in its own folder with its card."""
         out = self.run_config.output_dir
         save_hf_model(engines.actor.module, tokenizer, os.path.join(out, "actor"),
-                      zero_stage=self.actor.engine.zero_stage)
+                      zero_stage=self.actor.engine.zero_stage, card=cards["actor"])
         if engines.critic is not None:
             save_hf_model(engines.critic.module, tokenizer, os.path.join(out, "critic"),
-                          zero_stage=self.critic.engine.zero_stage)
+                          zero_stage=self.critic.engine.zero_stage, card=cards["critic"])
         if engines.ema is not None:
-            save_hf_model(engines.ema, tokenizer, os.path.join(out, "actor_ema"))
+            save_hf_model(engines.ema, tokenizer, os.path.join(out, "actor_ema"), card=cards["actor_ema"])
 
 
 def warn_unused_critic_flags(algorithm: str, given: frozenset[str], *, critic_names_reward_model: bool) -> None:

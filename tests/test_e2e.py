@@ -244,6 +244,33 @@ def test_compare_two_tiny_models_with_checker_and_reward(e2e_run, tmp_path, caps
     assert f"[{actor}]" in printed and f"[{ppo}]" in printed and "What is 2 plus 3?" in printed
 
 
+@pytest.fixture
+def library_bars_on():
+    """The progress bars of datasets and transformers on, as in a fresh process; restored afterwards."""
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    was = datasets.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
+    datasets.enable_progress_bars()
+    transformers_logging.enable_progress_bar()
+    yield
+    if not was[0]:
+        datasets.disable_progress_bars()
+    if not was[1]:
+        transformers_logging.disable_progress_bar()
+
+
+def test_a_redirected_report_has_no_progress_bar_frames(sft_model, tmp_path, capfd, library_bars_on) -> None:
+    """Off a terminal the report stage, which loads and runs models in the runner's process, draws no bars."""
+    out = tmp_path / "out"
+    shutil.copytree(sft_model, out / "actor-models" / "tiny-opt")
+    assert e2e_rlhf.main(["--report-only", "--output-dir", str(out), "--actor-model", "tiny-opt",
+                          "--reward-model", "tiny-opt", "--report-prompts", "2", "--report-examples", "1"]) == 0
+    printed = "".join(capfd.readouterr())
+    assert "wrote " in printed and "\r" not in printed
+    assert (out / "report.md").is_file()
+
+
 def test_compare_rejects_mismatched_labels(capsys) -> None:
     with pytest.raises(SystemExit):
         cli(["compare", "tiny-opt", "tiny-llama", "--labels", "only-one"])

@@ -302,6 +302,9 @@ def test_dpo_run_saves_a_causal_lm_and_preference_metrics(dpo_dir, sft_model, to
         assert key in metrics["history"][-1], key
     assert metrics["evals"][0]["reward_accuracy"] == 0.0  # policy = reference: every reward is 0
     assert os.listdir(dpo_dir / "tb" / "step2_model")
+    card = (dpo_dir / "README.md").read_text()
+    for text in ('- "dpo"', "`sigmoid` preference loss", "| reward accuracy | 0 | ", "| reward margin | "):
+        assert text in card, text
     # The saved folder is a plain causal LM; on the training pairs it now prefers the chosen answers.
     policy = AutoModelForCausalLM.from_pretrained(dpo_dir).eval()
     reference = load_causal_lm(sft_model, tokenizer, ModelOptions()).eval()

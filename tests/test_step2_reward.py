@@ -162,6 +162,10 @@ def test_training_run_saves_model_stats_and_metrics(reward_dir):
         assert key in metrics["evals"][-1], key
     assert metrics["steps"] == 5 and "accuracy" in metrics["history"][-1] and "lm_loss" in metrics["history"][-1]
     assert os.listdir(os.path.join(reward_dir, "tb", "step2_model"))
+    card = open(os.path.join(reward_dir, "README.md")).read()
+    for text in ('- "reward-model"', "pairwise ranking loss", "| reward accuracy | ",
+                 f"all {stats.count} held-out pairs"):
+        assert text in card, text
 
 
 def test_lm_loss_is_the_causal_lm_loss_of_the_chosen_rows(sft_model, tokenizer):

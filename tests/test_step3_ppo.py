@@ -7,6 +7,7 @@ from contextlib import nullcontext
 
 import pytest
 import torch
+import yaml
 
 from chatrlhf.step3_rlhf.config import GenerationConfig
 from chatrlhf.step3_rlhf.kl_control import KLController
@@ -186,6 +187,15 @@ def test_full_command_trains_saves_and_reports(sft_model, tmp_path, data_cache):
     AutoModelForCausalLM.from_pretrained(out / "actor_ema")
     critic = AutoModelForSequenceClassification.from_pretrained(out / "critic")
     assert critic.config.num_labels == 1
+    cards = {role: (out / role / "README.md").read_text() for role in ("actor", "actor_ema", "critic")}
+    tags = {role: yaml.safe_load(text.split("---\n")[1])["tags"] for role, text in cards.items()}
+    assert tags == {"actor": ["chatrlhf", "rlhf", "ppo"], "actor_ema": ["chatrlhf", "rlhf", "ppo", "ema"],
+                    "critic": ["chatrlhf", "rlhf", "ppo", "critic"]}
+    for text in ("RLHF with PPO", f'base_model: "{sft_model}"', "- iterations: 2", "| checker accuracy (greedy) |",
+                 "| KL to reference (last iteration) |", "| reward (last iteration) |", "(../metrics.json)",
+                 "(../chatrlhf_args.json)"):
+        assert text in cards["actor"], text
+    assert "| critic loss (last iteration) |" in cards["critic"]
     metrics = json.load(open(out / "metrics.json"))
     assert metrics["iterations"] == 2
     assert set(metrics["held_out"]) == {"start", "end"}

@@ -8,6 +8,7 @@ import argparse
 
 from chatrlhf.training.config import EngineSettings, LoopSettings, LoraSettings, OptimSettings
 from chatrlhf.training.optim import SCHEDULERS
+from chatrlhf.training.validation import ConfigError
 from chatrlhf.utils.data.config import DataConfig
 from chatrlhf.utils.data.options import PROMPT_TEMPLATES, ColumnMap, SourceOptions
 from chatrlhf.utils.device import DTYPES, default_dtype_name
@@ -31,7 +32,7 @@ def add_data_args(parser: argparse.ArgumentParser, *, sft_only: bool = True) -> 
     group.add_argument("--chosen_column", default=None, help="Column holding the preferred response.")
     group.add_argument("--rejected_column", default=None, help="Column holding the rejected response.")
     group.add_argument("--margin_column", default=None,
-                       help="Column holding a pair's margin, read by step 2's --use_margin (default: 'margin').")
+                       help="Column holding a pair's margin, read by step 2's --use_margin (unset: 'margin').")
     group.add_argument("--skip_bad_records", action="store_true", help="Skip and count broken records.")
     group.add_argument("--strict_data", action="store_true", help="Fail on unusable records instead of dropping.")
 
@@ -40,42 +41,77 @@ def add_model_args(parser: argparse.ArgumentParser, *, eot: bool = True) -> None
     group = parser.add_argument_group("model")
     group.add_argument("--model_name_or_path", type=str, default="tiny-opt",
                        help="A Hugging Face name or directory, or a preset: tiny-opt, tiny-llama, smollm2-135m.")
-    group.add_argument("--dropout", type=float, default=None, help="Override every dropout of the model.")
-    group.add_argument("--add_eot_token", action="store_true", help="Add --eot_token as a special end token.")
+    group.add_argument("--dropout", type=float, default=None,
+                       help="Set every dropout probability of the model to this (unset: the model's own).")
+    group.add_argument("--add_eot_token", action="store_true",
+                       help="Add an end-of-text token to the tokenizer as a special token and use it as EOS"
+                            + (" (--eot_token)." if eot else " (<|endoftext|>)."))
     if eot:
-        group.add_argument("--eot_token", type=str, default="<|endoftext|>")
+        group.add_argument("--eot_token", type=str, default="<|endoftext|>",
+                           help="The token --add_eot_token adds.")
 
 
 def add_training_args(parser: argparse.ArgumentParser, *, learning_rate: float) -> None:
     group = parser.add_argument_group("training")
-    group.add_argument("--per_device_train_batch_size", type=int, default=16)
-    group.add_argument("--per_device_eval_batch_size", type=int, default=16)
-    group.add_argument("--max_seq_len", type=int, default=512)
-    group.add_argument("--learning_rate", type=float, default=learning_rate)
-    group.add_argument("--weight_decay", type=float, default=0.0)
-    group.add_argument("--num_train_epochs", type=int, default=1)
-    group.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    group.add_argument("--lr_scheduler_type", type=str, default="cosine", choices=SCHEDULERS)
-    group.add_argument("--num_warmup_steps", type=int, default=0)
-    group.add_argument("--output_dir", type=str, default=None, help="Where the model is saved.")
-    group.add_argument("--seed", type=int, default=1234)
-    group.add_argument("--local_rank", type=int, default=-1, help="Set by the deepspeed launcher.")
-    group.add_argument("--gradient_checkpointing", action="store_true")
-    group.add_argument("--offload", action="store_true", help="ZeRO-Offload: optimizer (and ZeRO-3 params) on CPU.")
+    group.add_argument("--per_device_train_batch_size", type=int, default=16,
+                       help="Training samples per device and micro-batch.")
+    group.add_argument("--per_device_eval_batch_size", type=int, default=16,
+                       help="Evaluation samples per device and batch.")
+    group.add_argument("--max_seq_len", type=int, default=512,
+                       help="Longest sample in tokens: answers are cut to fit; samples whose prompt alone fills it "
+                            "are dropped.")
+    group.add_argument("--learning_rate", type=float, default=learning_rate,
+                       help="Peak learning rate of the AdamW optimizer.")
+    group.add_argument("--weight_decay", type=float, default=0.0,
+                       help="AdamW weight decay of the weights (never of biases and norms).")
+    group.add_argument("--num_train_epochs", type=int, default=1, help="Passes over the training data.")
+    group.add_argument("--gradient_accumulation_steps", type=int, default=1,
+                       help="Micro-batches per optimizer step.")
+    group.add_argument("--lr_scheduler_type", type=str, default="cosine", choices=SCHEDULERS,
+                       help="Learning-rate schedule after the warmup (transformers' get_scheduler).")
+    group.add_argument("--num_warmup_steps", type=int, default=0,
+                       help="Optimizer steps of linear learning-rate warmup from 0.")
+    group.add_argument("--output_dir", type=str, default=None,
+                       help="Where the model, metrics.json, checkpoints and the resolved flags are saved (required).")
+    group.add_argument("--seed", type=int, default=1234,
+                       help="Seed of model initialisation, data order and the synthetic data.")
+    group.add_argument("--local_rank", type=int, default=-1,
+                       help="Set by the deepspeed launcher; the rank is read from its environment (LOCAL_RANK), so no "
+                            "need to give it.")
+    group.add_argument("--gradient_checkpointing", action="store_true",
+                       help="Recompute activations in the backward pass: less memory, slower steps.")
+    group.add_argument("--offload", action="store_true",
+                       help="ZeRO-Offload: DeepSpeed's CPU Adam steps the optimizer, whose states move to the CPU with "
+                            "--zero_stage 1-3 (and the parameters too at stage 3).")
     group.add_argument("--dtype", type=str, default=None, choices=list(DTYPES),
-                       help="Training precision; default bf16 on GPUs and fp32 on CPU.")
-    group.add_argument("--zero_stage", type=int, default=0, choices=[0, 1, 2, 3])
-    group.add_argument("--lora_dim", type=int, default=0)
-    group.add_argument("--lora_module_name", type=str, default="decoder.layers.")
-    group.add_argument("--only_optimize_lora", action="store_true")
-    group.add_argument("--lora_learning_rate", type=float, default=5e-4)
-    group.add_argument("--compute_fp32_loss", action="store_true")
-    group.add_argument("--enable_tensorboard", action="store_true")
-    group.add_argument("--tensorboard_path", type=str, default=None)
+                       help="Training precision; unset: bf16 on GPUs and fp32 on CPU.")
+    group.add_argument("--zero_stage", type=int, default=0, choices=[0, 1, 2, 3],
+                       help="DeepSpeed ZeRO stage: partition optimizer states (1), also gradients (2), also "
+                            "parameters (3) across ranks.")
+    group.add_argument("--lora_dim", type=int, default=0,
+                       help="LoRA rank of adapters on the linear layers matched by --lora_module_name (0: no LoRA); "
+                            "the adapters are merged into the saved model.")
+    group.add_argument("--lora_module_name", type=str, default="decoder.layers.",
+                       help="LoRA goes on every linear layer whose name contains this ('layers.' for LLaMA).")
+    group.add_argument("--only_optimize_lora", action="store_true",
+                       help="Train only the LoRA adapters (with --lora_dim); otherwise the base weights train too.")
+    group.add_argument("--lora_learning_rate", type=float, default=5e-4,
+                       help="Learning rate of the LoRA adapters.")
+    group.add_argument("--save_lora_adapter", action="store_true",
+                       help="With --only_optimize_lora, also save the adapter alone in peft's format in "
+                            "OUTPUT_DIR/adapter/ (load it with peft.PeftModel.from_pretrained(base, path)).")
+    group.add_argument("--compute_fp32_loss", action="store_true",
+                       help="With --dtype fp16/bf16, compute the loss from fp32 logits.")
+    group.add_argument("--enable_tensorboard", action="store_true",
+                       help="Write TensorBoard logs to --tensorboard_path.")
+    group.add_argument("--tensorboard_path", type=str, default=None,
+                       help="Folder of the TensorBoard logs, in a subfolder per job (unset: JOB_tensorboard, e.g. "
+                            "step1_model_tensorboard).")
     group.add_argument("--max_steps", type=int, default=0, help="Stop after this many optimizer steps (0: no cap).")
     group.add_argument("--eval_interval", type=int, default=0, help="Evaluate every N optimizer steps (0: per epoch).")
     group.add_argument("--eval_iters", type=int, default=0, help="Evaluate on at most N batches (0: all).")
-    group.add_argument("--save_interval", type=int, default=0, help="Checkpoint every N optimizer steps.")
+    group.add_argument("--save_interval", type=int, default=0,
+                       help="Write a resumable checkpoint every N optimizer steps (0: none).")
     group.add_argument("--log_interval", type=int, default=10, help="Log train metrics every N optimizer steps.")
     add_reliability_args(group)
     group.add_argument("--group_by_length", action="store_true",
@@ -84,7 +120,8 @@ def add_training_args(parser: argparse.ArgumentParser, *, learning_rate: float) 
 
 def add_reliability_args(group) -> None:
     """Checkpoints, resume and the health guard: the same flags for all three steps."""
-    group.add_argument("--save_total_limit", type=int, default=0, help="Keep only the newest K checkpoints.")
+    group.add_argument("--save_total_limit", type=int, default=0,
+                       help="Keep only the newest K checkpoints (0: keep all).")
     group.add_argument("--resume", action="store_true", help="Continue from the newest complete checkpoint.")
     group.add_argument("--resume_from", type=str, default=None, help="Continue from this checkpoint folder.")
     group.add_argument("--overwrite_output_dir", action="store_true",
@@ -94,9 +131,17 @@ def add_reliability_args(group) -> None:
 
 
 def add_deepspeed_args(parser: argparse.ArgumentParser) -> None:
-    import deepspeed
-
-    deepspeed.add_config_arguments(parser)
+    """The flags of ``deepspeed.add_config_arguments``, which DeepSpeed-Chat's scripts pass, with what they do here."""
+    group = parser.add_argument_group("DeepSpeed")
+    group.add_argument("--deepspeed", action="store_true",
+                       help="Accepted for DeepSpeed-Chat compatibility; no effect: training always runs on DeepSpeed.")
+    group.add_argument("--deepspeed_config", type=str, default=None,
+                       help="A DeepSpeed JSON config laid over the one the flags build (frozen models take its "
+                            "zero_optimization, fp16 and bf16 keys).")
+    group.add_argument("--deepscale", action="store_true",
+                       help="DeepSpeed's deprecated name of --deepspeed; no effect.")
+    group.add_argument("--deepscale_config", type=str, default=None,
+                       help="DeepSpeed's deprecated name of --deepspeed_config; no effect: use --deepspeed_config.")
 
 
 def data_config(args: argparse.Namespace, *, max_prompt_seq_len: int = 256) -> DataConfig:
@@ -118,7 +163,13 @@ def data_config(args: argparse.Namespace, *, max_prompt_seq_len: int = 256) -> D
 
 
 def lora_settings(args: argparse.Namespace) -> LoraSettings:
-    return LoraSettings(args.lora_dim, args.lora_module_name, args.only_optimize_lora, args.lora_learning_rate)
+    if args.save_lora_adapter and not (args.lora_dim > 0 and args.only_optimize_lora):
+        raise ConfigError(
+            "--save_lora_adapter needs --lora_dim > 0 and --only_optimize_lora: without them the base weights train "
+            "too, so an adapter alone would not reproduce the model; add both flags, or drop --save_lora_adapter "
+            "(the saved model has any adapters merged in)")
+    return LoraSettings(args.lora_dim, args.lora_module_name, args.only_optimize_lora, args.lora_learning_rate,
+                        args.save_lora_adapter)
 
 
 def optim_settings(args: argparse.Namespace) -> OptimSettings:

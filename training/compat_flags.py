@@ -29,6 +29,11 @@ HYBRID_ENGINE_FLAGS = ("enable_hybrid_engine", "inference_tp_size", "release_inf
                        "unpin_actor_parameters", "tp_gather_partition_size")
 
 
+def inert_help(name: str) -> str:
+    """The help of a flag of ``INERT_FLAGS`` that never has an effect here: the same reason its notice gives."""
+    return f"Accepted for DeepSpeed-Chat compatibility; no effect: {INERT_FLAGS[name]}."
+
+
 def notify_inert_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
     """Print (on rank 0) and return one line per flag of ``names`` (keys of ``INERT_FLAGS``) whose value
     differs from the parser's default."""

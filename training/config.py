@@ -10,6 +10,7 @@ class LoraSettings:
     module_name: str = "decoder.layers."
     only_optimize_lora: bool = False
     learning_rate: float = 5e-4
+    save_adapter: bool = False  # --save_lora_adapter: the adapter alone too, in peft's format
 
     @property
     def enabled(self) -> bool:

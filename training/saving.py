@@ -2,7 +2,8 @@
 
 The weights are gathered first under ZeRO-3 and LoRA adapters are merged in; the directory is
 written under a temporary name and renamed into place, so a crash mid-save never leaves a
-half-written model where a good one was.
+half-written model where a good one was. The model card and, on request, the LoRA adapter alone
+are written in the same folder, so they always describe the weights beside them.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import torch
 from torch import nn
 
 from chatrlhf.training.lora import merged_state_dict
+from chatrlhf.training.lora_adapter import ADAPTER_DIR, save_adapter
+from chatrlhf.training.model_card import ModelCard, write_card
 from chatrlhf.utils import device
 from chatrlhf.utils.model.unwrap import base_model
 
@@ -63,14 +66,15 @@ def replace_dir(staging: str, target: str) -> None:
     """Put a finished ``staging`` folder at ``target``; the old ``target`` stays whole until the swap.
 
     What else lives in ``target`` (a ``training.log`` being written, checkpoints, TensorBoard logs) is
-    moved into ``staging`` first (same inode, so open log files keep writing), old weights are not.
+    moved into ``staging`` first (same inode, so open log files keep writing), old weights (and an old
+    LoRA adapter) are not.
     """
     if not os.path.exists(target):
         os.replace(staging, target)
         return
     written = set(os.listdir(staging))
     for name in os.listdir(target):
-        if name not in written and not name.endswith(WEIGHT_SUFFIXES):
+        if name not in written and not name.endswith(WEIGHT_SUFFIXES) and name != ADAPTER_DIR:
             os.replace(os.path.join(target, name), os.path.join(staging, name))
     if _exchange(staging, target):
         shutil.rmtree(staging, ignore_errors=True)
@@ -104,8 +108,13 @@ def save_hf_model(
     *,
     zero_stage: int = 0,
     extra_json: dict[str, dict] | None = None,
+    card: ModelCard | None = None,
+    adapter: bool = False,
 ) -> None:
-    """Write ``model`` (the engine's module) as a Hugging Face directory that ``from_pretrained`` loads."""
+    """Write ``model`` (the engine's module) as a Hugging Face directory that ``from_pretrained`` loads.
+
+    ``card`` becomes its ``README.md``; with ``adapter`` the LoRA adapter alone also goes to ``adapter/``.
+    """
     state = gathered_state_dict(model, zero_stage)
     if device.is_main_process():
         hf_model = base_model(model)
@@ -118,6 +127,10 @@ def save_hf_model(
             for name, content in (extra_json or {}).items():
                 with open(os.path.join(folder, name), "w") as handle:
                     json.dump(content, handle, indent=1)
+            if adapter:
+                save_adapter(model, state, os.path.join(folder, ADAPTER_DIR))
+            if card is not None:
+                write_card(card, folder, output_dir)
 
         atomic_dir(output_dir, write)
     device.barrier()

@@ -1,14 +1,18 @@
 """What steps 1 and 2 share around the loop: process group, model, data, engine, training and the save."""
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from chatrlhf.training.checkpoint import CheckpointManager
 from chatrlhf.training.config import EngineSettings, LoopSettings, LoraSettings, OptimSettings
+from chatrlhf.training.config_file import write_run_args
 from chatrlhf.training.engine import init_train_engine
-from chatrlhf.training.loop import Trainer, make_loader, total_optimizer_steps, write_metrics
+from chatrlhf.training.loop import Trainer, TrainResult, make_loader, total_optimizer_steps, write_metrics
 from chatrlhf.training.metrics_log import MetricsLogger, print_rank0
+from chatrlhf.training.model_card import ModelCard, eval_results, tokens_seen
 from chatrlhf.training.run_control import StopRequested
 from chatrlhf.training.run_setup import set_seed
 from chatrlhf.utils import device
@@ -28,6 +32,10 @@ class ModelSettings:
 @dataclass
 class StepRun:
     """One training step's settings; subclasses say which model, data, collator and task they use."""
+
+    # The model card's tag for this step and the held-out metrics it shows (metric key -> label).
+    card_tag: ClassVar[str] = ""
+    card_metrics: ClassVar[dict[str, str]] = {}
 
     step: int
     data: DataConfig
@@ -67,7 +75,42 @@ class StepRun:
     def task(self):
         raise NotImplementedError
 
-    def save(self, engine, tokenizer, data: StepData) -> None:
+    def card_method(self) -> str:
+        """How this step trains, for the model card."""
+        raise NotImplementedError
+
+    def card_settings(self) -> dict[str, object]:
+        """This step's own settings for the model card, after the ones every step shares."""
+        return {}
+
+    def model_card(self, result: TrainResult, data: StepData) -> ModelCard:
+        """The card of the model this run saves, from what the loop recorded."""
+        lora = self.lora
+        settings = {
+            "learning rate": self.optim.learning_rate,
+            "batch size": f"{self.engine.micro_batch_size} per device x {self.engine.gradient_accumulation_steps} "
+                          f"accumulation x {device.world_size()} devices",
+            "epochs": self.loop.num_train_epochs,
+            "max steps": self.loop.max_steps or None,
+            "max sequence length": self.data.max_seq_len,
+            "precision": self.engine.dtype,
+            "ZeRO stage": self.engine.zero_stage,
+            "LoRA": (f"rank {lora.dim} on `{lora.module_name}`, learning rate {lora.learning_rate}, "
+                     + ("adapters only" if lora.only_optimize_lora else "with the base weights")
+                     + (", adapter saved in `adapter/`" if lora.save_adapter else "")) if lora.enabled else None,
+            "seed": self.loop.seed,
+            **self.card_settings(),
+        }
+        training = {"optimizer steps": result.steps, "tokens seen": tokens_seen(result.history),
+                    "training samples": data.info.get("num_train"), "held-out samples": data.info.get("num_eval")}
+        return ModelCard(
+            tags=(self.card_tag,), title=os.path.basename(os.path.normpath(self.loop.output_dir)),
+            method=self.card_method(), base_model=self.model.name_or_path, step=self.step,
+            sources=self.data.data_path, sft_only_sources=self.data.sft_only_data_path,
+            data_split=self.data.data_split, settings=settings, training=training,
+            results=eval_results(result.evals, self.card_metrics))
+
+    def save(self, engine, tokenizer, data: StepData, card: ModelCard) -> None:
         raise NotImplementedError
 
     def _resume_point(self, manager: CheckpointManager) -> str | None:
@@ -80,7 +123,8 @@ class StepRun:
             print_rank0(f"--resume: no complete checkpoint in {manager.root}; starting from the beginning")
         return latest
 
-    def run(self) -> dict:
+    def run(self, record: dict | None = None) -> dict:
+        """Train and save; ``record`` (``config_file.run_record``) is saved beside the model as its flags."""
         started = time.perf_counter()
         device.init_distributed()
         set_seed(self.loop.seed)
@@ -119,7 +163,9 @@ class StepRun:
             print_rank0(f"{stop}; resume with --resume")
             logger.close()
             raise SystemExit(stop.exit_code) from None
-        self.save(engine, tokenizer, data)
+        if record is not None:
+            write_run_args(self.loop.output_dir, record)
+        self.save(engine, tokenizer, data, self.model_card(result, data))
         logger.close()
         elapsed = time.perf_counter() - started
         summary = {"wall_time_s": elapsed, "data": data.info, **self.info}
