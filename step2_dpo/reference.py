@@ -90,6 +90,15 @@ def ref_cache_dir(data: StepData, reference_identity: str, fp32: bool) -> str:
     return os.path.join(os.path.dirname(data_dir), f"dpo_ref_{key}")
 
 
+def _publish(target: str, splits: dict[str, datasets.Dataset]) -> None:
+    """Save the scored splits at ``target``; on a shared disk another node may rename its equal copy in first."""
+    try:
+        atomic_dir(target, datasets.DatasetDict(splits).save_to_disk)
+    except OSError:
+        if not os.path.isdir(target):
+            raise
+
+
 def _score_split(reference: nn.Module, dataset: datasets.Dataset, collate, batch_size: int,
                  fp32: bool) -> tuple[list[float], list[float]]:
     """Every pair's summed reference log-probs; each rank scores its share and all ranks get the whole."""
@@ -128,8 +137,8 @@ def precomputed_reference(
                 dict(zip(REF_COLUMNS, (chosen, rejected))),
                 datasets.Features({column: datasets.Value("float64") for column in REF_COLUMNS}),
             )
-        if device.is_main_process():
-            atomic_dir(target, datasets.DatasetDict(splits).save_to_disk)
+        if device.is_local_main_process():  # every rank holds the whole; each node reads its own disk
+            _publish(target, splits)
     device.barrier()
     cached = datasets.load_from_disk(target)
     print_rank0(f"reference log-probs {'cached' if hit else 'computed'} at {target}")

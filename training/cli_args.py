@@ -24,7 +24,8 @@ def add_data_args(parser: argparse.ArgumentParser, *, sft_only: bool = True) -> 
     if sft_only:
         group.add_argument("--sft_only_data_path", nargs="*", default=[], help="Sources used by step 1 only.")
     group.add_argument("--data_output_path", type=str, default="/tmp/data_files/",
-                       help="Where tokenised datasets are cached (keyed by a hash of what changes them).")
+                       help="Where tokenised datasets are cached (keyed by a hash of what changes them); "
+                            "node-local: local rank 0 of each node builds its own copy.")
     group.add_argument("--prompt_template", choices=PROMPT_TEMPLATES, default="hh",
                        help="How a bare instruction becomes a prompt.")
     group.add_argument("--prompt_column", default=None, help="Column holding the prompt.")

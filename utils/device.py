@@ -80,7 +80,7 @@ def init_distributed() -> None:
         deepspeed.init_distributed(dist_backend="nccl" if has_cuda() else "gloo")
         unlink_shm_workspace()
     if has_cuda():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(local_rank())
 
 
 def shm_workspace_path() -> Path:
@@ -105,7 +105,7 @@ def unlink_shm_workspace() -> None:
 
 def local_device() -> torch.device:
     if has_cuda():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cuda", local_rank())
     return torch.device("cpu")
 
 
@@ -121,7 +121,19 @@ def world_size() -> int:
 
 
 def is_main_process() -> bool:
+    """Global rank 0: the one process that writes what is for the user (saved models, metrics, logs)."""
     return rank() == 0
+
+
+def local_rank() -> int:
+    """This process's rank on its own node: the launcher's ``LOCAL_RANK`` (0 for a plain single process)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_local_main_process() -> bool:
+    """Local rank 0: the process that writes what every rank of its node reads from the node's own disk
+    (data cache, preset build), since another node cannot read it there."""
+    return local_rank() == 0
 
 
 def all_ranks(flag: bool) -> bool:

@@ -1,7 +1,9 @@
 """Tokenised per-step datasets, built once with ``datasets`` and cached under ``--data_output_path``.
 
 The cache key hashes everything that changes the result: the sources' content, the split, seed,
-lengths, templates and the tokenizer. With several processes rank 0 builds and the others wait.
+lengths, templates and the tokenizer. With several processes local rank 0 of each node builds its own copy
+and the other ranks wait: ``--data_output_path`` is meant to be node-local, and another node's disk is out of
+reach. On a shared disk the nodes' builders race harmlessly (the first rename wins).
 """
 from __future__ import annotations
 
@@ -191,7 +193,8 @@ def _build(cfg: DataConfig, step: int, tokenizer, records: StepRecords | None) -
 
 
 def _save(data: StepData, target: str) -> None:
-    """Write to a temporary folder and rename it into place, so a half-written cache is never read."""
+    """Write to a temporary folder and rename it into place, so a half-written cache is never read; when another
+    node's builder renamed its copy first (a shared disk), ours is dropped."""
     parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".building-", dir=parent)
@@ -212,11 +215,13 @@ def _load(target: str) -> StepData:
 
 
 def build_step_data(cfg: DataConfig, step: int, tokenizer, *, records: StepRecords | None = None) -> StepData:
-    """The tokenised train and eval sets of ``step``, from the cache when nothing that changes them changed."""
+    """The tokenised train and eval sets of ``step``, from the cache when nothing that changes them changed.
+
+    Collective: every rank calls it; local rank 0 of each node builds a missing cache before the barrier."""
     key = cache_key(cfg, step, tokenizer)
     target = os.path.join(cfg.data_output_path, f"step{step}_{key}")
     hit = os.path.isdir(target)
-    if device.is_main_process() and not hit:
+    if device.is_local_main_process() and not hit:
         _save(_build(cfg, step, tokenizer, records), target)
     device.barrier()
     data = _load(target)

