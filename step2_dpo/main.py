@@ -47,10 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     from chatrlhf.step2_dpo.run import DPORun
+    from chatrlhf.training.compat_flags import LAUNCHER_FLAGS, notify_inert_flags
     from chatrlhf.training.config_file import run_record
     from chatrlhf.training.validation import run_cli
+
+    notify_inert_flags(parser, args, LAUNCHER_FLAGS)
 
     def body() -> int:
         DPORun.from_args(args).run(run_record(args, argv))

@@ -51,11 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from chatrlhf.step2_reward.run import RewardRun
-    from chatrlhf.training.compat_flags import notify_inert_flags
+    from chatrlhf.training.compat_flags import LAUNCHER_FLAGS, notify_inert_flags
     from chatrlhf.training.config_file import run_record
     from chatrlhf.training.validation import run_cli
 
-    notify_inert_flags(parser, args, ("num_padding_at_beginning", "no_fused_kernels"))
+    notify_inert_flags(parser, args, ("num_padding_at_beginning", "no_fused_kernels", *LAUNCHER_FLAGS))
 
     def body() -> int:
         RewardRun.from_args(args).run(run_record(args, argv))

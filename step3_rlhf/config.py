@@ -160,5 +160,6 @@ class RunConfig:
     log_interval: int = 1
     save_interval: int = 0
     save_total_limit: int = 0
+    max_bad_steps: int = 10
     resume: bool = False
     resume_from: str | None = None

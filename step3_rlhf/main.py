@@ -244,10 +244,10 @@ def explicit_flags(parser: ConfigFileParser, argv: list[str] | None, args: argpa
 def inert_flags(args: argparse.Namespace) -> tuple[str, ...]:
     """The DeepSpeed-Chat flags that change nothing in this run: the hybrid-engine ones too unless the engine
     runs (--enable_hybrid_engine on a CUDA device)."""
-    from chatrlhf.training.compat_flags import HYBRID_ENGINE_FLAGS
+    from chatrlhf.training.compat_flags import HYBRID_ENGINE_FLAGS, LAUNCHER_FLAGS
     from chatrlhf.utils.device import has_cuda
 
-    names = ("num_padding_at_beginning", "align_overflow")
+    names = ("num_padding_at_beginning", "align_overflow", *LAUNCHER_FLAGS)
     return names if args.enable_hybrid_engine and has_cuda() else names + HYBRID_ENGINE_FLAGS
 
 

@@ -73,7 +73,7 @@ class PPORun:
                                   micro_batch_size=args.per_device_training_batch_size,
                                   gradient_accumulation_steps=args.gradient_accumulation_steps,
                                   compute_fp32_loss=args.compute_fp32_loss,
-                                  deepspeed_config=getattr(args, "deepspeed_config", None),
+                                  deepspeed_config=cli_args.deepspeed_config_path(args),
                                   job_name=job, hybrid_engine=hybrid_engine,
                                   quantized_nontrainable_weights=quantized)
 
@@ -144,7 +144,8 @@ class PPORun:
                 print_answers=args.print_answers, print_answers_interval=args.print_answers_interval,
                 enable_test_mode=args.enable_test_mode, test_stop_step=args.test_stop_step,
                 log_interval=args.log_interval, save_interval=args.save_interval,
-                save_total_limit=args.save_total_limit, resume=args.resume, resume_from=args.resume_from),
+                save_total_limit=args.save_total_limit, max_bad_steps=args.max_bad_steps, resume=args.resume,
+                resume_from=args.resume_from),
             tensorboard=(args.enable_tensorboard, args.tensorboard_path),
             rewards=rewards,
             algorithm=algorithm,

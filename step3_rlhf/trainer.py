@@ -32,6 +32,7 @@ from chatrlhf.step3_rlhf.reward_functions import RewardFunction
 from chatrlhf.step3_rlhf.rollout import Rollout, sample
 from chatrlhf.training.checkpoint import CheckpointError
 from chatrlhf.training.metrics_log import MetricsLogger, format_metrics, print_rank0
+from chatrlhf.training.run_control import LossGuard
 from chatrlhf.utils import device
 from chatrlhf.utils.model.last_layer import outputs_from
 from chatrlhf.utils.model.lm_forward import (
@@ -106,6 +107,8 @@ class PPOTrainer:
         self.target = device.local_device()
         self.steps = 0
         self.history: list[dict] = []
+        # One guard for the actor's and the critic's losses: a micro-batch with either non-finite is skipped whole.
+        self.guard = LossGuard(run.max_bad_steps)
         critic = engines.critic.module if engines.critic is not None else None
         self.lockstep = lockstep_needed(engines.actor.module, critic, engines.reference, engines.reward)
 
@@ -357,11 +360,18 @@ class PPOTrainer:
                                                 unsup["labels"])
                     loss = loss + self.ppo.unsup_coef * lm_loss
                     stats.add(unsup_loss=float(lm_loss.detach()))
-                actor.backward(loss)
-                actor.step()
+                v_loss = None
                 if critic is not None:
                     mask = exp.answer_mask.to(values.dtype)
                     v_loss = value_loss(values, exp.old_values, exp.returns, mask, self.ppo.cliprange_value)
+                checked = loss if v_loss is None else loss + v_loss.detach()
+                if not self.guard.check(checked, self.steps):
+                    print_rank0(f"iteration {self.steps + 1}: non-finite loss, micro-batch skipped "
+                                f"({self.guard.total} so far)")
+                    continue
+                actor.backward(loss)
+                actor.step()
+                if critic is not None:
                     critic.backward(v_loss)
                     critic.step()
                     stats.add(critic_loss=float(v_loss.detach()),
@@ -396,7 +406,7 @@ class PPOTrainer:
     def state(self, epoch: int, next_batch: int) -> dict:
         """Everything besides the engines that decides the rest of the run."""
         state = {"epoch": epoch, "next_batch": next_batch, "steps": self.steps, "history": self.history,
-                 "kl": self.kl.state_dict(), "algorithm": self.algorithm.name}
+                 "kl": self.kl.state_dict(), "algorithm": self.algorithm.name, "skipped_batches": self.guard.total}
         if self.engines.ema is not None:
             state["ema"] = {k: v.detach().cpu().clone() for k, v in self.engines.ema.state_dict().items()}
         return state
@@ -409,6 +419,7 @@ class PPOTrainer:
         self.steps = state["steps"]
         self.history = list(state["history"])
         self.kl.load_state_dict(state["kl"])
+        self.guard.total = state.get("skipped_batches", 0)
         if self.engines.ema is not None:
             if "ema" not in state:
                 raise ValueError("--enable_ema is set but the checkpoint holds no EMA weights; resume without it")

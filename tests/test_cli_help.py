@@ -4,30 +4,15 @@ gives the same flags back."""
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 from pathlib import Path
 
 import pytest
 import yaml
+from cli_parsers import CONFIG_COMMANDS, PARSERS, build, options
 
 from chatrlhf.training.cli_parser import HelpFormatter
 from chatrlhf.training.config_file import ARGS_FILE
-
-PARSERS = ("chatrlhf.step1_sft.main", "chatrlhf.step1_sft.prompt_eval", "chatrlhf.step2_reward.main",
-           "chatrlhf.step2_reward.rw_eval", "chatrlhf.step2_dpo.main", "chatrlhf.step3_rlhf.main",
-           "chatrlhf.applications.e2e_rlhf", "chatrlhf.applications.chat", "chatrlhf.applications.compare",
-           "chatrlhf.applications.data_report", "chatrlhf.applications.memory_estimator")
-CONFIG_COMMANDS = ("chatrlhf.step1_sft.main", "chatrlhf.step2_reward.main", "chatrlhf.step2_dpo.main",
-                   "chatrlhf.step3_rlhf.main", "chatrlhf.applications.e2e_rlhf")
-
-
-def build(module: str) -> argparse.ArgumentParser:
-    return importlib.import_module(module).build_parser()
-
-
-def options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
-    return [action for action in parser._actions if action.dest != "help"]
 
 
 def write(path: Path, values: dict) -> str:

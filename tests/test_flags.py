@@ -264,7 +264,7 @@ def test_flags_without_effect_print_one_line_each(capsys, monkeypatch):
     assert notify_inert_flags(parser, args, inert_flags(args)) == expected
     assert capsys.readouterr().out.splitlines() == expected
     monkeypatch.setattr(device, "has_cuda", lambda: True)
-    assert inert_flags(args) == ("num_padding_at_beginning", "align_overflow")
+    assert inert_flags(args) == ("num_padding_at_beginning", "align_overflow", "deepspeed", "deepscale", "local_rank")
     parser = reward_parser()
     args = parser.parse_args(["--no_fused_kernels"])
     assert notify_inert_flags(parser, args, ("num_padding_at_beginning", "no_fused_kernels")) == [

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 
+from chatrlhf.training.compat_flags import inert_help
 from chatrlhf.training.config import EngineSettings, LoopSettings, LoraSettings, OptimSettings
 from chatrlhf.training.optim import SCHEDULERS
 from chatrlhf.training.validation import ConfigError
@@ -76,9 +77,7 @@ def add_training_args(parser: argparse.ArgumentParser, *, learning_rate: float) 
                        help="Where the model, metrics.json, checkpoints and the resolved flags are saved (required).")
     group.add_argument("--seed", type=int, default=1234,
                        help="Seed of model initialisation, data order and the synthetic data.")
-    group.add_argument("--local_rank", type=int, default=-1,
-                       help="Set by the deepspeed launcher; the rank is read from its environment (LOCAL_RANK), so no "
-                            "need to give it.")
+    group.add_argument("--local_rank", type=int, default=-1, help=inert_help("local_rank"))
     group.add_argument("--gradient_checkpointing", action="store_true",
                        help="Recompute activations in the backward pass: less memory, slower steps.")
     group.add_argument("--offload", action="store_true",
@@ -134,15 +133,22 @@ def add_reliability_args(group) -> None:
 def add_deepspeed_args(parser: argparse.ArgumentParser) -> None:
     """The flags of ``deepspeed.add_config_arguments``, which DeepSpeed-Chat's scripts pass, with what they do here."""
     group = parser.add_argument_group("DeepSpeed")
-    group.add_argument("--deepspeed", action="store_true",
-                       help="Accepted for DeepSpeed-Chat compatibility; no effect: training always runs on DeepSpeed.")
+    group.add_argument("--deepspeed", action="store_true", help=inert_help("deepspeed"))
     group.add_argument("--deepspeed_config", type=str, default=None,
                        help="A DeepSpeed JSON config laid over the one the flags build (frozen models take its "
                             "zero_optimization, fp16 and bf16 keys).")
-    group.add_argument("--deepscale", action="store_true",
-                       help="DeepSpeed's deprecated name of --deepspeed; no effect.")
+    group.add_argument("--deepscale", action="store_true", help=inert_help("deepscale"))
     group.add_argument("--deepscale_config", type=str, default=None,
-                       help="DeepSpeed's deprecated name of --deepspeed_config; no effect: use --deepspeed_config.")
+                       help="DeepSpeed's deprecated name of --deepspeed_config, read the same way.")
+
+
+def deepspeed_config_path(args: argparse.Namespace) -> str | None:
+    """``--deepspeed_config``, or the same file under DeepSpeed's old name ``--deepscale_config``."""
+    new, old = getattr(args, "deepspeed_config", None), getattr(args, "deepscale_config", None)
+    if new and old and new != old:
+        raise ConfigError(f"--deepspeed_config {new} and --deepscale_config {old} name two files; --deepscale_config "
+                          "is the old name of --deepspeed_config, so give only --deepspeed_config")
+    return new or old
 
 
 def data_config(args: argparse.Namespace, *, max_prompt_seq_len: int = 256) -> DataConfig:
@@ -192,7 +198,7 @@ def engine_settings(args: argparse.Namespace, job_name: str) -> EngineSettings:
         micro_batch_size=args.per_device_train_batch_size,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         compute_fp32_loss=args.compute_fp32_loss,
-        deepspeed_config=getattr(args, "deepspeed_config", None),
+        deepspeed_config=deepspeed_config_path(args),
         enable_tensorboard=args.enable_tensorboard,
         tensorboard_path=args.tensorboard_path or f"{job_name}_tensorboard",
         job_name=job_name,

@@ -24,7 +24,12 @@ INERT_FLAGS = {
     "release_inference_cache": HYBRID_ENGINE_OFF,
     "unpin_actor_parameters": HYBRID_ENGINE_OFF,
     "tp_gather_partition_size": HYBRID_ENGINE_OFF,
+    "deepspeed": "training always runs on DeepSpeed; drop the flag",
+    "deepscale": "training always runs on DeepSpeed (--deepscale is its old name); drop the flag",
+    "local_rank": "each process reads its rank from the launcher's LOCAL_RANK environment variable; drop the flag",
 }
+# Flags DeepSpeed's launcher or ``deepspeed.add_config_arguments`` put on every step's command line.
+LAUNCHER_FLAGS = ("deepspeed", "deepscale", "local_rank")
 HYBRID_ENGINE_FLAGS = ("enable_hybrid_engine", "inference_tp_size", "release_inference_cache",
                        "unpin_actor_parameters", "tp_gather_partition_size")
 
