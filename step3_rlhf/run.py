@@ -297,12 +297,12 @@ class PPORun:
         name, config_name = self.unsupervised
         if not name or self.ppo.unsup_coef <= 0:
             return None
-        from chatrlhf.step3_rlhf.unsupervised import cycle_batches, load_texts, text_blocks
+        from chatrlhf.step3_rlhf.unsupervised import CycledBatches, load_texts, text_blocks
 
         block = self.generation.max_prompt_seq_len + self.generation.max_answer_seq_len
         blocks = text_blocks(load_texts(name, config_name, self.run_config.seed), tokenizer, block)
         print_rank0(f"unsupervised data: {blocks.shape[0]} blocks of {block} tokens from {name}")
-        return cycle_batches(blocks, self.run_config.per_device_training_batch_size, self.run_config.seed)
+        return CycledBatches(blocks, self.run_config.per_device_training_batch_size, self.run_config.seed)
 
     def train(self, trainer: PPOTrainer, loader, iterations: int, checkpoint, resumed: dict | None) -> None:
         """Rollouts and updates until ``iterations``; ``checkpoint(state)`` at ``--save_interval`` and on a stop.

@@ -3,7 +3,6 @@ metrics, saving."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -30,6 +29,7 @@ from chatrlhf.step3_rlhf.ppo_math import (
 )
 from chatrlhf.step3_rlhf.reward_functions import RewardFunction
 from chatrlhf.step3_rlhf.rollout import Rollout, sample
+from chatrlhf.step3_rlhf.unsupervised import CycledBatches
 from chatrlhf.training.checkpoint import CheckpointError
 from chatrlhf.training.metrics_log import MetricsLogger, format_metrics, print_rank0
 from chatrlhf.training.run_control import LossGuard
@@ -85,7 +85,7 @@ class PPOTrainer:
         algorithm: AlgorithmConfig | None = None,
         reward_mean: float = 0.0,
         reward_std: float = 1.0,
-        unsupervised: Iterator[dict] | None = None,
+        unsupervised: CycledBatches | None = None,
         actor_zero_stage: int = 0,
         fp32_loss: bool = False,
     ) -> None:
@@ -407,6 +407,8 @@ class PPOTrainer:
         """Everything besides the engines that decides the rest of the run."""
         state = {"epoch": epoch, "next_batch": next_batch, "steps": self.steps, "history": self.history,
                  "kl": self.kl.state_dict(), "algorithm": self.algorithm.name, "skipped_batches": self.guard.total}
+        if self.unsupervised is not None:
+            state["unsupervised"] = self.unsupervised.state_dict()
         if self.engines.ema is not None:
             state["ema"] = {k: v.detach().cpu().clone() for k, v in self.engines.ema.state_dict().items()}
         return state
@@ -420,6 +422,11 @@ class PPOTrainer:
         self.history = list(state["history"])
         self.kl.load_state_dict(state["kl"])
         self.guard.total = state.get("skipped_batches", 0)
+        if self.unsupervised is not None:
+            if "unsupervised" not in state:
+                raise CheckpointError("the checkpoint holds no position in the unsupervised data; resume without "
+                                      "--unsupervised_dataset_name, or start a new run in another --output_dir")
+            self.unsupervised.load_state_dict(state["unsupervised"])
         if self.engines.ema is not None:
             if "ema" not in state:
                 raise ValueError("--enable_ema is set but the checkpoint holds no EMA weights; resume without it")

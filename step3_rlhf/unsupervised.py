@@ -46,11 +46,35 @@ def text_blocks(texts: list[str], tokenizer, block_size: int) -> torch.Tensor:
     return torch.tensor(ids[:usable]).view(-1, block_size)
 
 
-def cycle_batches(blocks: torch.Tensor, batch_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Shuffled batches of blocks, epoch after epoch, as language-modelling inputs."""
-    generator = torch.Generator().manual_seed(seed)
-    while True:
-        order = torch.randperm(blocks.shape[0], generator=generator)
-        for start in range(0, len(order) - batch_size + 1, batch_size):
-            ids = blocks[order[start : start + batch_size]]
-            yield {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+class CycledBatches(Iterator[dict[str, torch.Tensor]]):
+    """Shuffled batches of blocks, epoch after epoch, as language-modelling inputs.
+
+    It counts the batches it has handed out, so a checkpoint records the position and a resumed run draws
+    the very batches the uninterrupted run would have (the order is a pure function of the seed).
+    """
+
+    def __init__(self, blocks: torch.Tensor, batch_size: int, seed: int) -> None:
+        self.blocks, self.batch_size, self.seed = blocks, batch_size, seed
+        self.consumed = 0
+        self._batches = self._generate()
+
+    def _generate(self) -> Iterator[dict[str, torch.Tensor]]:
+        generator = torch.Generator().manual_seed(self.seed)
+        while True:
+            order = torch.randperm(self.blocks.shape[0], generator=generator)
+            for start in range(0, len(order) - self.batch_size + 1, self.batch_size):
+                ids = self.blocks[order[start : start + self.batch_size]]
+                yield {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        self.consumed += 1
+        return next(self._batches)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"consumed": self.consumed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Replay the order from the start up to the saved position (cheap: indices only, no model work)."""
+        self.consumed, self._batches = 0, self._generate()
+        for _ in range(state["consumed"]):
+            next(self)

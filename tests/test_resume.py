@@ -47,7 +47,7 @@ def comparable(history: list[dict]) -> list[tuple]:
 def test_sigkill_then_resume_is_bit_exact(step, tmp_path, sft_model, data_cache, subprocess_env):
     uninterrupted = tmp_path / "whole"
     finish(start(uninterrupted, data_cache, subprocess_env, step=step))
-    kill_after = random.Random(os.getpid()).choice([2, 4, 6])
+    kill_after = random.Random(step).choice([2, 4, 6])  # fixed, so a failure reproduces
     out = tmp_path / "killed"
     process = start(out, data_cache, subprocess_env, step=step)
     wait_for(process, f"step {kill_after}: checkpoint written")
@@ -150,8 +150,12 @@ TIMING_KEYS = {"clock", "generation_s", "scoring_s", "training_s", "generated_to
 
 
 def test_ppo_sigkill_then_resume_is_bit_exact(tmp_path, sft_model, data_cache, subprocess_env):
-    """Step 3 resumes exactly: actor, critic, EMA, KL controller, sampling random state and data position."""
-    args = ["--actor_model_name_or_path", sft_model, "--critic_model_name_or_path", sft_model,
+    """Step 3 resumes exactly: actor, critic, EMA, KL controller, sampling random state, data position and the
+    position in the unsupervised (ptx) data."""
+    ptx = tmp_path / "ptx.txt"
+    ptx.write_text("\n".join(f"document {i} tells of {'abcdefgh'[i % 8] * (i % 5 + 1)} and more" for i in range(60)))
+    args = ["--unsupervised_dataset_name", str(ptx), "--unsup_coef", "0.5",
+            "--actor_model_name_or_path", sft_model, "--critic_model_name_or_path", sft_model,
             "--per_device_generation_batch_size", "4", "--per_device_training_batch_size", "4",
             "--max_prompt_seq_len", "48", "--max_answer_seq_len", "6", "--max_steps", "6", "--eval_prompts", "4",
             "--save_interval", "2", "--enable_ema", "--target_kl", "0.1", "--data_output_path", data_cache,
@@ -165,7 +169,7 @@ def test_ppo_sigkill_then_resume_is_bit_exact(tmp_path, sft_model, data_cache, s
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     finish(ppo(whole))
     process = ppo(killed)
-    wait_for(process, f"iteration {random.Random(os.getpid()).choice([2, 4])}: checkpoint written")
+    wait_for(process, f"iteration {random.Random(5).choice([2, 4])}: checkpoint written")
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
     assert "resuming PPO at iteration" in finish(ppo(killed, "--resume"))

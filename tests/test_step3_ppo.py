@@ -355,3 +355,19 @@ def test_ema_of_a_lora_actor_follows_its_merged_weights():
         torch.testing.assert_close(param, 0.75 * start[name] + 0.25 * merged[name])
     adapted = actor.get_base_model().model.decoder.layers[0].self_attn.q_proj
     assert not torch.allclose(merged["model.decoder.layers.0.self_attn.q_proj.weight"], adapted.base_layer.weight)
+
+
+def test_unsupervised_batches_resume_where_they_stopped():
+    """A checkpoint's ptx position replays to the batch the uninterrupted run draws next, across epochs."""
+    import torch
+
+    from chatrlhf.step3_rlhf.unsupervised import CycledBatches
+
+    blocks = torch.arange(70).view(7, 10)
+    whole = CycledBatches(blocks, batch_size=2, seed=3)
+    drawn = [next(whole)["input_ids"] for _ in range(5)]  # 3 batches an epoch: crosses into the second epoch
+    resumed = CycledBatches(blocks, batch_size=2, seed=3)
+    resumed.load_state_dict({"consumed": 4})
+    assert resumed.state_dict() == {"consumed": 4}
+    assert next(resumed)["input_ids"].equal(drawn[4])
+    assert not drawn[0].equal(drawn[3])  # the second epoch is shuffled anew
