@@ -29,6 +29,8 @@ class PPOEngines:
     reference: object | None
     reward: nn.Module | None
     ema: nn.Module | None = None
+    # The actor is DeepSpeed's hybrid engine (a "hybrid_engine" section on CUDA): rollouts use its generate.
+    hybrid_generation: bool = False
 
     def trained(self) -> dict[str, object]:
         """The engines a checkpoint holds, by tag."""
@@ -120,7 +122,8 @@ def build_engines(
                                           total_steps)
     if ema is not None:
         ema.to(device.local_device())
-    return PPOEngines(actor_engine, critic_engine, reference, reward, ema)
+    hybrid = bool((actor_role.engine.hybrid_engine or {}).get("enabled")) and hasattr(actor_engine, "generate")
+    return PPOEngines(actor_engine, critic_engine, reference, reward, ema, hybrid_generation=hybrid)
 
 
 @torch.no_grad()

@@ -164,3 +164,36 @@ def sample(
         answer_mask=answer_mask,
         prompt_width=prompt_ids.shape[1],
     )
+
+
+@torch.no_grad()
+def sample_with_engine(
+    engine,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    cfg: GenerationConfig,
+    *,
+    eos_id: int,
+    pad_id: int,
+    lockstep: bool = False,
+) -> Rollout:
+    """The same rollout through DeepSpeed's hybrid engine (``--enable_hybrid_engine`` on CUDA), whose
+    ``generate`` switches the training weights into its inference kernels and back.
+
+    The answer is cut and masked exactly as ``sample`` does it, so everything after generation is shared.
+    """
+    sampling = ({"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k}
+                if cfg.temperature > 0 else {"do_sample": False})
+    out = engine.generate(input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=cfg.max_answer_seq_len,
+                          min_new_tokens=cfg.min_answer_seq_len, pad_token_id=pad_id, eos_token_id=eos_id,
+                          synced_gpus=lockstep, **sampling)
+    tokens = out[:, prompt_ids.shape[1]:]
+    answer_mask = answer_mask_from(tokens, eos_id)
+    answers = tokens.masked_fill(answer_mask == 0, pad_id)
+    return Rollout(
+        sequences=torch.cat([prompt_ids, answers], dim=1),
+        attention_mask=torch.cat([prompt_mask, answer_mask], dim=1),
+        answer_mask=answer_mask,
+        prompt_width=prompt_ids.shape[1],
+    )
+

@@ -28,7 +28,7 @@ from chatrlhf.step3_rlhf.ppo_math import (
     whiten,
 )
 from chatrlhf.step3_rlhf.reward_functions import RewardFunction
-from chatrlhf.step3_rlhf.rollout import Rollout, sample
+from chatrlhf.step3_rlhf.rollout import Rollout, sample, sample_with_engine
 from chatrlhf.step3_rlhf.unsupervised import CycledBatches
 from chatrlhf.training.checkpoint import CheckpointError
 from chatrlhf.training.metrics_log import MetricsLogger, format_metrics, print_rank0
@@ -190,12 +190,15 @@ class PPOTrainer:
                            self._groups(rollout))[0]
 
     def generate(self, batch: dict, cfg: GenerationConfig | None = None):
+        """Answers to ``batch``: through DeepSpeed's hybrid engine when it runs, else our own sampler."""
         actor = self.engines.actor.module
         was_training = actor.training
         actor.eval()
-        rollout = sample(actor, batch["input_ids"].to(self.target), batch["attention_mask"].to(self.target),
-                         cfg or self.generation, eos_id=self.tokenizer.eos_token_id, pad_id=self.tokenizer.pad_token_id,
-                         lockstep=self.lockstep)
+        draw = partial(sample_with_engine, self.engines.actor) if self.engines.hybrid_generation else partial(
+            sample, actor)
+        rollout = draw(batch["input_ids"].to(self.target), batch["attention_mask"].to(self.target),
+                       cfg or self.generation, eos_id=self.tokenizer.eos_token_id, pad_id=self.tokenizer.pad_token_id,
+                       lockstep=self.lockstep)
         actor.train(was_training)
         return rollout
 

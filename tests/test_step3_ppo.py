@@ -371,3 +371,42 @@ def test_unsupervised_batches_resume_where_they_stopped():
     assert resumed.state_dict() == {"consumed": 4}
     assert next(resumed)["input_ids"].equal(drawn[4])
     assert not drawn[0].equal(drawn[3])  # the second epoch is shuffled anew
+
+
+def test_hybrid_engine_generation_goes_through_the_engine(tiny_lm):
+    """With DeepSpeed's hybrid engine on (CUDA only), rollouts come from the engine's ``generate``; a stand-in
+    engine backed by the model's own generate gives, greedily, the rollout our sampler gives."""
+    from types import SimpleNamespace
+
+    from chatrlhf.step3_rlhf.trainer import PPOTrainer
+    from chatrlhf.utils.data.collators import pad_sequences
+    from chatrlhf.utils.model.generation import encode_prompts
+
+    model, tokenizer = tiny_lm
+    calls = []
+
+    class StandInHybridEngine:
+        module = model
+
+        def generate(self, **kwargs):
+            calls.append(kwargs)
+            return model.generate(**kwargs)
+
+    prompts = ["\n\nHuman: What is 1 plus 2?\n\nAssistant:", "\n\nHuman: Reverse the word cat.\n\nAssistant:"]
+    ids, mask = pad_sequences(encode_prompts(tokenizer, prompts), tokenizer.pad_token_id, left=True)
+    greedy = GenerationConfig(max_answer_seq_len=8, temperature=0.0)
+
+    def trainer(hybrid: bool) -> SimpleNamespace:
+        engines = SimpleNamespace(actor=StandInHybridEngine(), hybrid_generation=hybrid)
+        return SimpleNamespace(engines=engines, target=torch.device("cpu"), tokenizer=tokenizer, generation=greedy,
+                               lockstep=False)
+
+    batch = {"input_ids": ids, "attention_mask": mask}
+    ours = PPOTrainer.generate(trainer(False), batch)
+    assert calls == []
+    through_engine = PPOTrainer.generate(trainer(True), batch)
+    assert len(calls) == 1 and calls[0]["do_sample"] is False and calls[0]["max_new_tokens"] == 8
+    width = through_engine.sequences.shape[1]
+    assert torch.equal(through_engine.answer_mask, ours.answer_mask[:, : width - ids.shape[1]])
+    assert torch.equal(through_engine.sequences, ours.sequences[:, :width])
+    assert through_engine.prompt_width == ours.prompt_width
