@@ -236,3 +236,33 @@ def test_zero3_state_dict_holds_what_state_dict_holds():
                                          num_attention_heads=2, max_position_embeddings=32))
     assert any("rotary" in name for name, _ in model.named_buffers())
     assert set(gathered_state_dict(model, zero_stage=3)) == set(model.state_dict())
+
+
+@pytest.mark.multiprocess
+def test_two_ranks_under_zero2_resume_bit_exact_after_sigkill(tmp_path, sft_model, data_cache, subprocess_env):
+    """Two ranks, ZeRO-2 (each rank holds its own optimizer shard in the checkpoint), the whole process tree
+    killed after a checkpoint: the resumed run ends with the weights and losses of the uninterrupted one."""
+    from chatrlhf.utils.device import free_port
+
+    def launch(out: Path, *extra: str) -> subprocess.Popen:
+        command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port",
+                   str(free_port()), str(ROOT / "step1_sft" / "main.py"), "--output_dir", str(out),
+                   "--data_output_path", data_cache, "--model_name_or_path", sft_model, "--zero_stage", "2",
+                   *STEP1, *extra]
+        return subprocess.Popen(command, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    finish(launch(whole))
+    process = launch(killed)
+    wait_for(process, f"step {random.Random(2).choice([2, 4])}: checkpoint written")
+    os.killpg(process.pid, signal.SIGKILL)  # the launcher and both ranks at once, as a lost node
+    process.wait(timeout=60)
+    assert "resuming at step" in finish(launch(killed, "--resume"))
+    expected, actual = load_file(whole / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert expected[name].equal(actual[name]), name
+    first = json.loads((whole / "metrics.json").read_text())
+    second = json.loads((killed / "metrics.json").read_text())
+    assert comparable(second["history"]) == comparable(first["history"])
