@@ -238,31 +238,50 @@ def test_zero3_state_dict_holds_what_state_dict_holds():
     assert set(gathered_state_dict(model, zero_stage=3)) == set(model.state_dict())
 
 
-@pytest.mark.multiprocess
-def test_two_ranks_under_zero2_resume_bit_exact_after_sigkill(tmp_path, sft_model, data_cache, subprocess_env):
-    """Two ranks, ZeRO-2 (each rank holds its own optimizer shard in the checkpoint), the whole process tree
-    killed after a checkpoint: the resumed run ends with the weights and losses of the uninterrupted one."""
+def launch_two_ranks(step_main: str, out: Path, env: dict, *args: str) -> subprocess.Popen:
+    """A step on two CPU ranks through DeepSpeed's launcher, in a session of its own so it can be killed whole."""
     from chatrlhf.utils.device import free_port
 
-    def launch(out: Path, *extra: str) -> subprocess.Popen:
-        command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port",
-                   str(free_port()), str(ROOT / "step1_sft" / "main.py"), "--output_dir", str(out),
-                   "--data_output_path", data_cache, "--model_name_or_path", sft_model, "--zero_stage", "2",
-                   *STEP1, *extra]
-        return subprocess.Popen(command, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, start_new_session=True)
+    command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port",
+               str(free_port()), str(ROOT / step_main), "--output_dir", str(out), *args]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
 
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("step", ["step1_sft", "step3_rlhf"])
+def test_two_ranks_under_zero2_resume_bit_exact_after_sigkill(step, tmp_path, sft_model, data_cache,
+                                                              subprocess_env):
+    """Two ranks, ZeRO-2 (each rank holds its own optimizer shard in the checkpoint), the whole process tree
+    killed after a checkpoint: the resumed run ends with the weights and losses of the uninterrupted one."""
+    if step == "step1_sft":
+        args = ["--data_output_path", data_cache, "--model_name_or_path", sft_model, "--zero_stage", "2", *STEP1]
+        marker, resumed, weights = "step {}: checkpoint written", "resuming at step", ("model.safetensors",)
+    else:
+        args = ["--actor_model_name_or_path", sft_model, "--critic_model_name_or_path", sft_model,
+                "--actor_zero_stage", "2", "--critic_zero_stage", "2", "--per_device_generation_batch_size", "2",
+                "--per_device_training_batch_size", "2", "--max_prompt_seq_len", "48", "--max_answer_seq_len", "6",
+                "--max_steps", "4", "--eval_prompts", "2", "--save_interval", "2", "--seed", "5",
+                "--actor_learning_rate", "1e-3", "--critic_learning_rate", "1e-3", "--data_output_path", data_cache]
+        marker, resumed = "iteration {}: checkpoint written", "resuming PPO at iteration"
+        weights = ("actor/model.safetensors", "critic/model.safetensors")
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    finish(launch(whole))
-    process = launch(killed)
-    wait_for(process, f"step {random.Random(2).choice([2, 4])}: checkpoint written")
+    finish(launch_two_ranks(f"{step}/main.py", whole, subprocess_env, *args))
+    process = launch_two_ranks(f"{step}/main.py", killed, subprocess_env, *args)
+    wait_for(process, marker.format(2))
     os.killpg(process.pid, signal.SIGKILL)  # the launcher and both ranks at once, as a lost node
     process.wait(timeout=60)
-    assert "resuming at step" in finish(launch(killed, "--resume"))
-    expected, actual = load_file(whole / "model.safetensors"), load_file(killed / "model.safetensors")
-    assert expected.keys() == actual.keys()
-    for name in expected:
-        assert expected[name].equal(actual[name]), name
+    assert resumed in finish(launch_two_ranks(f"{step}/main.py", killed, subprocess_env, *args, "--resume"))
+    for part in weights:
+        expected, actual = load_file(whole / part), load_file(killed / part)
+        assert expected.keys() == actual.keys()
+        for name in expected:
+            assert expected[name].equal(actual[name]), f"{part}: {name}"
     first = json.loads((whole / "metrics.json").read_text())
     second = json.loads((killed / "metrics.json").read_text())
-    assert comparable(second["history"]) == comparable(first["history"])
+    history = comparable if step == "step1_sft" else strip_timing
+    assert history(second["history"]) == history(first["history"])
+
+
+def strip_timing(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in h.items() if k not in TIMING_KEYS} for h in history]
