@@ -158,7 +158,7 @@ def run_ours_step(module: str, data_file: Path, split: str, args: argparse.Names
         wrapper = run_json(ours_command(module, flags), args.threads, out, label)
         window = timed_window(out / "model" / "metrics.json", args.warmup, args.steps)
     return {"system": f"chatrlhf {module}", "flags": list(extra), **window,
-            "peak_rss_mib": round(wrapper["maxrss_kib"] / 1024, 1), "torch_threads": wrapper["torch_threads"]}
+            "peak_rss_mib": wrapper["peak_rss_mib"], "torch_threads": wrapper["torch_threads"]}
 
 
 def interleave(systems: dict[str, Callable[[str], dict]], repeats: int,
@@ -217,7 +217,7 @@ def run_step3(flags: Sequence[str], args: argparse.Namespace, out: Path, label: 
         "answer_lengths": [h["answer_length"] for h in timed],
         "reward_mean": [round(h["reward_mean"], 4) for h in timed],
         "kl_to_ref": [round(h["kl_to_ref"], 6) for h in timed],
-        "peak_rss_mib": round(wrapper["maxrss_kib"] / 1024, 1),
+        "peak_rss_mib": wrapper["peak_rss_mib"],
         "torch_threads": wrapper["torch_threads"],
     }
 
@@ -286,7 +286,7 @@ def wrap_main(module: str, argv: list[str]) -> int:
     rc = main(argv)
     import torch
 
-    report = {"maxrss_kib": round(peak_resident_mib() * 1024),
+    report = {"peak_rss_mib": round(peak_resident_mib(), 1),
               "torch_threads": torch.get_num_threads(), "iteration_end_clock": clocks}
     print(RESULT_PREFIX + json.dumps(report), flush=True)
     return rc or 0

@@ -122,7 +122,8 @@ def build_engines(
                                           total_steps)
     if ema is not None:
         ema.to(device.local_device())
-    hybrid = bool((actor_role.engine.hybrid_engine or {}).get("enabled")) and hasattr(actor_engine, "generate")
+    # hybrid_engine_config builds the section on CUDA only; with it, DeepSpeed returns its hybrid engine.
+    hybrid = bool((actor_role.engine.hybrid_engine or {}).get("enabled"))
     return PPOEngines(actor_engine, critic_engine, reference, reward, ema, hybrid_generation=hybrid)
 
 

@@ -134,6 +134,19 @@ def _answer_tokens(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, c
     return torch.stack(tokens, dim=1)
 
 
+def rollout_of(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, tokens: torch.Tensor, *, eos_id: int,
+               pad_id: int) -> Rollout:
+    """Prompts and their generated tokens as a rollout: each answer cut after its first end-of-text token."""
+    answer_mask = answer_mask_from(tokens, eos_id)
+    answers = tokens.masked_fill(answer_mask == 0, pad_id)
+    return Rollout(
+        sequences=torch.cat([prompt_ids, answers], dim=1),
+        attention_mask=torch.cat([prompt_mask, answer_mask], dim=1),
+        answer_mask=answer_mask,
+        prompt_width=prompt_ids.shape[1],
+    )
+
+
 @torch.no_grad()
 def sample(
     model,
@@ -156,14 +169,7 @@ def sample(
         decode = decode or model_step(model)
         tokens = _answer_tokens(model, prompt_ids, prompt_mask, cfg, decode, eos_id=eos_id, pad_id=pad_id,
                                 lockstep=lockstep)
-    answer_mask = answer_mask_from(tokens, eos_id)
-    answers = tokens.masked_fill(answer_mask == 0, pad_id)
-    return Rollout(
-        sequences=torch.cat([prompt_ids, answers], dim=1),
-        attention_mask=torch.cat([prompt_mask, answer_mask], dim=1),
-        answer_mask=answer_mask,
-        prompt_width=prompt_ids.shape[1],
-    )
+    return rollout_of(prompt_ids, prompt_mask, tokens, eos_id=eos_id, pad_id=pad_id)
 
 
 @torch.no_grad()
@@ -187,13 +193,5 @@ def sample_with_engine(
     out = engine.generate(input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=cfg.max_answer_seq_len,
                           min_new_tokens=cfg.min_answer_seq_len, pad_token_id=pad_id, eos_token_id=eos_id,
                           synced_gpus=lockstep, **sampling)
-    tokens = out[:, prompt_ids.shape[1]:]
-    answer_mask = answer_mask_from(tokens, eos_id)
-    answers = tokens.masked_fill(answer_mask == 0, pad_id)
-    return Rollout(
-        sequences=torch.cat([prompt_ids, answers], dim=1),
-        attention_mask=torch.cat([prompt_mask, answer_mask], dim=1),
-        answer_mask=answer_mask,
-        prompt_width=prompt_ids.shape[1],
-    )
+    return rollout_of(prompt_ids, prompt_mask, out[:, prompt_ids.shape[1]:], eos_id=eos_id, pad_id=pad_id)
 

@@ -3,9 +3,8 @@
 A row parses its command twice, without and with the flag (and with the same companion flags both times), builds
 what the run really uses from each (the step's run settings, the DeepSpeed config made from them, or the
 commands the e2e runner would start) and asserts that what the row probes differs. A DeepSpeed-Chat
-compatibility flag without effect here is checked by the exact notice line the command prints instead. Rows
-marked ``ignored`` are flags accepted and then ignored: strict xfails until they are fixed. A flag without a
-row (or a row without a flag) fails ``test_every_flag_has_exactly_one_row``.
+compatibility flag without effect here is checked by the exact notice line the command prints instead. A flag
+without a row (or a row without a flag) fails ``test_every_flag_has_exactly_one_row``.
 
 Flags whose effect shows only while training are probed at the typed field the run reads; the comments name
 the readers: ``loop.*`` (training/loop.py, training/step_runner.py), ``engine.*`` (training/engine.py,
@@ -37,7 +36,6 @@ class Row:
     value: str | None  # what follows the flag; None for a switch
     probe: Callable[[Any], Any] | None  # what the run reads; None: the flag's notice line is the check
     given: tuple[str, ...] = ()  # flags both runs get, which this one needs
-    ignored: str | None = None  # why the flag has no effect: a strict xfail until fixed
 
     def argv(self, tmp: Path) -> list[str]:
         tokens = [*self.given, self.flag, *(() if self.value is None else (self.value,))]
@@ -48,9 +46,9 @@ def R(flag: str, value: str | None, probe: Callable[[Any], Any], *given: str) ->
     return Row(flag, value, probe, given)
 
 
-def inert(flag: str, value: str | None = None, ignored: str | None = None) -> Row:
+def inert(flag: str, value: str | None = None) -> Row:
     """A DeepSpeed-Chat flag without effect here: its one notice line (``compat_flags.notify_inert_flags``)."""
-    return Row(flag, value, None, ignored=ignored)
+    return Row(flag, value, None)
 
 
 def at(path: str) -> Callable[[Any], Any]:
@@ -401,10 +399,7 @@ def workspace(tmp_path) -> Path:
     return tmp_path
 
 
-CASES = [pytest.param(name, row, id=f"{name} {row.flag}",
-                      marks=[pytest.mark.xfail(strict=True, raises=(AssertionError, AttributeError),
-                                               reason=row.ignored)] if row.ignored else [])
-         for name, rows in TABLE.items() for row in rows]
+CASES = [pytest.param(name, row, id=f"{name} {row.flag}") for name, rows in TABLE.items() for row in rows]
 
 
 @pytest.mark.parametrize(("name", "row"), CASES)
@@ -413,7 +408,7 @@ def test_flag_has_an_effect(name, row, workspace, monkeypatch, capsys):
     without, with_flag = base + [token.format(tmp=workspace) for token in row.given], base + row.argv(workspace)
     if row.probe is None:
         key = row.flag.removeprefix("--")
-        assert key in INERT_FLAGS, f"{row.flag}: {row.ignored}"
+        assert key in INERT_FLAGS, f"{row.flag} has no effect and no notice: add it to INERT_FLAGS or make it work"
         shown = row.flag if row.value is None else f"{row.flag} {row.value}"
         assert notices(name, without, monkeypatch, capsys) == []
         assert notices(name, with_flag, monkeypatch, capsys) == [f"{shown}: no effect here; {INERT_FLAGS[key]}"]
