@@ -93,6 +93,60 @@ def test_duplicate_prompts_stay_in_one_partition(tmp_path):
     assert sum(count_overlaps({s: (r.train, r.eval) for s, r in steps.items()}).values()) == 0
 
 
+def _overlapping_sources(tmp_path) -> tuple[str, str]:
+    """Two sources sharing 40 prompts (with other answers), as rm-static and full-hh-rlhf do."""
+    a = write_pairs(tmp_path / "a.jsonl", pairs(60) + pairs(40, "only-a"))
+    b = write_pairs(tmp_path / "b.jsonl", pairs(60, "only-b") + [dict(r, chosen=" other") for r in pairs(40)])
+    return a, b
+
+
+def test_a_prompt_in_two_sources_lands_in_one_partition(tmp_path):
+    a, b = _overlapping_sources(tmp_path)
+    cfg = DataConfig(data_path=(a, f"{b}:2"), data_split="2,4,4")
+    steps = {s: step_records(cfg, s) for s in (1, 2, 3)}
+    assert sum(count_overlaps({s: (r.train, r.eval) for s, r in steps.items()}).values()) == 0
+    where = {}
+    for step, records in steps.items():
+        for role, part in (("train", records.train), ("eval", records.eval)):
+            for record in part:
+                where.setdefault(record.prompt, set()).add((step, role))
+    shared = [p["prompt"] for p in pairs(40)]
+    assert all(len(where[p]) == 1 for p in shared if p in where)
+    # Both sources still give their records, b twice (its weight), and a source alone keeps its split.
+    assert sum(r.source == b for r in steps[3].train) > sum(r.source == a for r in steps[3].train)
+    alone = DataConfig(data_path=(a,), data_split="2,4,4")
+    assert [r.prompt for r in step_records(alone, 3).train] == [
+        r.prompt for r in step_records(replace(alone, allow_cross_step_duplicates=True), 3).train]
+
+
+def test_opting_out_splits_each_source_on_its_own(tmp_path):
+    a, b = _overlapping_sources(tmp_path)
+    cfg = DataConfig(data_path=(a, b), data_split="2,4,4", allow_cross_step_duplicates=True)
+    steps = {s: step_records(cfg, s) for s in (1, 2, 3)}
+    assert sum(count_overlaps({s: (r.train, r.eval) for s, r in steps.items()}).values()) > 0
+
+
+def test_step1_only_source_loses_prompts_a_later_step_owns(tmp_path):
+    a, b = _overlapping_sources(tmp_path)
+    cfg = DataConfig(data_path=(a,), sft_only_data_path=(b,), data_split="2,4,4")
+    step1 = step_records(cfg, 1)
+    later = {r.prompt for s in (2, 3) for r in (*step_records(cfg, s).train, *step_records(cfg, s).eval)}
+    assert not later & {r.prompt for r in (*step1.train, *step1.eval)}
+    dropped = step1.reports[1].dropped["prompt in a later step's partition of another source"]
+    assert 0 < dropped < 40
+
+
+def test_data_command_finds_a_real_overlap_only_with_the_opt_out(tmp_path, capsys):
+    a, b = _overlapping_sources(tmp_path)
+    argv = ["--data_path", a, b, "--data_split", "2,4,4"]
+    assert data_main(argv) == 0
+    assert "overlaps found: 0" in capsys.readouterr().out
+    assert data_main([*argv, "--allow_cross_step_duplicates"]) == 3
+    out = capsys.readouterr().out
+    found = int(out.split("overlaps found: ")[1].split()[0])
+    assert found > 0 and "overlap step1-step2" in out
+
+
 def test_hh_file_drops_nine_unusable_rows(hh_file):
     cfg = DataConfig(data_path=(str(hh_file),), data_split="1,1,1")
     result = step_records(cfg, 1)

@@ -98,6 +98,7 @@ def data_rows(*, sft_only: bool, margin: Callable[[Any], Any] | None = None) -> 
         R("--margin_column", "m", margin or at("data.source.columns.margin")),
         R("--skip_bad_records", None, at("data.skip_bad_records")),
         R("--strict_data", None, at("data.strict_data")),
+        R("--allow_cross_step_duplicates", None, at("data.allow_cross_step_duplicates")),
     ]
     if sft_only:
         rows.append(R("--sft_only_data_path", "local/jsonfile", at("data.sft_only_data_path")))

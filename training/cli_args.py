@@ -37,6 +37,9 @@ def add_data_args(parser: argparse.ArgumentParser, *, sft_only: bool = True) -> 
                        help="Column holding a pair's margin, read by step 2's --use_margin (unset: 'margin').")
     group.add_argument("--skip_bad_records", action="store_true", help="Skip and count broken records.")
     group.add_argument("--strict_data", action="store_true", help="Fail on unusable records instead of dropping.")
+    group.add_argument("--allow_cross_step_duplicates", action="store_true",
+                       help="Split each source on its own, as DeepSpeed-Chat does: a prompt found in two sources may "
+                            "then land in two steps' partitions (unset: the first source holding it decides).")
 
 
 def add_model_args(parser: argparse.ArgumentParser, *, eot: bool = True) -> None:
@@ -164,6 +167,7 @@ def data_config(args: argparse.Namespace, *, max_prompt_seq_len: int = 256) -> D
         max_prompt_seq_len=max_prompt_seq_len,
         skip_bad_records=args.skip_bad_records,
         strict_data=args.strict_data,
+        allow_cross_step_duplicates=args.allow_cross_step_duplicates,
         source=SourceOptions(prompt_template=args.prompt_template, columns=columns),
         preprocessing_num_workers=getattr(args, "preprocessing_num_workers", None),
     )

@@ -18,6 +18,8 @@ class DataConfig:
     skip_bad_records: bool = False
     strict_data: bool = False
     eval_fraction: float = 0.1
+    # Split each source on its own, as DeepSpeed-Chat does, even when a prompt is in two sources.
+    allow_cross_step_duplicates: bool = False
     # Processes tokenising the cache (``--preprocessing_num_workers``); None tokenises in this one.
     preprocessing_num_workers: int | None = None
     source: SourceOptions = field(default_factory=SourceOptions)

@@ -85,12 +85,58 @@ def iter_sources(cfg: DataConfig, tokenizer=None) -> Iterator[SourceRecords]:
         yield load_source_records(spec, cfg, sft_only=True, tokenizer=tokenizer)
 
 
-def _take(records: list[Record], step: int, fractions: list[float], weight: float, seed: int) -> list[Record]:
-    """The step's share of a source's prompts (all records of a prompt together), weighted for the blend."""
+def _own_steps(records: list[Record], fractions: list[float], seed: int) -> list[int]:
+    """Each record's step (1-3) from its source's own seeded split of its prompts."""
     groups = _by_prompt(records)
-    part = [i for g in split_indices(len(groups), fractions, seed)[step - 1] for i in groups[g]]
+    steps = [0] * len(records)
+    for step, part in enumerate(split_indices(len(groups), fractions, seed), start=1):
+        for g in part:
+            for i in groups[g]:
+                steps[i] = step
+    return steps
+
+
+def _take(records: list[Record], steps: list[int], step: int, weight: float, seed: int) -> list[Record]:
+    """The step's share of a source's prompts (all records of a prompt together), weighted for the blend."""
+    part = [i for group in _by_prompt(records) for i in group if steps[i] == step]
     chosen = [part[i] for i in weighted_take(len(part), weight, seed + step)] if part else []
     return [records[i] for i in chosen]
+
+
+def _shared_roles(sources: list[SourceRecords]) -> list[SourceRecords]:
+    """Move each record to train or eval as the first source holding its prompt has it, so a prompt shared by
+    two sources is never trained on by one and evaluated on by the other."""
+    role: dict[str, str] = {}
+    moved = []
+    for src in sources:
+        for name, records in (("train", src.train), ("eval", src.eval)):
+            for record in records:
+                role.setdefault(record.prompt, name)
+        both = [*src.train, *src.eval]
+        moved.append(replace(src, train=[r for r in both if role[r.prompt] == "train"],
+                             eval=[r for r in both if role[r.prompt] == "eval"]))
+    return moved
+
+
+def _step_assignments(
+    sources: list[SourceRecords], fractions: list[float], seed: int, *, shared: bool
+) -> list[tuple[list[int], list[int]]]:
+    """Each source's (train, eval) record steps. With ``shared``, a prompt goes to the step of the first source
+    (in --data_path order, then --sft_only_data_path) that holds it, so no prompt straddles two steps; step-1-only
+    sources claim step 1, and their records whose prompt another source gave to step 2 or 3 get step 0 (dropped)."""
+    owner: dict[str, int] = {}
+    assignments = []
+    for src in sources:
+        pair = []
+        for records in (src.train, src.eval):
+            own = [1] * len(records) if src.sft_only else _own_steps(records, fractions, seed)
+            if shared:
+                own = [owner.setdefault(r.prompt, s) for r, s in zip(records, own)]
+                if src.sft_only:
+                    own = [s if s == 1 else 0 for s in own]
+            pair.append(own)
+        assignments.append((pair[0], pair[1]))
+    return assignments
 
 
 def step_records(
@@ -99,16 +145,21 @@ def step_records(
     """The blended train and eval records of ``step`` (1, 2 or 3)."""
     fractions = parse_data_split(cfg.data_split)
     if sources is None:
-        sources = [s for s in iter_sources(cfg, tokenizer) if step == 1 or not s.sft_only]
+        sources = list(iter_sources(cfg, tokenizer))
+    shared = not cfg.allow_cross_step_duplicates
+    if shared:
+        sources = _shared_roles(sources)
     result = StepRecords([], [])
-    for src in sources:
+    for src, (train_steps, eval_steps) in zip(sources, _step_assignments(sources, fractions, cfg.seed, shared=shared)):
+        if src.sft_only and step != 1:
+            continue
+        weight = 1.0 if src.sft_only else src.weight
+        train = _take(src.train, train_steps, step, weight, cfg.seed)
+        evals = _take(src.eval, eval_steps, step, 1.0, cfg.seed)
         if src.sft_only:
-            if step != 1:
-                continue
-            train, evals = list(src.train), list(src.eval)
-        else:
-            train = _take(src.train, step, fractions, src.weight, cfg.seed)
-            evals = _take(src.eval, step, fractions, 1.0, cfg.seed)
+            for record, owned in zip(src.train + src.eval, train_steps + eval_steps):
+                if owned == 0:
+                    src.report.drop("prompt in a later step's partition of another source", record.origin)
         if step == 1:
             train, evals = _with_response(train, src.report), _with_response(evals, src.report)
         if step == 2:

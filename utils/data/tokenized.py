@@ -25,7 +25,8 @@ from chatrlhf.utils.data.splitting import parse_source_spec
 
 # 2: step-2 pairs carry their prompt length (DPO masks the prompt out of the log-probs).
 # 3: local pair files' margin columns fill step 2's margins; the info names the sources without margins.
-CACHE_VERSION = 3
+# 4: a prompt in two sources goes to the partition the first source gives it (--allow_cross_step_duplicates).
+CACHE_VERSION = 4
 TOKENIZE_BATCH = 512
 
 
