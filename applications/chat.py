@@ -1,7 +1,8 @@
-"""Chat with a model in the terminal, in the ``Human:``/``Assistant:`` format the models were trained on.
+"""Chat with a model in the terminal, in the prompt format the model was trained on (``chat_formats``).
 
 Keeps DeepSpeed-Chat's ``chat.py`` flags (``--path``, ``--max_new_tokens``). Answers are printed as they are
-generated and end where the model starts a new ``Human:`` turn or at end-of-text.
+generated and end at end-of-text or where the model starts a new turn (in the ``Human:``/``Assistant:``
+format, a new ``Human:`` turn).
 """
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import TextStreamer, set_seed
 
+from chatrlhf.applications.chat_formats import CHOICES, ChatFormat, Turns, build_format, choose_format, hh_turns
 from chatrlhf.training.cli_parser import new_parser
-from chatrlhf.utils.model.generation import STOP_MARKERS, GenerationSettings, cut_at_new_turn, encode_prompts
+from chatrlhf.utils.model.generation import STOP_MARKERS, GenerationSettings
 
 CLEAR = "clear"
 QUIT = "quit"
@@ -27,35 +29,28 @@ class ContextTooLong(ValueError):
     """A question that does not fit the context even without history, so it cannot be asked at all."""
 
 
-def turn_text(question: str, answer: str | None = None) -> str:
-    """One turn as in training; without an answer it is the prompt the model continues."""
-    head = f"\n\nHuman: {question}\n\nAssistant:"
-    return head if answer is None else f"{head} {answer}"
-
-
 class Conversation:
     """The turns so far and the prompt for the next question, kept within a token budget.
 
     Separate from the terminal and the model so the prompt format and truncation can be tested on their own;
-    ``count_tokens`` is how long a prompt is for the model.
+    ``count_tokens`` is how long a prompt is for the model; ``render`` writes the turns in the model's format.
     """
 
-    def __init__(self, count_tokens: Callable[[str], int], max_prompt_tokens: int | None = None) -> None:
+    def __init__(self, count_tokens: Callable[[str], int], max_prompt_tokens: int | None = None,
+                 render: Callable[[Turns], str] = hh_turns) -> None:
         self.count_tokens = count_tokens
         self.max_prompt_tokens = max_prompt_tokens
+        self.render = render
         self.turns: list[tuple[str, str]] = []
 
-    def history(self) -> str:
-        return "".join(turn_text(question, answer) for question, answer in self.turns)
-
     def prompt_for(self, question: str) -> str:
-        return self.history() + turn_text(question)
+        return self.render([*self.turns, (question, None)])
 
     def prompt(self, question: str) -> tuple[str, int]:
         """The prompt for ``question`` and how many of the oldest turns were forgotten to fit the budget."""
         if self.max_prompt_tokens is None:
             return self.prompt_for(question), 0
-        alone = self.count_tokens(turn_text(question))
+        alone = self.count_tokens(self.render([(question, None)]))
         if alone > self.max_prompt_tokens:
             raise ContextTooLong(f"the question is {alone} tokens, over the {self.max_prompt_tokens}-token context")
         dropped = 0
@@ -74,21 +69,27 @@ class Conversation:
 class AnswerCutter:
     """Turns streamed text into the part of the answer that is safe to print now.
 
-    Text that may still become the start of a ``Human:`` turn, and trailing whitespace, is held back until later
-    text (or the end) settles it, so what has been printed is always the beginning of the final, cut answer.
+    Text that may still become the start of a stop marker (a ``Human:`` turn), and trailing whitespace, is held
+    back until later text (or the end) settles it, so what has been printed is always the beginning of the
+    final, cut answer.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, markers: tuple[str, ...] = STOP_MARKERS) -> None:
+        self.markers = markers
         self.text = ""
         self.printed = ""
 
+    def _cut(self) -> str:
+        ends = [i for i in (self.text.find(m) for m in self.markers) if i != -1]
+        return self.text[: min(ends)] if ends else self.text
+
     @property
     def answer(self) -> str:
-        return cut_at_new_turn(self.text).strip()
+        return self._cut().strip()
 
     @property
     def stopped(self) -> bool:
-        return cut_at_new_turn(self.text) != self.text
+        return self._cut() != self.text
 
     def feed(self, piece: str) -> str:
         """Take the next piece of generated text; returns what can be printed now."""
@@ -97,15 +98,15 @@ class AnswerCutter:
 
     def finish(self) -> str:
         """Generation has ended: the rest of the answer."""
-        return self._advance(len(cut_at_new_turn(self.text)))
+        return self._advance(len(self._cut()))
 
     def _safe_end(self) -> int:
-        cut = len(cut_at_new_turn(self.text))
+        cut = len(self._cut())
         if cut < len(self.text):
             return cut
-        longest = max(len(marker) for marker in STOP_MARKERS)
+        longest = max((len(marker) for marker in self.markers), default=0)
         for start in range(max(0, len(self.text) - longest), len(self.text)):
-            if any(marker.startswith(self.text[start:]) for marker in STOP_MARKERS):
+            if any(marker.startswith(self.text[start:]) for marker in self.markers):
                 return start
         return len(self.text)
 
@@ -119,9 +120,9 @@ class AnswerCutter:
 class TerminalStreamer(TextStreamer):
     """Writes an answer while it is generated, through an :class:`AnswerCutter` so it stops where it is cut."""
 
-    def __init__(self, tokenizer, write: Write) -> None:
+    def __init__(self, tokenizer, write: Write, markers: tuple[str, ...] = STOP_MARKERS) -> None:
         super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        self.cutter = AnswerCutter()
+        self.cutter = AnswerCutter(markers)
         self.write = write
 
     def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
@@ -131,10 +132,12 @@ class TerminalStreamer(TextStreamer):
 
 
 @torch.no_grad()
-def stream_answer(model, tokenizer, prompt: str, settings: GenerationSettings, write: Write) -> str:
+def stream_answer(model, tokenizer, prompt: str, settings: GenerationSettings, write: Write,
+                  chat_format: ChatFormat | None = None) -> str:
     """Generate the answer to ``prompt``, writing it as it comes; returns exactly what was written."""
-    ids = torch.tensor(encode_prompts(tokenizer, [prompt]), device=next(model.parameters()).device)
-    streamer = TerminalStreamer(tokenizer, write)
+    chat_format = chat_format or build_format("hh", tokenizer)
+    ids = torch.tensor([chat_format.encode(prompt)], device=next(model.parameters()).device)
+    streamer = TerminalStreamer(tokenizer, write, chat_format.stop_markers)
     sampling = {"temperature": settings.temperature, "top_p": settings.top_p, "top_k": settings.top_k}
     model.generate(
         input_ids=ids,
@@ -142,19 +145,27 @@ def stream_answer(model, tokenizer, prompt: str, settings: GenerationSettings, w
         max_new_tokens=settings.max_new_tokens,
         do_sample=settings.do_sample,
         pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=end_of_turn_ids(model, tokenizer),
         streamer=streamer,
         # transformers checks the stop strings on the new tokens alone, without decoding the whole answer.
-        stop_strings=list(STOP_MARKERS),
+        stop_strings=list(chat_format.stop_markers) or None,
         tokenizer=tokenizer,
         **(sampling if settings.do_sample else {}),
     )
     return streamer.cutter.printed
 
 
-def token_counter(tokenizer) -> Callable[[str], int]:
+def end_of_turn_ids(model, tokenizer) -> list[int]:
+    """The tokenizer's end-of-text and the ids the model's generation config ends on (a chat model's end of turn,
+    e.g. ChatML's ``<|im_end|>``)."""
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    ids = [tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])]
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
+def token_counter(chat_format: ChatFormat) -> Callable[[str], int]:
     """Prompt length as the model sees it, BOS included."""
-    return lambda text: len(encode_prompts(tokenizer, [text])[0])
+    return lambda text: len(chat_format.encode(text))
 
 
 def prompt_budget(model, max_new_tokens: int, max_history_tokens: int | None) -> int | None:
@@ -172,7 +183,7 @@ def prompt_budget(model, max_new_tokens: int, max_history_tokens: int | None) ->
 
 
 def chat_loop(model, tokenizer, conversation: Conversation, settings: GenerationSettings,
-              read_line: Callable[[str], str], write: Write) -> None:
+              read_line: Callable[[str], str], write: Write, chat_format: ChatFormat | None = None) -> None:
     """Ask, answer, repeat until ``quit`` or end of input."""
     while True:
         write("\n")
@@ -198,7 +209,7 @@ def chat_loop(model, tokenizer, conversation: Conversation, settings: Generation
             write(f"[forgot the {dropped} oldest turn(s) to fit the {conversation.max_prompt_tokens}-token context]\n")
         write("\nAssistant: ")
         try:
-            answer = stream_answer(model, tokenizer, prompt, settings, write)
+            answer = stream_answer(model, tokenizer, prompt, settings, write, chat_format)
         except KeyboardInterrupt:
             write(" [interrupted; this turn is not kept]\n")
             continue
@@ -217,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top_k", type=int, default=0,
                         help="With --do_sample: sample from the K most likely tokens (0: all).")
     parser.add_argument("--seed", type=int, default=None, help="Makes a sampled chat reproducible.")
+    parser.add_argument("--prompt_template", choices=CHOICES, default="auto",
+                        help="The prompt format: auto is the --prompt_template a chatrlhf run trained the model "
+                             "with (its chatrlhf_args.json), else the tokenizer's own chat template, else hh "
+                             "(Human:/Assistant:); model is the tokenizer's chat template.")
     parser.add_argument("--max_history_tokens", type=int, default=None,
                         help="Most prompt tokens (history and question); the oldest turns are forgotten beyond it. "
                              "Unset: the model's positions minus --max_new_tokens, which is also the ceiling.")
@@ -240,13 +255,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             importlib.import_module("readline")
     write_stdout(f"Loading {args.path} ...\n")
     model, tokenizer = load_for_inference(args.path)
+    chat_format = choose_format(args.prompt_template, args.path, tokenizer)
     budget = prompt_budget(model, args.max_new_tokens, args.max_history_tokens)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
                                   temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
     context = "unlimited" if budget is None else f"{budget} tokens"
-    write_stdout(f"Chatting with {args.path} (context {context}, answers up to {args.max_new_tokens} tokens).\n"
+    write_stdout(f"Chatting with {args.path} (format {chat_format.name}, context {context}, answers up to "
+                 f"{args.max_new_tokens} tokens).\n"
                  f"Type `{CLEAR}` to forget the conversation, `{QUIT}` or Ctrl-D to leave.\n")
-    chat_loop(model, tokenizer, Conversation(token_counter(tokenizer), budget), settings, input, write_stdout)
+    conversation = Conversation(token_counter(chat_format), budget, chat_format.render)
+    chat_loop(model, tokenizer, conversation, settings, input, write_stdout, chat_format)
     return 0
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import codecs
 import io
+import json
 import os
 import pty
 import random
@@ -28,7 +29,12 @@ from chatrlhf.applications.chat import (
     stream_answer,
     token_counter,
 )
+from chatrlhf.applications.chat_formats import build_format, choose_format
 from chatrlhf.utils.model.generation import GenerationSettings, cut_at_new_turn, encode_prompts
+
+# A ChatML template as chat models ship it (SmolLM2's has the same shape), for a tokenizer that has none.
+CHATML_JINJA = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
 def count_words(text: str) -> int:
@@ -276,7 +282,7 @@ def scripted(lines: list[str]):
 
 def test_chat_loop_forgets_old_turns_clears_and_leaves_at_end_of_input(tiny_opt) -> None:
     model, tokenizer = tiny_opt
-    conversation = Conversation(token_counter(tokenizer), max_prompt_tokens=40)
+    conversation = Conversation(token_counter(build_format("hh", tokenizer)), max_prompt_tokens=40)
     read_line, _ = scripted(["What is 2 + 3?", "And 4 + 4?", "clear", "Then 5 + 5?"])
     out = io.StringIO()
     chat_loop(model, tokenizer, conversation, GenerationSettings(max_new_tokens=12), read_line, out.write)
@@ -290,6 +296,81 @@ def test_chat_loop_forgets_old_turns_clears_and_leaves_at_end_of_input(tiny_opt)
 def test_chat_loop_stops_at_quit(tiny_opt) -> None:
     model, tokenizer = tiny_opt
     read_line, left = scripted(["quit", "never asked"])
-    conversation = Conversation(token_counter(tokenizer))
+    conversation = Conversation(token_counter(build_format("hh", tokenizer)))
     chat_loop(model, tokenizer, conversation, GenerationSettings(), read_line, io.StringIO().write)
     assert left == ["never asked"]
+
+
+def _scripted(model, turn: list[int], step: dict):
+    """The model's own generate, with logits that spell out ``turn`` token by token."""
+    original = model.generate
+
+    def generate(**kwargs):
+        def force(input_ids, scores):
+            forced = torch.full_like(scores, -1e9)
+            forced[:, turn[min(step["n"], len(turn) - 1)]] = 0.0
+            step["n"] += 1
+            return forced
+
+        return original(**kwargs, logits_processor=[force])
+    return generate
+
+
+@pytest.fixture
+def chatml_tokenizer(tiny_opt):
+    _, tokenizer = tiny_opt
+    tokenizer.chat_template = CHATML_JINJA
+    yield tokenizer
+    tokenizer.chat_template = None
+
+
+def test_the_models_own_chat_template_renders_every_turn(chatml_tokenizer) -> None:
+    chat_format = build_format("model", chatml_tokenizer)
+    conversation = Conversation(len, render=chat_format.render)
+    conversation.add("Hi", "Hello.")
+    prompt, _ = conversation.prompt("And 4 + 4?")
+    assert prompt == ("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello.<|im_end|>\n"
+                      "<|im_start|>user\nAnd 4 + 4?<|im_end|>\n<|im_start|>assistant\n")
+    # The template writes the whole prompt: no BOS is put in front of it.
+    assert chat_format.encode(prompt) == chatml_tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    assert build_format("chatml", chatml_tokenizer).render([("Hi", "Hello."), ("And 4 + 4?", None)]) == prompt
+
+
+def test_auto_picks_the_trained_template_then_the_tokenizers_then_hh(tmp_path, chatml_tokenizer) -> None:
+    run = tmp_path / "run"
+    (run / "actor").mkdir(parents=True)
+    (run / "chatrlhf_args.json").write_text(json.dumps({"args": {"prompt_template": "alpaca"}}))
+    assert choose_format("auto", str(run), chatml_tokenizer).name == "alpaca"
+    assert choose_format("auto", str(run / "actor"), chatml_tokenizer).name == "alpaca"  # step 3's actor folder
+    assert choose_format("auto", str(tmp_path), chatml_tokenizer).name == "model"
+    assert choose_format("hh", str(tmp_path), chatml_tokenizer).name == "hh"
+    chatml_tokenizer.chat_template = None
+    assert choose_format("auto", "tiny-opt", chatml_tokenizer).name == "hh"
+    with pytest.raises(SystemExit, match="no chat template"):
+        choose_format("model", "tiny-opt", chatml_tokenizer)
+
+
+def test_a_chatml_answer_ends_at_the_end_of_its_turn(tiny_opt, chatml_tokenizer, monkeypatch) -> None:
+    model, tokenizer = tiny_opt
+    chat_format = build_format("chatml", tokenizer)
+    prompt = chat_format.render([("What is 2 + 3?", None)])
+    turn = tokenizer(" 5.<|im_end|>\n<|im_start|>user\nmore words", add_special_tokens=False)["input_ids"]
+    step = {"n": 0}
+    monkeypatch.setattr(model, "generate", _scripted(model, turn, step))
+    settings = GenerationSettings(max_new_tokens=len(turn))
+    assert stream_answer(model, tokenizer, prompt, settings, io.StringIO().write, chat_format) == "5."
+    assert step["n"] == len(tokenizer(" 5.<|im_end|>", add_special_tokens=False)["input_ids"]) < len(turn)
+
+
+def test_the_chat_command_uses_the_format_a_run_trained_with(tmp_path, monkeypatch, tiny_opt) -> None:
+    from chatrlhf.applications import chat
+
+    (tmp_path / "chatrlhf_args.json").write_text(json.dumps({"args": {"prompt_template": "chatml"}}))
+    seen = {}
+    monkeypatch.setattr("chatrlhf.utils.model.inference.load_for_inference", lambda path: tiny_opt)
+    monkeypatch.setattr(chat, "chat_loop", lambda *a: seen.update(fmt=a[-1], prompt=a[2].prompt("Hi")[0]))
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    assert chat.main(["--path", str(tmp_path)]) == 0
+    assert seen["fmt"].name == "chatml" and seen["prompt"].startswith("<|im_start|>user\nHi")
+    assert "format chatml" in out.getvalue()
