@@ -54,10 +54,10 @@ def settings(run: PPORun) -> dict[str, object]:
         "reward": reward_source(run),
         "actor learning rate": actor.optim.learning_rate,
         "critic learning rate": critic.optim.learning_rate if critic is not None else None,
-        "prompts per device and rollout": run.run_config.per_device_generation_batch_size,
+        "prompts per device and rollout": run.iteration.per_device_generation_batch_size,
         "answers per prompt": run.algorithm.num_samples_per_prompt,
-        "training batch": f"{run.run_config.per_device_training_batch_size} per device x "
-                          f"{run.run_config.gradient_accumulation_steps} accumulation",
+        "training batch": f"{run.iteration.per_device_training_batch_size} per device x "
+                          f"{run.iteration.gradient_accumulation_steps} accumulation",
         "epochs per rollout": run.ppo.ppo_epochs,
         "prompt / answer length": f"{gen.max_prompt_seq_len} / {gen.max_answer_seq_len} tokens",
         "sampling": f"temperature {gen.temperature}, top-p {gen.top_p}, top-k {gen.top_k}",
@@ -68,14 +68,14 @@ def settings(run: PPORun) -> dict[str, object]:
         "precision": actor.engine.dtype,
         "ZeRO stages (actor, critic)": f"{actor.engine.zero_stage}, "
                                        f"{critic.engine.zero_stage if critic is not None else '-'}",
-        "seed": run.run_config.seed,
+        "seed": run.loop.seed,
     }
 
 
 def role_cards(run: PPORun, iterations: int, history: list[dict], held_out: dict[str, dict],
                data_info: dict) -> dict[str, ModelCard]:
     """The card of each saved folder (``actor``, ``actor_ema``, ``critic``) by folder name."""
-    out = run.run_config.output_dir
+    out = run.loop.output_dir
     unsupervised = run.unsupervised[0] if run.unsupervised[0] and run.ppo.unsup_coef > 0 else None
     actor_results = eval_results([held_out.get("start") or {}, held_out.get("end") or {}], HELD_OUT)
     actor_results += last_values(history, ACTOR_LAST, LAST)
@@ -89,7 +89,7 @@ def role_cards(run: PPORun, iterations: int, history: list[dict], held_out: dict
             results=results, run_dir=out)
 
     cards = {"actor": card("actor", run.actor.path, (), method(run), actor_results)}
-    if run.run_config.enable_ema:
+    if run.iteration.enable_ema:
         cards["actor_ema"] = card("actor_ema", run.actor.path, ("ema",), method(run) + " These are the exponential "
                                   f"moving average of the actor's weights (beta {run.ppo.ema_beta}).", [])
     if run.critic is not None:

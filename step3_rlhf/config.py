@@ -142,13 +142,9 @@ class RewardConfig:
 
 
 @dataclass(frozen=True)
-class RunConfig:
-    """Loop-level settings of a step-3 run."""
+class IterationSettings:
+    """How a step-3 iteration is made and shown, beside the loop settings every step shares (``LoopSettings``)."""
 
-    output_dir: str
-    num_train_epochs: int = 1
-    max_steps: int = 0
-    seed: int = 1234
     per_device_generation_batch_size: int = 16
     per_device_training_batch_size: int = 16
     gradient_accumulation_steps: int = 1
@@ -157,9 +153,3 @@ class RunConfig:
     print_answers_interval: int = 1
     enable_test_mode: bool = False
     test_stop_step: int = 0
-    log_interval: int = 1
-    save_interval: int = 0
-    save_total_limit: int = 0
-    max_bad_steps: int = 10
-    resume: bool = False
-    resume_from: str | None = None

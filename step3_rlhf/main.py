@@ -24,8 +24,6 @@ def build_parser() -> argparse.ArgumentParser:
     from chatrlhf.training import cli_args
     from chatrlhf.training.cli_parser import new_parser
     from chatrlhf.training.compat_flags import inert_help
-    from chatrlhf.training.optim import SCHEDULERS
-    from chatrlhf.utils.device import DTYPES
 
     parser = new_parser("chatrlhf ppo", __doc__.splitlines()[0], config_file=True)
     cli_args.add_data_args(parser, sft_only=False)
@@ -57,20 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     add("--critic_learning_rate", type=float, default=5e-6, help="Peak learning rate of the critic.")
     add("--actor_weight_decay", type=float, default=0.0, help="AdamW weight decay of the actor's weights.")
     add("--critic_weight_decay", type=float, default=0.0, help="AdamW weight decay of the critic's weights.")
-    add("--num_train_epochs", type=int, default=1, help="Passes over the step-3 prompts.")
-    add("--lr_scheduler_type", type=str, default="cosine", choices=SCHEDULERS,
-        help="Learning-rate schedule of the actor and the critic after the warmup.")
-    add("--gradient_accumulation_steps", type=int, default=1, help="Training micro-batches per optimizer step.")
-    add("--num_warmup_steps", type=int, default=100, help="Optimizer steps of linear learning-rate warmup from 0.")
-    add("--output_dir", type=str, default=None,
-        help="Where actor/ (and critic/, actor_ema/), metrics.json, checkpoints and the resolved flags are saved "
-             "(required).")
-    add("--seed", type=int, default=1234, help="Seed of data order, sampling and the synthetic data.")
+    run = parser.add_argument_group("run (the flags every step shares)")
+    cli_args.add_schedule_args(run, num_warmup_steps=100)
+    cli_args.add_output_args(run, saved="actor/ (and critic/, actor_ema/), metrics.json, checkpoints and the resolved "
+                                        "flags", seeds="data order, sampling and the synthetic data")
+    cli_args.add_precision_args(run, offloaded="the actor's and the critic's optimizers, whose states move to the CPU "
+                                               "at ZeRO stage 1-3", tensorboard_path="step3_tensorboard")
+    cli_args.add_eot_args(run)
+    cli_args.add_progress_args(run, unit="iterations", log_interval=1)
     add("--preprocessing_num_workers", type=int, default=None,
         help="Processes that tokenise the data cache (unset: this one).")
-    add("--local_rank", type=int, default=-1,
-        help="Set by the deepspeed launcher; the rank is read from its environment (LOCAL_RANK), so no need to "
-             "give it.")
     add("--enable_hybrid_engine", action="store_true",
         help="Generate with DeepSpeed's hybrid engine; CUDA only: elsewhere it has no effect (with a notice) and "
              "generation runs on the training model with a KV cache.")
@@ -86,16 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--tp_gather_partition_size", type=int, default=8,
         help="Hybrid engine: layers gathered at a time for tensor-parallel generation; no effect without "
              "--enable_hybrid_engine on CUDA.")
-    add("--offload", action="store_true",
-        help="ZeRO-Offload of the actor and the critic: DeepSpeed's CPU Adam steps their optimizers, whose "
-             "states move to the CPU at ZeRO stage 1-3 (and the parameters too at stage 3).")
     add("--offload_reference_model", action="store_true",
         help="Keep the reference's parameters on the CPU (ZeRO-3 parameter offload: with --actor_zero_stage 3).")
     add("--offload_reward_model", action="store_true",
         help="Keep the reward model's parameters on the CPU (ZeRO-3 parameter offload: with --critic_zero_stage 3, "
              "or --actor_zero_stage 3 when no critic runs).")
-    add("--dtype", type=str, default=None, choices=list(DTYPES),
-        help="Precision of every model; unset: bf16 on GPUs and fp32 on CPU.")
     add("--actor_zero_stage", type=int, default=0, choices=[0, 1, 2, 3],
         help="ZeRO stage of the actor; the reference is sharded (stage 3) when this is 3.")
     add("--critic_zero_stage", type=int, default=0, choices=[0, 1, 2, 3],
@@ -126,14 +115,6 @@ def build_parser() -> argparse.ArgumentParser:
     add("--enable_mixed_precision_lora", action="store_true",
         help="Keep the actor's frozen weights quantized under ZeRO-3 (ZeRO++ zero_quantized_nontrainable_weights); "
              "needs --actor_lora_dim > 0 and --actor_zero_stage 3.")
-    add("--compute_fp32_loss", action="store_true",
-        help="With --dtype fp16/bf16, compute log-probs, values and losses in fp32 (else in the model's dtype).")
-    add("--enable_tensorboard", action="store_true", help="Write TensorBoard logs to --tensorboard_path.")
-    add("--tensorboard_path", type=str, default="step3_tensorboard",
-        help="Folder of the TensorBoard logs (in a subfolder step3_ppo).")
-    add("--add_eot_token", action="store_true",
-        help="Add an end-of-text token to the tokenizer as a special token and use it as EOS (--eot_token).")
-    add("--eot_token", type=str, default="<|endoftext|>", help="The token --add_eot_token adds.")
     add("--align_overflow", action="store_true", help=inert_help("align_overflow"))
     add("--print_answers", action="store_true",
         help="Print two prompts of the rollout with their answers and rewards every --print_answers_interval "
@@ -174,12 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--top_p", type=float, default=1.0,
                        help="Sample from the most likely tokens holding this probability mass (1.0: all).")
     group.add_argument("--top_k", type=int, default=0, help="Sample from the K most likely tokens (0: all).")
-    group.add_argument("--max_steps", type=int, default=0, help="Stop after N PPO iterations (0: no cap).")
     group.add_argument("--eval_prompts", type=int, default=64, help="Held-out prompts scored at start and end.")
-    group.add_argument("--log_interval", type=int, default=1, help="Log metrics every N iterations.")
-    group.add_argument("--save_interval", type=int, default=0,
-                       help="Write a resumable checkpoint every N PPO iterations (0: none).")
-    cli_args.add_reliability_args(group)
     add_algorithm_args(parser)
     cli_args.add_deepspeed_args(parser)
     return parser

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import time
 from dataclasses import dataclass, replace
@@ -10,19 +9,19 @@ from dataclasses import dataclass, replace
 import torch
 
 from chatrlhf.step3_rlhf.card import role_cards
-from chatrlhf.step3_rlhf.config import AlgorithmConfig, GenerationConfig, PPOConfig, RewardConfig, RunConfig
+from chatrlhf.step3_rlhf.config import AlgorithmConfig, GenerationConfig, IterationSettings, PPOConfig, RewardConfig
 from chatrlhf.step3_rlhf.engines import build_engines, hybrid_engine_config
 from chatrlhf.step3_rlhf.reward_functions import RewardFunction, absolute_spec
 from chatrlhf.step3_rlhf.roles import FrozenRole, TrainedRole
 from chatrlhf.step3_rlhf.trainer import IterationStats, PPOTrainer
 from chatrlhf.training import cli_args
-from chatrlhf.training.checkpoint import CheckpointManager, restore_rng
-from chatrlhf.training.config import EngineSettings, LoraSettings, OptimSettings
+from chatrlhf.training.checkpoint import CheckpointManager
+from chatrlhf.training.config import EngineSettings, LoopSettings, LoraSettings, OptimSettings
 from chatrlhf.training.config_file import write_run_args
-from chatrlhf.training.loop import make_loader, write_metrics
-from chatrlhf.training.metrics_log import MetricsLogger, format_metrics, print_rank0, progress_bar
+from chatrlhf.training.loop import TrainResult, make_loader, resumable_epochs, training_session, write_metrics
+from chatrlhf.training.metrics_log import MetricsLogger, format_metrics, print_rank0
 from chatrlhf.training.model_card import ModelCard
-from chatrlhf.training.run_control import StopRequested, StopSignals
+from chatrlhf.training.run_control import StopRequested
 from chatrlhf.training.run_setup import require_output_dir, set_seed
 from chatrlhf.training.saving import save_hf_model
 from chatrlhf.training.validation import ConfigError, check_data_flags, check_length, check_model_path
@@ -48,7 +47,8 @@ class PPORun:
     reward: FrozenRole | None
     generation: GenerationConfig
     ppo: PPOConfig
-    run_config: RunConfig
+    loop: LoopSettings
+    iteration: IterationSettings
     tensorboard: tuple[bool, str]
     rewards: RewardConfig
     algorithm: AlgorithmConfig = AlgorithmConfig()
@@ -136,16 +136,17 @@ class PPORun:
                 whiten_advantages=args.whiten_advantages, ppo_epochs=args.ppo_epochs,
                 generation_batches=args.generation_batches, unsup_coef=args.unsup_coef,
                 cliprange_high=args.cliprange_high),
-            run_config=RunConfig(
+            loop=LoopSettings(
                 output_dir=output_dir, num_train_epochs=args.num_train_epochs, max_steps=args.max_steps,
-                seed=args.seed, per_device_generation_batch_size=args.per_device_generation_batch_size,
+                save_interval=args.save_interval, log_interval=args.log_interval, seed=args.seed,
+                save_total_limit=args.save_total_limit, resume=args.resume, resume_from=args.resume_from,
+                overwrite_output_dir=args.overwrite_output_dir, max_bad_steps=args.max_bad_steps),
+            iteration=IterationSettings(
+                per_device_generation_batch_size=args.per_device_generation_batch_size,
                 per_device_training_batch_size=args.per_device_training_batch_size,
                 gradient_accumulation_steps=args.gradient_accumulation_steps, enable_ema=args.enable_ema,
                 print_answers=args.print_answers, print_answers_interval=args.print_answers_interval,
-                enable_test_mode=args.enable_test_mode, test_stop_step=args.test_stop_step,
-                log_interval=args.log_interval, save_interval=args.save_interval,
-                save_total_limit=args.save_total_limit, max_bad_steps=args.max_bad_steps, resume=args.resume,
-                resume_from=args.resume_from),
+                enable_test_mode=args.enable_test_mode, test_stop_step=args.test_stop_step),
             tensorboard=(args.enable_tensorboard, args.tensorboard_path),
             rewards=rewards,
             algorithm=algorithm,
@@ -208,7 +209,7 @@ class PPORun:
 
         started = time.perf_counter()
         device.init_distributed()
-        set_seed(self.run_config.seed)
+        set_seed(self.loop.seed)
         actor_path = resolve_model(self.actor.path, self.data)
         critic_path = resolve_model(self.critic.path, self.data) if self.critic is not None else None
         reward_path = self.rewards.model_path
@@ -229,48 +230,46 @@ class PPORun:
         data = build_step_data(self.data, 3, tokenizer)
         print_rank0(f"step 3 data: {data.info['num_train']} train / {data.info['num_eval']} eval prompts "
                     f"({'cached' if data.info.get('cache_hit') else 'built'}); {data.info['dropped_by_length']}")
-        loader = make_loader(data.train, self.run_config.per_device_generation_batch_size,
-                             PromptCollator(tokenizer.pad_token_id), shuffle=True, seed=self.run_config.seed)
-        iterations = len(loader) // self.ppo.generation_batches * self.run_config.num_train_epochs
-        if self.run_config.max_steps:
-            iterations = min(iterations, self.run_config.max_steps)
-        completions = (self.run_config.per_device_generation_batch_size * self.algorithm.num_samples_per_prompt
+        loader = make_loader(data.train, self.iteration.per_device_generation_batch_size,
+                             PromptCollator(tokenizer.pad_token_id), shuffle=True, seed=self.loop.seed)
+        iterations = len(loader) // self.ppo.generation_batches * self.loop.num_train_epochs
+        if self.loop.max_steps:
+            iterations = min(iterations, self.loop.max_steps)
+        completions = (self.iteration.per_device_generation_batch_size * self.algorithm.num_samples_per_prompt
                        * self.ppo.generation_batches)
-        micro_per_iter = completions // self.run_config.per_device_training_batch_size
+        micro_per_iter = completions // self.iteration.per_device_training_batch_size
         total_steps = max(iterations * self.ppo.ppo_epochs * micro_per_iter
-                          // self.run_config.gradient_accumulation_steps, 1)
+                          // self.iteration.gradient_accumulation_steps, 1)
         engines = build_engines(
             replace(self.actor, path=actor_path),
             replace(self.critic, path=critic_path) if self.critic is not None else None,
             replace(self.reference, path=actor_path),
             replace(self.reward, path=reward_path) if self.reward is not None else None,
-            tokenizer, self._model_options(), total_steps=total_steps, enable_ema=self.run_config.enable_ema)
+            tokenizer, self._model_options(), total_steps=total_steps, enable_ema=self.iteration.enable_ema)
         stats = load_reward_stats(reward_path) if reward_path is not None else None
         if self.ppo.normalize_reward and stats is None:
             print_rank0(f"--normalize_reward: {reward_path} has no reward_stats.json; rewards stay unnormalised")
         logger = MetricsLogger(self.tensorboard[0], self.tensorboard[1], "step3_ppo")
         trainer = PPOTrainer(
-            engines, tokenizer, self.generation, self.ppo, self.run_config, logger,
+            engines, tokenizer, self.generation, self.ppo, self.iteration, self.loop, logger,
             rewards=self.rewards, reward_fn=self.reward_fn, algorithm=self.algorithm,
             reward_mean=stats.mean if stats else 0.0, reward_std=stats.std if stats else 1.0,
             unsupervised=self._unsupervised(tokenizer), actor_zero_stage=self.actor.engine.zero_stage,
             fp32_loss=self.actor.engine.compute_fp32_loss,
         )
-        manager = CheckpointManager(self.run_config.output_dir, self.run_config.save_total_limit)
+        manager = CheckpointManager(self.loop.output_dir, self.loop.save_total_limit)
         engines_by_tag = engines.trained()
-        point = self.run_config.resume_from or (manager.latest() if self.run_config.resume else None)
+        point = manager.resume_point(self.loop)
         resumed = None
         if point:
             resumed = CheckpointManager.load(point, engines_by_tag)
             trainer.load_state(resumed)
             print_rank0(f"resuming {self.algorithm.name.upper()} at iteration {trainer.steps} from {point}")
-        elif self.run_config.resume:
-            print_rank0(f"--resume: no complete checkpoint in {manager.root}; starting from the beginning")
         evaluations = {"start": resumed["held_out_start"] if resumed else self.evaluate(trainer, data.eval)}
 
-        def checkpoint(state: dict) -> None:
-            path = manager.save(trainer.steps, engines_by_tag, {**state, "held_out_start": evaluations["start"]})
-            print_rank0(f"iteration {trainer.steps}: checkpoint written to {path}")
+        def checkpoint(step: int, state: dict) -> None:
+            path = manager.save(step, engines_by_tag, {**state, "held_out_start": evaluations["start"]})
+            print_rank0(f"iteration {step}: checkpoint written to {path}")
 
         try:
             self.train(trainer, loader, iterations, checkpoint, resumed)
@@ -280,16 +279,14 @@ class PPORun:
             raise SystemExit(stop.exit_code) from None
         evaluations["end"] = self.evaluate(trainer, data.eval)
         if record is not None:
-            write_run_args(self.run_config.output_dir, record)
+            write_run_args(self.loop.output_dir, record)
         self.save(engines, tokenizer, role_cards(self, trainer.steps, trainer.history, evaluations, data.info))
         logger.close()
         summary = {"wall_time_s": time.perf_counter() - started, "iterations": trainer.steps,
                    "held_out": evaluations, "history": trainer.history, "kl_coef": trainer.kl.value}
         if device.is_main_process():
-            from chatrlhf.training.loop import TrainResult
-
-            write_metrics(self.run_config.output_dir, TrainResult(trainer.steps, trainer.history, []), summary)
-        print_rank0(f"saved {' and '.join(engines.trained())} under {self.run_config.output_dir} "
+            write_metrics(self.loop.output_dir, TrainResult(trainer.steps, trainer.history, []), summary)
+        print_rank0(f"saved {' and '.join(engines.trained())} under {self.loop.output_dir} "
                     f"({trainer.steps} iterations, {summary['wall_time_s']:.1f} s)")
         return summary
 
@@ -300,33 +297,24 @@ class PPORun:
         from chatrlhf.step3_rlhf.unsupervised import CycledBatches, load_texts, text_blocks
 
         block = self.generation.max_prompt_seq_len + self.generation.max_answer_seq_len
-        blocks = text_blocks(load_texts(name, config_name, self.run_config.seed), tokenizer, block)
+        blocks = text_blocks(load_texts(name, config_name, self.loop.seed), tokenizer, block)
         print_rank0(f"unsupervised data: {blocks.shape[0]} blocks of {block} tokens from {name}")
-        return CycledBatches(blocks, self.run_config.per_device_training_batch_size, self.run_config.seed)
+        return CycledBatches(blocks, self.iteration.per_device_training_batch_size, self.loop.seed)
 
     def train(self, trainer: PPOTrainer, loader, iterations: int, checkpoint, resumed: dict | None) -> None:
-        """Rollouts and updates until ``iterations``; ``checkpoint(state)`` at ``--save_interval`` and on a stop.
+        """Rollouts and updates until ``iterations``; ``checkpoint(step, state)`` at ``--save_interval`` and on a
+        stop, on the loop every step shares (``training.loop``).
 
         Checkpoints fall between iterations, where the experience buffer is empty, so a resumed run
         regenerates nothing and draws the same random numbers as an uninterrupted one.
         """
-        bar = progress_bar(iterations, "ppo")
-        bar.update(trainer.steps)
-        start_epoch, skip = (resumed["epoch"], resumed["next_batch"]) if resumed else (0, 0)
-        signals = StopSignals()
-        signals.install()
-        try:
+        settings = self.iteration
+        with training_session(iterations, trainer.steps, "ppo", self.loop.save_interval, checkpoint) as (bar, step_end):
             if trainer.steps >= iterations:
                 return
             buffer, stats = [], IterationStats()
-            for epoch in range(start_epoch, self.run_config.num_train_epochs):
-                loader.sampler.set_epoch(epoch)
-                batches = iter(loader)
-                if resumed and epoch == start_epoch:
-                    for _ in itertools.islice(batches, skip):
-                        pass
-                    restore_rng(resumed["rng"])
-                for index, batch in enumerate(batches, start=skip if epoch == start_epoch else 0):
+            for epoch, batches in resumable_epochs(loader, self.loop.num_train_epochs, resumed):
+                for index, batch in batches:
                     buffer.append(trainer.make_experience(batch, stats))
                     if len(buffer) < self.ppo.generation_batches:
                         continue
@@ -334,22 +322,14 @@ class PPORun:
                     trainer.steps += 1
                     bar.update(1)
                     trainer.log(metrics)
-                    if self.run_config.print_answers and trainer.steps % self.run_config.print_answers_interval == 0:
+                    if settings.print_answers and trainer.steps % settings.print_answers_interval == 0:
                         trainer.show_answers(buffer[0])
                     buffer, stats = [], IterationStats()
-                    stop = signals.requested()
-                    interval = self.run_config.save_interval
-                    if stop or (interval and trainer.steps % interval == 0):
-                        checkpoint(trainer.state(epoch, index + 1))
-                    if stop:
-                        raise StopRequested(stop, trainer.steps)
+                    step_end(trainer.steps, lambda: trainer.state(epoch, index + 1))  # noqa: B023 - called now
                     if trainer.steps >= iterations or (
-                        self.run_config.enable_test_mode and trainer.steps >= self.run_config.test_stop_step
+                        settings.enable_test_mode and trainer.steps >= settings.test_stop_step
                     ):
                         return
-        finally:
-            signals.uninstall()
-            bar.close()
 
     @torch.no_grad()
     def evaluate(self, trainer: PPOTrainer, eval_set) -> dict[str, float]:
@@ -365,13 +345,13 @@ class PPORun:
             return {}
         rows = eval_set.select(range(count))
         collate = PromptCollator(trainer.tokenizer.pad_token_id)
-        size = self.run_config.per_device_generation_batch_size
+        size = self.iteration.per_device_generation_batch_size
         batches = [collate([rows[i] for i in range(start, min(start + size, count))])
                    for start in range(0, count, size)]
         result = self._answer_metrics(trainer, batches, replace(self.generation, temperature=0.0), "")
         rng_devices = [device.local_device()] if device.has_cuda() else []
         with torch.random.fork_rng(devices=rng_devices):
-            torch.manual_seed(self.run_config.seed)
+            torch.manual_seed(self.loop.seed)
             result.update(self._answer_metrics(trainer, batches * EVAL_SAMPLES, self.generation, "sampled_"))
         print_rank0(f"[held-out] {format_metrics(result)}")
         return result
@@ -398,7 +378,7 @@ class PPORun:
 
     def save(self, engines, tokenizer, cards: dict[str, ModelCard]) -> None:
         """The actor, its EMA and the critic, each in its own folder with its card."""
-        out = self.run_config.output_dir
+        out = self.loop.output_dir
         save_hf_model(engines.actor.module, tokenizer, os.path.join(out, "actor"),
                       zero_stage=self.actor.engine.zero_stage, card=cards["actor"])
         if engines.critic is not None:

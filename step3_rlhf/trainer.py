@@ -9,7 +9,7 @@ from functools import partial
 import torch
 
 from chatrlhf.step3_rlhf import advantages as critic_free
-from chatrlhf.step3_rlhf.config import AlgorithmConfig, GenerationConfig, PPOConfig, RewardConfig, RunConfig
+from chatrlhf.step3_rlhf.config import AlgorithmConfig, GenerationConfig, IterationSettings, PPOConfig, RewardConfig
 from chatrlhf.step3_rlhf.engines import PPOEngines, update_ema
 from chatrlhf.step3_rlhf.experience import Experience, micro_batches, repeat_prompts
 from chatrlhf.step3_rlhf.kl_control import KLController
@@ -31,6 +31,7 @@ from chatrlhf.step3_rlhf.reward_functions import RewardFunction
 from chatrlhf.step3_rlhf.rollout import Rollout, sample, sample_with_engine
 from chatrlhf.step3_rlhf.unsupervised import CycledBatches
 from chatrlhf.training.checkpoint import CheckpointError
+from chatrlhf.training.config import LoopSettings
 from chatrlhf.training.metrics_log import MetricsLogger, format_metrics, print_rank0
 from chatrlhf.training.run_control import LossGuard
 from chatrlhf.utils import device
@@ -77,7 +78,8 @@ class PPOTrainer:
         tokenizer,
         generation: GenerationConfig,
         ppo: PPOConfig,
-        run: RunConfig,
+        iteration: IterationSettings,
+        loop: LoopSettings,
         logger: MetricsLogger,
         *,
         rewards: RewardConfig,
@@ -93,7 +95,8 @@ class PPOTrainer:
         self.tokenizer = tokenizer
         self.generation = generation
         self.ppo = ppo
-        self.run = run
+        self.iteration_settings = iteration
+        self.loop = loop
         self.logger = logger
         self.rewards = rewards
         self.reward_fn = reward_fn
@@ -108,7 +111,7 @@ class PPOTrainer:
         self.steps = 0
         self.history: list[dict] = []
         # One guard for the actor's and the critic's losses: a micro-batch with either non-finite is skipped whole.
-        self.guard = LossGuard(run.max_bad_steps)
+        self.guard = LossGuard(loop.max_bad_steps)
         critic = engines.critic.module if engines.critic is not None else None
         self.lockstep = lockstep_needed(engines.actor.module, critic, engines.reference, engines.reward)
 
@@ -309,7 +312,7 @@ class PPOTrainer:
 
     def prepare(self, buffer: list[Experience]) -> list[Experience]:
         """Cut the buffer into training micro-batches and compute what cannot be fused into training."""
-        batches = micro_batches(buffer, self.run.per_device_training_batch_size)
+        batches = micro_batches(buffer, self.iteration_settings.per_device_training_batch_size)
         whole_batch = self.ppo.whiten_advantages or self.algorithm.advantages_need_old_logprobs
         fusable = 0 if whole_batch else self.engines.actor.gradient_accumulation_steps()
         for index, exp in enumerate(batches):
@@ -439,7 +442,7 @@ class PPOTrainer:
         metrics["clock"] = time.perf_counter()
         self.logger.scalars("ppo", metrics, self.steps)
         self.history.append({"step": self.steps, **metrics})
-        if self.steps % self.run.log_interval == 0:
+        if self.steps % self.loop.log_interval == 0:
             print_rank0(f"[ppo] step {self.steps}: {format_metrics(metrics)}")
 
     def show_answers(self, exp: Experience) -> None:

@@ -8,7 +8,7 @@ without a row (or a row without a flag) fails ``test_every_flag_has_exactly_one_
 
 Flags whose effect shows only while training are probed at the typed field the run reads; the comments name
 the readers: ``loop.*`` (training/loop.py, training/step_runner.py), ``engine.*`` (training/engine.py,
-training/ds_config.py, training/metrics_log.py), ``run_config.*`` and ``generation``/``ppo``/``algorithm``
+training/ds_config.py, training/metrics_log.py), ``iteration.*`` and ``generation``/``ppo``/``algorithm``
 (step3_rlhf/run.py, trainer.py, rollout.py), ``data.*`` (utils/data: sources, cache key).
 """
 from __future__ import annotations
@@ -116,15 +116,15 @@ def model_rows(*, eot: bool) -> list[Row]:
     return rows
 
 
-def reliability_rows(loop: str) -> list[Row]:
-    """``loop``: where the run keeps its loop settings (``loop``, step 3's ``run_config``)."""
+def reliability_rows() -> list[Row]:
+    """The checkpoint, resume and health flags every step shares (``LoopSettings``)."""
     return [
-        R("--save_total_limit", "2", at(f"{loop}.save_total_limit")),  # training/checkpoint.py
-        R("--resume", None, at(f"{loop}.resume")),
-        R("--resume_from", "{tmp}/ckpt", at(f"{loop}.resume_from")),
+        R("--save_total_limit", "2", at("loop.save_total_limit")),  # training/checkpoint.py
+        R("--resume", None, at("loop.resume")),
+        R("--resume_from", "{tmp}/ckpt", at("loop.resume_from")),
         # A folder another job wrote: refused without the flag (training/run_setup.require_output_dir).
         R("--overwrite_output_dir", None, refusal, "--output_dir", "{tmp}/taken"),
-        R("--max_bad_steps", "3", at(f"{loop}.max_bad_steps")),  # training/run_control.LossGuard
+        R("--max_bad_steps", "3", at("loop.max_bad_steps")),  # training/run_control.LossGuard
     ]
 
 
@@ -159,7 +159,7 @@ def training_rows() -> list[Row]:
         R("--eval_iters", "7", at("loop.eval_iters")),
         R("--save_interval", "3", at("loop.save_interval")),
         R("--log_interval", "3", at("loop.log_interval")),
-        *reliability_rows("loop"),
+        *reliability_rows(),
         R("--group_by_length", None, at("loop.group_by_length")),  # training/samplers.py
     ]
 
@@ -214,7 +214,7 @@ TABLE: dict[str, list[Row]] = {
         R("--actor_model_name_or_path", "tiny-llama", at("actor.path")),
         R("--critic_model_name_or_path", "tiny-llama", at("critic.path")),
         inert("--num_padding_at_beginning", "0"),
-        R("--per_device_generation_batch_size", "32", at("run_config.per_device_generation_batch_size")),
+        R("--per_device_generation_batch_size", "32", at("iteration.per_device_generation_batch_size")),
         R("--per_device_training_batch_size", "8", ds("train_micro_batch_size_per_gpu", "actor")),
         R("--generation_batches", "2", at("ppo.generation_batches")),
         R("--ppo_epochs", "2", at("ppo.ppo_epochs")),
@@ -225,13 +225,13 @@ TABLE: dict[str, list[Row]] = {
         R("--critic_learning_rate", "0.001", at("critic.optim.learning_rate")),
         R("--actor_weight_decay", "0.1", at("actor.optim.weight_decay")),
         R("--critic_weight_decay", "0.1", at("critic.optim.weight_decay")),
-        R("--num_train_epochs", "2", at("run_config.num_train_epochs")),
+        R("--num_train_epochs", "2", at("loop.num_train_epochs")),
         R("--lr_scheduler_type", "linear", at("actor.optim.lr_scheduler_type")),
         R("--gradient_accumulation_steps", "2", ds("gradient_accumulation_steps", "actor"),
           "--per_device_training_batch_size", "8"),
         R("--num_warmup_steps", "5", at("actor.optim.num_warmup_steps")),
-        R("--output_dir", "{tmp}/other", at("run_config.output_dir")),
-        R("--seed", "7", at("run_config.seed")),
+        R("--output_dir", "{tmp}/other", at("loop.output_dir")),
+        R("--seed", "7", at("loop.seed")),
         R("--preprocessing_num_workers", "2", at("data.preprocessing_num_workers")),
         inert("--local_rank", "0"),
         inert("--enable_hybrid_engine"),
@@ -258,7 +258,7 @@ TABLE: dict[str, list[Row]] = {
         R("--only_optimize_lora", None, at("actor.lora.only_optimize_lora"), "--actor_lora_dim", "4"),
         R("--actor_lora_learning_rate", "0.001", at("actor.lora.learning_rate")),
         R("--critic_lora_learning_rate", "0.001", at("critic.lora.learning_rate")),
-        R("--enable_ema", None, at("run_config.enable_ema")),
+        R("--enable_ema", None, at("iteration.enable_ema")),
         R("--enable_mixed_precision_lora", None,
           ds("zero_optimization.zero_quantized_nontrainable_weights", "actor"),
           "--actor_lora_dim", "4", "--actor_zero_stage", "3"),
@@ -268,10 +268,10 @@ TABLE: dict[str, list[Row]] = {
         R("--add_eot_token", None, at("eot")),  # PPORun._model_options
         R("--eot_token", "<|eot|>", at("eot"), "--add_eot_token"),
         inert("--align_overflow"),
-        R("--print_answers", None, at("run_config.print_answers")),  # step3_rlhf/run.py
-        R("--print_answers_interval", "2", at("run_config.print_answers_interval")),
-        R("--enable_test_mode", None, at("run_config.enable_test_mode")),
-        R("--test_stop_step", "3", at("run_config.test_stop_step")),
+        R("--print_answers", None, at("iteration.print_answers")),  # step3_rlhf/run.py
+        R("--print_answers_interval", "2", at("iteration.print_answers_interval")),
+        R("--enable_test_mode", None, at("iteration.enable_test_mode")),
+        R("--test_stop_step", "3", at("iteration.test_stop_step")),
         R("--kl_ctl", "0.2", at("ppo.kl_ctl")),
         R("--clip_reward_value", "2.0", at("ppo.clip_reward_value")),
         R("--cliprange", "0.1", at("ppo.cliprange")),
@@ -286,11 +286,11 @@ TABLE: dict[str, list[Row]] = {
         R("--temperature", "0.7", at("generation.temperature")),
         R("--top_p", "0.9", at("generation.top_p")),
         R("--top_k", "5", at("generation.top_k")),
-        R("--max_steps", "3", at("run_config.max_steps")),
+        R("--max_steps", "3", at("loop.max_steps")),
         R("--eval_prompts", "8", at("eval_prompts")),
-        R("--log_interval", "3", at("run_config.log_interval")),
-        R("--save_interval", "3", at("run_config.save_interval")),
-        *reliability_rows("run_config"),  # step3_rlhf/trainer.PPOTrainer.guard
+        R("--log_interval", "3", at("loop.log_interval")),
+        R("--save_interval", "3", at("loop.save_interval")),
+        *reliability_rows(),  # step3_rlhf/trainer.PPOTrainer.guard
         R("--algorithm", "grpo", at("algorithm.name"), "--num_samples_per_prompt", "2"),
         R("--num_samples_per_prompt", "2", at("algorithm.num_samples_per_prompt")),
         R("--scale_rewards", "none", at("algorithm.scale_rewards"),

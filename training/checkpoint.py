@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from chatrlhf.training.config import LoopSettings
+from chatrlhf.training.metrics_log import print_rank0
 from chatrlhf.utils import device
 
 CHECKPOINT_DIR = "checkpoints"
@@ -75,6 +77,17 @@ class CheckpointManager:
                 return named
         done = self.complete()
         return done[-1] if done else None
+
+    def resume_point(self, loop: LoopSettings) -> str | None:
+        """The checkpoint a run continues from: ``--resume_from``, else with ``--resume`` the newest complete one."""
+        if loop.resume_from:
+            return loop.resume_from
+        if not loop.resume:
+            return None
+        latest = self.latest()
+        if latest is None:
+            print_rank0(f"--resume: no complete checkpoint in {self.root}; starting from the beginning")
+        return latest
 
     def save(self, step: int, engines: dict[str, object], state: dict) -> str:
         """Write checkpoint ``step-<step>`` (collective: every rank calls it) and return its path."""

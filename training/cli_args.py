@@ -48,6 +48,10 @@ def add_model_args(parser: argparse.ArgumentParser, *, eot: bool = True) -> None
                        help="A Hugging Face name or directory, or a preset: tiny-opt, tiny-llama, smollm2-135m.")
     group.add_argument("--dropout", type=float, default=None,
                        help="Set every dropout probability of the model to this (unset: the model's own).")
+    add_eot_args(group, eot=eot)
+
+
+def add_eot_args(group, *, eot: bool = True) -> None:
     group.add_argument("--add_eot_token", action="store_true",
                        help="Add an end-of-text token to the tokenizer as a special token and use it as EOS"
                             + (" (--eot_token)." if eot else " (<|endoftext|>)."))
@@ -69,25 +73,13 @@ def add_training_args(parser: argparse.ArgumentParser, *, learning_rate: float) 
                        help="Peak learning rate of the AdamW optimizer.")
     group.add_argument("--weight_decay", type=float, default=0.0,
                        help="AdamW weight decay of the weights (never of biases and norms).")
-    group.add_argument("--num_train_epochs", type=int, default=1, help="Passes over the training data.")
-    group.add_argument("--gradient_accumulation_steps", type=int, default=1,
-                       help="Micro-batches per optimizer step.")
-    group.add_argument("--lr_scheduler_type", type=str, default="cosine", choices=SCHEDULERS,
-                       help="Learning-rate schedule after the warmup (transformers' get_scheduler).")
-    group.add_argument("--num_warmup_steps", type=int, default=0,
-                       help="Optimizer steps of linear learning-rate warmup from 0.")
-    group.add_argument("--output_dir", type=str, default=None,
-                       help="Where the model, metrics.json, checkpoints and the resolved flags are saved (required).")
-    group.add_argument("--seed", type=int, default=1234,
-                       help="Seed of model initialisation, data order and the synthetic data.")
-    group.add_argument("--local_rank", type=int, default=-1, help=inert_help("local_rank"))
+    add_schedule_args(group, num_warmup_steps=0)
+    add_output_args(group, saved="the model, metrics.json, checkpoints and the resolved flags",
+                    seeds="model initialisation, data order and the synthetic data")
     group.add_argument("--gradient_checkpointing", action="store_true",
                        help="Recompute activations in the backward pass: less memory, slower steps.")
-    group.add_argument("--offload", action="store_true",
-                       help="ZeRO-Offload: DeepSpeed's CPU Adam steps the optimizer, whose states move to the CPU with "
-                            "--zero_stage 1-3 (and the parameters too at stage 3).")
-    group.add_argument("--dtype", type=str, default=None, choices=list(DTYPES),
-                       help="Training precision; unset: bf16 on GPUs and fp32 on CPU.")
+    add_precision_args(group, offloaded="the optimizer, whose states move to the CPU with --zero_stage 1-3",
+                       tensorboard_path=None)
     group.add_argument("--zero_stage", type=int, default=0, choices=[0, 1, 2, 3],
                        help="DeepSpeed ZeRO stage: partition optimizer states (1), also gradients (2), also "
                             "parameters (3) across ranks.")
@@ -103,22 +95,58 @@ def add_training_args(parser: argparse.ArgumentParser, *, learning_rate: float) 
     group.add_argument("--save_lora_adapter", action="store_true",
                        help="With --only_optimize_lora, also save the adapter alone in peft's format in "
                             "OUTPUT_DIR/adapter/ (load it with peft.PeftModel.from_pretrained(base, path)).")
-    group.add_argument("--compute_fp32_loss", action="store_true",
-                       help="With --dtype fp16/bf16, compute the loss from fp32 logits.")
-    group.add_argument("--enable_tensorboard", action="store_true",
-                       help="Write TensorBoard logs to --tensorboard_path.")
-    group.add_argument("--tensorboard_path", type=str, default=None,
-                       help="Folder of the TensorBoard logs, in a subfolder per job (unset: JOB_tensorboard, e.g. "
-                            "step1_model_tensorboard).")
-    group.add_argument("--max_steps", type=int, default=0, help="Stop after this many optimizer steps (0: no cap).")
+    add_progress_args(group, unit="optimizer steps", log_interval=10)
     group.add_argument("--eval_interval", type=int, default=0, help="Evaluate every N optimizer steps (0: per epoch).")
     group.add_argument("--eval_iters", type=int, default=0, help="Evaluate on at most N batches (0: all).")
-    group.add_argument("--save_interval", type=int, default=0,
-                       help="Write a resumable checkpoint every N optimizer steps (0: none).")
-    group.add_argument("--log_interval", type=int, default=10, help="Log train metrics every N optimizer steps.")
-    add_reliability_args(group)
     group.add_argument("--group_by_length", action="store_true",
                        help="Batch samples of similar length together: far less padding, faster steps.")
+
+
+def add_schedule_args(group, *, num_warmup_steps: int) -> None:
+    """Epochs, accumulation and the learning-rate schedule: every step's (DeepSpeed-Chat's defaults differ only in
+    the warmup, 100 steps in step 3)."""
+    group.add_argument("--num_train_epochs", type=int, default=1,
+                       help="Passes over the training data (step 3: over its prompts).")
+    group.add_argument("--gradient_accumulation_steps", type=int, default=1,
+                       help="Micro-batches per optimizer step.")
+    group.add_argument("--lr_scheduler_type", type=str, default="cosine", choices=SCHEDULERS,
+                       help="Learning-rate schedule after the warmup (transformers' get_scheduler).")
+    group.add_argument("--num_warmup_steps", type=int, default=num_warmup_steps,
+                       help="Optimizer steps of linear learning-rate warmup from 0.")
+
+
+def add_output_args(group, *, saved: str, seeds: str) -> None:
+    """Where the run writes, its seed, and the launcher's --local_rank."""
+    group.add_argument("--output_dir", type=str, default=None, help=f"Where {saved} are saved (required).")
+    group.add_argument("--seed", type=int, default=1234, help=f"Seed of {seeds}.")
+    group.add_argument("--local_rank", type=int, default=-1, help=inert_help("local_rank"))
+
+
+def add_precision_args(group, *, offloaded: str, tensorboard_path: str | None) -> None:
+    """Offload, precision and TensorBoard: the same flags in every step (step 3 keeps DeepSpeed-Chat's log folder)."""
+    group.add_argument("--offload", action="store_true",
+                       help=f"ZeRO-Offload: DeepSpeed's CPU Adam steps {offloaded} (and the parameters too at "
+                            "stage 3).")
+    group.add_argument("--dtype", type=str, default=None, choices=list(DTYPES),
+                       help="Training precision; unset: bf16 on GPUs and fp32 on CPU.")
+    group.add_argument("--compute_fp32_loss", action="store_true",
+                       help="With --dtype fp16/bf16, compute the loss (step 3: log-probs, values and losses) in fp32 "
+                            "(else in the model's dtype).")
+    group.add_argument("--enable_tensorboard", action="store_true",
+                       help="Write TensorBoard logs to --tensorboard_path.")
+    group.add_argument("--tensorboard_path", type=str, default=tensorboard_path,
+                       help="Folder of the TensorBoard logs, in a subfolder per job"
+                            + (" (unset: JOB_tensorboard, e.g. step1_model_tensorboard)." if tensorboard_path is None
+                               else " (step3_ppo)."))
+
+
+def add_progress_args(group, *, unit: str, log_interval: int) -> None:
+    """When to stop, log and checkpoint, counted in ``unit``, then the reliability flags."""
+    group.add_argument("--max_steps", type=int, default=0, help=f"Stop after this many {unit} (0: no cap).")
+    group.add_argument("--save_interval", type=int, default=0,
+                       help=f"Write a resumable checkpoint every N {unit} (0: none).")
+    group.add_argument("--log_interval", type=int, default=log_interval, help=f"Log train metrics every N {unit}.")
+    add_reliability_args(group)
 
 
 def add_reliability_args(group) -> None:

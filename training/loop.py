@@ -1,7 +1,11 @@
-"""The training loop steps 1 and 2 share: epochs, gradient accumulation, evaluation, logging, saving.
+"""The training loop every step shares, and steps 1 and 2's trainer on it.
 
-A step supplies a ``StepTask``: how to compute the loss of a batch and how to evaluate. The loop
-counts optimizer steps (``--max_steps``, ``--eval_interval`` and ``--save_interval`` are in those).
+The loop runs over units: a micro-batch in steps 1 and 2, a generation batch in step 3. What it does
+the same way everywhere lives here once: epochs, the resume path (skip the batches a checkpoint had
+consumed, restore its random state), stop signals polled at step boundaries, and checkpoints every
+``--save_interval`` steps and on a stop (``resumable_epochs``, ``training_session``). Steps 1 and 2 supply
+a ``StepTask`` (the loss of a batch and how to evaluate) to ``Trainer``, which counts optimizer steps;
+step 3's ``PPORun.train`` counts iterations.
 """
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -72,6 +77,57 @@ def to_device(batch: dict, target: torch.device) -> dict:
     return {k: v.to(target) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def resumable_epochs(loader: DataLoader, num_epochs: int,
+                     resumed: dict | None) -> Iterator[tuple[int, Iterator[tuple[int, dict]]]]:
+    """Each epoch's numbered batches, from where the checkpoint ``resumed`` left off: the batches it had consumed
+    are skipped and its random state restored, so a resumed run draws the numbers an uninterrupted one draws."""
+    start_epoch, skip = (resumed["epoch"], resumed["next_batch"]) if resumed else (0, 0)
+    for epoch in range(start_epoch, num_epochs):
+        loader.sampler.set_epoch(epoch)
+        batches = iter(loader)
+        first = 0
+        if resumed is not None and epoch == start_epoch:
+            for _ in itertools.islice(batches, skip):
+                pass
+            restore_rng(resumed["rng"])
+            first = skip
+        yield epoch, enumerate(batches, start=first)
+
+
+SaveHook = Callable[[int, dict], None]
+
+
+@dataclass
+class StepEnd:
+    """What follows every step (an optimizer step, or a step-3 iteration): a checkpoint every ``save_interval``
+    steps and when a stop signal came (``state`` builds what it holds), then the stop."""
+
+    save_interval: int
+    on_save: SaveHook | None
+    signals: StopSignals
+
+    def __call__(self, step: int, state: Callable[[], dict]) -> None:
+        stop = self.signals.requested()
+        if self.on_save is not None and (stop or (self.save_interval and step % self.save_interval == 0)):
+            self.on_save(step, state())
+        if stop:
+            raise StopRequested(stop, step)
+
+
+@contextmanager
+def training_session(total: int, done: int, name: str, save_interval: int, on_save: SaveHook | None):
+    """A progress bar from ``done`` of ``total`` steps and a ``StepEnd``, with stop signals caught meanwhile."""
+    bar = progress_bar(total, name)
+    bar.update(done)
+    signals = StopSignals()
+    signals.install()
+    try:
+        yield bar, StepEnd(save_interval, on_save, signals)
+    finally:
+        signals.uninstall()
+        bar.close()
+
+
 def optimizer_steps_per_epoch(num_batches: int, gradient_accumulation_steps: int) -> int:
     return max(num_batches // gradient_accumulation_steps, 1)
 
@@ -124,9 +180,6 @@ class Trainer:
         self.result.evals.append({"step": self.result.steps, "label": label, **metrics})
         return metrics
 
-    def _progress(self):
-        return progress_bar(self.total_steps, "train")
-
     def state(self, epoch: int, next_batch: int) -> dict:
         """What a checkpoint needs to continue exactly from here."""
         return {"epoch": epoch, "next_batch": next_batch, "steps": self.result.steps,
@@ -139,39 +192,26 @@ class Trainer:
         self.guard.total = state.get("skipped_batches", 0)
         self.resumed = state
 
-    def train(self, on_save: Callable[[int, dict], None] | None = None) -> TrainResult:
+    def train(self, on_save: SaveHook | None = None) -> TrainResult:
         """Train to the end; ``on_save(step, state)`` writes a checkpoint (every ``--save_interval`` and on a stop)."""
-        start_epoch, skip = 0, 0
         if self.resumed is None:
             self.evaluate("start")
         else:
-            start_epoch, skip = self.resumed["epoch"], self.resumed["next_batch"]
-            print_rank0(f"resuming at step {self.result.steps} (epoch {start_epoch}, batch {skip})")
+            print_rank0(f"resuming at step {self.result.steps} (epoch {self.resumed['epoch']}, batch "
+                        f"{self.resumed['next_batch']})")
         self.engine.train()
-        bar = self._progress()
-        bar.update(self.result.steps)
-        signals = StopSignals()
-        signals.install()
-        try:
-            self._epochs(start_epoch, skip, bar, signals, on_save)
-        finally:
-            signals.uninstall()
-            bar.close()
+        with training_session(self.total_steps, self.result.steps, "train", self.loop.save_interval,
+                              on_save) as (bar, step_end):
+            self._epochs(bar, step_end)
         return self.result
 
-    def _epochs(self, start_epoch: int, skip: int, bar, signals: StopSignals, on_save) -> None:
+    def _epochs(self, bar, step_end: StepEnd) -> None:
         window: dict[str, list[float]] = {}
         if self.result.steps >= self.total_steps:
-            self.evaluate(f"epoch {start_epoch + 1}")
+            self.evaluate(f"epoch {self.resumed['epoch'] + 1 if self.resumed else 1}")
             return
-        for epoch in range(start_epoch, self.loop.num_train_epochs):
-            self.train_loader.sampler.set_epoch(epoch)
-            batches = iter(self.train_loader)
-            if epoch == start_epoch and skip:
-                for _ in itertools.islice(batches, skip):
-                    pass
-                restore_rng(self.resumed["rng"])
-            for index, batch in enumerate(batches, start=skip if epoch == start_epoch else 0):
+        for epoch, batches in resumable_epochs(self.train_loader, self.loop.num_train_epochs, self.resumed):
+            for index, batch in batches:
                 batch = to_device(batch, self.target)
                 loss, stats = self.task.loss(self.engine, batch)
                 if not self.guard.check(loss, self.result.steps):
@@ -196,11 +236,7 @@ class Trainer:
                     window = {}
                 if self.loop.eval_interval and step % self.loop.eval_interval == 0:
                     self.evaluate(f"step {step}")
-                stop = signals.requested()
-                if on_save and (stop or (self.loop.save_interval and step % self.loop.save_interval == 0)):
-                    on_save(step, self.state(epoch, index + 1))
-                if stop:
-                    raise StopRequested(stop, step)
+                step_end(step, lambda: self.state(epoch, index + 1))  # noqa: B023 - called before the next batch
                 if step >= self.total_steps:
                     if window:
                         self._log(window, epoch)

@@ -113,16 +113,6 @@ class StepRun:
     def save(self, engine, tokenizer, data: StepData, card: ModelCard) -> None:
         raise NotImplementedError
 
-    def _resume_point(self, manager: CheckpointManager) -> str | None:
-        if self.loop.resume_from:
-            return self.loop.resume_from
-        if not self.loop.resume:
-            return None
-        latest = manager.latest()
-        if latest is None:
-            print_rank0(f"--resume: no complete checkpoint in {manager.root}; starting from the beginning")
-        return latest
-
     def run(self, record: dict | None = None) -> dict:
         """Train and save; ``record`` (``config_file.run_record``) is saved beside the model as its flags."""
         started = time.perf_counter()
@@ -148,7 +138,7 @@ class StepRun:
         num_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
         trainer = Trainer(engine, self.task(), train_loader, eval_loader, self.loop, logger, num_params)
         manager = CheckpointManager(self.loop.output_dir, self.loop.save_total_limit)
-        point = self._resume_point(manager)
+        point = manager.resume_point(self.loop)
         if point:
             trainer.resume(CheckpointManager.load(point, {"model": engine}))
             print_rank0(f"restored {point}")
