@@ -1,23 +1,25 @@
 """Rollouts: sampling answers with a KV cache, every row stopping at its end-of-text token.
 
 A hand-written loop instead of ``generate``: the per-token overhead of a general-purpose generator
-dominates small models, and PPO needs only sampling with temperature, top-k and top-p.
+dominates small models, and PPO needs only sampling with temperature, top-k and top-p. The forward
+backend (``forward_backend``) picks the prefill and the decode step.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from transformers.cache_utils import Cache, DynamicCache
 
 from chatrlhf.step3_rlhf.config import GenerationConfig
 from chatrlhf.step3_rlhf.length_groups import plan_groups
 from chatrlhf.utils import device
-from chatrlhf.utils.model.fast_decode import DecodeStep, fast_decoder, model_step
+from chatrlhf.utils.model.fast_decode import DecodeStep
 from chatrlhf.utils.model.kv_cache import cache_kwargs, decode_cache, merged_cache, preallocation_fits
 from chatrlhf.utils.model.last_layer import outputs_from
 from chatrlhf.utils.model.lm_forward import position_ids_from_mask
-from chatrlhf.utils.model.packed_linear import onednn_linears, packed_linears
 
 
 @dataclass
@@ -69,8 +71,8 @@ def answer_mask_from(tokens: torch.Tensor, eos_id: int) -> torch.Tensor:
     return (ended_before == 0).long()
 
 
-def _prefill(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, capacity: int,
-             lockstep: bool) -> tuple[torch.Tensor, Cache]:
+def fast_prefill(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                 capacity: int) -> tuple[torch.Tensor, Cache]:
     """Next-token logits after each prompt, (B, V), and a cache of ``capacity`` positions holding the prompts.
 
     The prompts run in length groups (``plan_groups``): a batch left-padded to its longest prompt is
@@ -78,29 +80,39 @@ def _prefill(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, capacit
     the last position only (``outputs_from``); every position's keys and values are kept.
     """
     width = prompt_ids.shape[1]
-    groups = plan_groups(prompt_mask, max(width - 1, 1), split=not lockstep and preallocation_fits(model))
+    groups = plan_groups(prompt_mask, max(width - 1, 1), split=preallocation_fits(model))
     if len(groups) == 1:
-        return _prompt_pass(model, prompt_ids, prompt_mask, decode_cache(model, capacity))
+        with outputs_from(model, width - 1):
+            return _prompt_pass(model, prompt_ids, prompt_mask, decode_cache(model, capacity))
     parts, logits = [], []
     for group in groups:
         cache = DynamicCache()
-        logits.append(_prompt_pass(model, prompt_ids[group.rows, group.left :], prompt_mask[group.rows, group.left :],
-                                   cache)[0])
+        ids, mask = prompt_ids[group.rows, group.left :], prompt_mask[group.rows, group.left :]
+        with outputs_from(model, ids.shape[1] - 1):
+            logits.append(_prompt_pass(model, ids, mask, cache)[0])
         parts.append((group.rows, group.left, cache))
     order = torch.cat([group.rows for group in groups])
     return torch.cat(logits)[torch.argsort(order)], merged_cache(parts, width, capacity)
 
 
+def plain_prefill(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                  capacity: int) -> tuple[torch.Tensor, Cache]:
+    """The same through the model's own forward: one padded pass into transformers' own cache."""
+    return _prompt_pass(model, prompt_ids, prompt_mask, DynamicCache())
+
+
+Prefill = Callable[[nn.Module, torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, Cache]]
+
+
 def _prompt_pass(model, ids: torch.Tensor, mask: torch.Tensor, cache: Cache) -> tuple[torch.Tensor, Cache]:
     """One forward pass of left-padded prompts into an empty ``cache``; the logits after each prompt."""
-    with outputs_from(model, ids.shape[1] - 1):
-        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
-                    use_cache=True, logits_to_keep=1, **cache_kwargs(model, cache))
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                use_cache=True, logits_to_keep=1, **cache_kwargs(model, cache))
     return out.logits[:, -1], cache
 
 
-def _answer_tokens(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cfg: GenerationConfig,
-                   decode: DecodeStep, *, eos_id: int, pad_id: int, lockstep: bool) -> torch.Tensor:
+def answer_tokens(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cfg: GenerationConfig,
+                  decode: DecodeStep, prefill: Prefill, *, eos_id: int, pad_id: int, lockstep: bool) -> torch.Tensor:
     """The answer tokens, (B, answer length), pad after a row's end-of-text token.
 
     In ``lockstep`` every rank keeps decoding until all ranks' rows have ended (ZeRO-3 gathers weights
@@ -108,7 +120,7 @@ def _answer_tokens(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, c
     """
     batch, width = prompt_ids.shape
     mask = torch.cat([prompt_mask, prompt_mask.new_ones(batch, cfg.max_answer_seq_len)], dim=1)
-    logits, cache = _prefill(model, prompt_ids, prompt_mask, width + cfg.max_answer_seq_len, lockstep)
+    logits, cache = prefill(model, prompt_ids, prompt_mask, width + cfg.max_answer_seq_len)
     next_position = prompt_mask.sum(1, keepdim=True)
     finished = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)
     tokens: list[torch.Tensor] = []
@@ -145,31 +157,6 @@ def rollout_of(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, tokens: torc
         answer_mask=answer_mask,
         prompt_width=prompt_ids.shape[1],
     )
-
-
-@torch.no_grad()
-def sample(
-    model,
-    prompt_ids: torch.Tensor,
-    prompt_mask: torch.Tensor,
-    cfg: GenerationConfig,
-    *,
-    eos_id: int,
-    pad_id: int,
-    lockstep: bool = False,
-) -> Rollout:
-    """Sample up to ``max_answer_seq_len`` tokens per prompt; stop when every row has ended.
-
-    Decode steps run through ``fast_decoder`` where the model allows it, else through the model's own
-    forward with packed weights; the prompt's forward pass runs oneDNN products either way. ``lockstep``
-    (see ``lockstep_needed``) keeps every rank's forward calls the same.
-    """
-    decode = fast_decoder(model)
-    with onednn_linears(model) if decode else packed_linears(model):
-        decode = decode or model_step(model)
-        tokens = _answer_tokens(model, prompt_ids, prompt_mask, cfg, decode, eos_id=eos_id, pad_id=pad_id,
-                                lockstep=lockstep)
-    return rollout_of(prompt_ids, prompt_mask, tokens, eos_id=eos_id, pad_id=pad_id)
 
 
 @torch.no_grad()

@@ -283,7 +283,8 @@ class PPORun:
         self.save(engines, tokenizer, role_cards(self, trainer.steps, trainer.history, evaluations, data.info))
         logger.close()
         summary = {"wall_time_s": time.perf_counter() - started, "iterations": trainer.steps,
-                   "held_out": evaluations, "history": trainer.history, "kl_coef": trainer.kl.value}
+                   "held_out": evaluations, "history": trainer.history, "kl_coef": trainer.kl.value,
+                   "forward_backend": trainer.backend.name}
         if device.is_main_process():
             write_metrics(self.loop.output_dir, TrainResult(trainer.steps, trainer.history, []), summary)
         print_rank0(f"saved {' and '.join(engines.trained())} under {self.loop.output_dir} "

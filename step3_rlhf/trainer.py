@@ -12,9 +12,9 @@ from chatrlhf.step3_rlhf import advantages as critic_free
 from chatrlhf.step3_rlhf.config import AlgorithmConfig, GenerationConfig, IterationSettings, PPOConfig, RewardConfig
 from chatrlhf.step3_rlhf.engines import PPOEngines, update_ema
 from chatrlhf.step3_rlhf.experience import Experience, micro_batches, repeat_prompts
+from chatrlhf.step3_rlhf.forward_backend import choose_backend
 from chatrlhf.step3_rlhf.kl_control import KLController
-from chatrlhf.step3_rlhf.length_groups import RowGroup, grouped, plan_groups
-from chatrlhf.step3_rlhf.packed_answers import Head, PackedAnswers
+from chatrlhf.step3_rlhf.packed_answers import Head
 from chatrlhf.step3_rlhf.ppo_math import (
     aggregate,
     explained_variance,
@@ -28,23 +28,14 @@ from chatrlhf.step3_rlhf.ppo_math import (
     whiten,
 )
 from chatrlhf.step3_rlhf.reward_functions import RewardFunction
-from chatrlhf.step3_rlhf.rollout import Rollout, sample, sample_with_engine
+from chatrlhf.step3_rlhf.rollout import Rollout, sample_with_engine
 from chatrlhf.step3_rlhf.unsupervised import CycledBatches
 from chatrlhf.training.checkpoint import CheckpointError
 from chatrlhf.training.config import LoopSettings
 from chatrlhf.training.metrics_log import MetricsLogger, format_metrics, print_rank0
 from chatrlhf.training.run_control import LossGuard
 from chatrlhf.utils import device
-from chatrlhf.utils.model.last_layer import outputs_from
-from chatrlhf.utils.model.lm_forward import (
-    answer_logits,
-    causal_lm_loss,
-    split_lm,
-    token_logprobs,
-    token_logprobs_and_entropy,
-)
-from chatrlhf.utils.model.packed_linear import onednn_linears
-from chatrlhf.utils.model.packed_rows import packing_supported
+from chatrlhf.utils.model.lm_forward import causal_lm_loss, token_logprobs, token_logprobs_and_entropy
 from chatrlhf.utils.model.zero3 import lockstep_needed
 
 
@@ -114,17 +105,8 @@ class PPOTrainer:
         self.guard = LossGuard(loop.max_bad_steps)
         critic = engines.critic.module if engines.critic is not None else None
         self.lockstep = lockstep_needed(engines.actor.module, critic, engines.reference, engines.reward)
-
-    def _groups(self, rollout: Rollout | Experience) -> list[RowGroup]:
-        """Length groups for a rollout's forward passes; one group when ranks must run in lockstep."""
-        return plan_groups(rollout.attention_mask, rollout.prompt_width, split=not self.lockstep)
-
-    @staticmethod
-    def _packed(model, rollout: Rollout | Experience) -> PackedAnswers | None:
-        """The rollout packed for ``model``'s forward passes, or None where only length groups serve it."""
-        if not packing_supported(model):
-            return None
-        return PackedAnswers.of(rollout.sequences, rollout.attention_mask, rollout.prompt_width)
+        # Chosen once: the models' own forward on GPUs and under lockstep, the CPU speed paths elsewhere.
+        self.backend = choose_backend(self.lockstep)
 
     def _policy_outputs(self, model, rollout: Rollout | Experience, head: Head) -> tuple[torch.Tensor, ...]:
         """``head(logits, answer tokens)`` of a causal LM at every answer token, each output (B, answer width).
@@ -132,17 +114,7 @@ class PPOTrainer:
         The logits are divided by the sampling temperature: the log-probs, ratios and KL are then those of the
         distribution the answers were drawn from (a temperature of 0 or 1 leaves them as they are).
         """
-        head = tempered(head, self.generation.temperature)
-        packed = self._packed(model, rollout)
-        if packed is not None:
-            lm_head = split_lm(model)[1]
-            return packed.answer_outputs(model, lambda hidden, labels: head(lm_head(hidden), labels))
-
-        def forward(ids: torch.Tensor, mask: torch.Tensor, start: int) -> tuple[torch.Tensor, ...]:
-            return head(answer_logits(model, ids, mask, start), ids[:, start:])
-
-        return grouped(forward, rollout.sequences, rollout.attention_mask, rollout.prompt_width,
-                       self._groups(rollout))
+        return self.backend.logprobs(model, rollout, tempered(head, self.generation.temperature))
 
     # ----- rollout and scoring
     def decode_answers(self, rollout: Rollout) -> list[str]:
@@ -177,31 +149,20 @@ class PPOTrainer:
     @torch.no_grad()
     def reward_scores(self, rollout: Rollout) -> torch.Tensor:
         """The frozen reward model's score of each prompt + answer (at its last real token)."""
-        from chatrlhf.step2_reward.reward_model import score_head, sequence_scores, token_values
-
-        reward = self.engines.reward
-
-        def score(ids: torch.Tensor, mask: torch.Tensor, start: int) -> tuple[torch.Tensor]:
-            with outputs_from(reward, start - 1):
-                return (sequence_scores(token_values(reward, ids, mask), mask).float(),)
-
-        with onednn_linears(reward):
-            packed = self._packed(reward, rollout)
-            if packed is not None:
-                return score_head(reward)(packed.final_hidden(reward)).squeeze(-1).float()
-            return grouped(score, rollout.sequences, rollout.attention_mask, rollout.prompt_width,
-                           self._groups(rollout))[0]
+        return self.backend.scores(self.engines.reward, rollout)
 
     def generate(self, batch: dict, cfg: GenerationConfig | None = None):
         """Answers to ``batch``: through DeepSpeed's hybrid engine when it runs, else our own sampler."""
         actor = self.engines.actor.module
         was_training = actor.training
         actor.eval()
-        draw = partial(sample_with_engine, self.engines.actor) if self.engines.hybrid_generation else partial(
-            sample, actor)
-        rollout = draw(batch["input_ids"].to(self.target), batch["attention_mask"].to(self.target),
-                       cfg or self.generation, eos_id=self.tokenizer.eos_token_id, pad_id=self.tokenizer.pad_token_id,
-                       lockstep=self.lockstep)
+        ids, mask = batch["input_ids"].to(self.target), batch["attention_mask"].to(self.target)
+        ends = {"eos_id": self.tokenizer.eos_token_id, "pad_id": self.tokenizer.pad_token_id}
+        if self.engines.hybrid_generation:
+            rollout = sample_with_engine(self.engines.actor, ids, mask, cfg or self.generation, **ends,
+                                         lockstep=self.lockstep)
+        else:
+            rollout = self.backend.sample(actor, ids, mask, cfg or self.generation, **ends)
         actor.train(was_training)
         return rollout
 
@@ -212,7 +173,7 @@ class PPOTrainer:
         batch = repeat_prompts(batch, self.algorithm.num_samples_per_prompt)
         rollout = self.generate(batch)
         generated = time.perf_counter()
-        with self.engines.reference_policy() as reference, onednn_linears(reference):
+        with self.engines.reference_policy() as reference:
             (ref_logprobs,) = self._policy_outputs(
                 reference, rollout, lambda logits, tokens: (token_logprobs(logits, tokens, fp32=self.fp32_loss),))
         answers = self.decode_answers(rollout)
@@ -278,29 +239,13 @@ class PPOTrainer:
 
         The entropy carries a gradient only when ``--entropy_coef`` puts it into the loss.
         """
-        from chatrlhf.step2_reward.reward_model import score_head, token_values
-
         actor = self.engines.actor.module
         head = partial(logprobs_and_entropy if self.algorithm.entropy_coef else token_logprobs_and_entropy,
                        fp32=self.fp32_loss)
-        with onednn_linears(actor):
-            logprobs, ent = self._policy_outputs(actor, exp, head)
+        logprobs, ent = self._policy_outputs(actor, exp, head)
         if self.engines.critic is None:
             return logprobs, ent, None
-        critic = self.engines.critic.module
-
-        def value(ids: torch.Tensor, mask: torch.Tensor, start: int) -> tuple[torch.Tensor]:
-            with outputs_from(critic, start - 1):
-                return (self._loss_dtype(token_values(critic, ids, mask)[:, start - 1 : -1]),)
-
-        with onednn_linears(critic):
-            packed = self._packed(critic, exp)
-            if packed is not None:
-                (values,) = packed.answer_outputs(
-                    critic, lambda hidden, _: (self._loss_dtype(score_head(critic)(hidden).squeeze(-1)),))
-            else:
-                (values,) = grouped(value, exp.sequences, exp.attention_mask, exp.prompt_width, self._groups(exp))
-        return logprobs, ent, values
+        return logprobs, ent, self._loss_dtype(self.backend.values(self.engines.critic.module, exp))
 
     def _loss_dtype(self, values: torch.Tensor) -> torch.Tensor:
         return values.float() if self.fp32_loss else values

@@ -10,12 +10,13 @@ import torch
 import yaml
 
 from chatrlhf.step3_rlhf.config import GenerationConfig
+from chatrlhf.step3_rlhf.forward_backend import CpuFastForward, PlainForward
 from chatrlhf.step3_rlhf.kl_control import KLController
 from chatrlhf.step3_rlhf.length_groups import grouped, plan_groups
 from chatrlhf.step3_rlhf.main import build_parser
 from chatrlhf.step3_rlhf.main import main as ppo_main
 from chatrlhf.step3_rlhf.ppo_math import gae, kl_penalty, policy_loss, token_rewards, value_loss
-from chatrlhf.step3_rlhf.rollout import answer_mask_from, filter_logits, sample, sample_tokens
+from chatrlhf.step3_rlhf.rollout import answer_mask_from, filter_logits, sample_tokens
 
 
 def test_gae_matches_a_hand_computed_recursion():
@@ -95,8 +96,10 @@ def tiny_lm(sft_model):
     return load_causal_lm(sft_model, tokenizer, ModelOptions()).eval(), tokenizer
 
 
-def test_rollout_masks_and_stops(tiny_lm):
+@pytest.mark.parametrize("backend", [CpuFastForward(), PlainForward()], ids=["cpu_fast", "plain"])
+def test_rollout_masks_and_stops(tiny_lm, backend):
     model, tokenizer = tiny_lm
+    sample = backend.sample
     prompts = ["\n\nHuman: What is 1 plus 2?\n\nAssistant:", "\n\nHuman: Hi?\n\nAssistant:"]
     from chatrlhf.utils.data.collators import pad_sequences
     from chatrlhf.utils.model.generation import encode_prompts
@@ -260,8 +263,8 @@ def _rollout_of_varied_lengths(model, tokenizer):
                "\n\nHuman: Sort: c a b\n\nAssistant:"]
     ids, mask = pad_sequences(encode_prompts(tokenizer, prompts), tokenizer.pad_token_id, left=True)
     torch.manual_seed(3)
-    return sample(model, ids, mask, GenerationConfig(max_answer_seq_len=10, temperature=1.5),
-                  eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
+    return CpuFastForward().sample(model, ids, mask, GenerationConfig(max_answer_seq_len=10, temperature=1.5),
+                                   eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
 
 
 def test_length_groups_give_the_padded_batch_results_and_gradients(tiny_lm):
@@ -399,7 +402,7 @@ def test_hybrid_engine_generation_goes_through_the_engine(tiny_lm):
     def trainer(hybrid: bool) -> SimpleNamespace:
         engines = SimpleNamespace(actor=StandInHybridEngine(), hybrid_generation=hybrid)
         return SimpleNamespace(engines=engines, target=torch.device("cpu"), tokenizer=tokenizer, generation=greedy,
-                               lockstep=False)
+                               lockstep=False, backend=CpuFastForward())
 
     batch = {"input_ids": ids, "attention_mask": mask}
     ours = PPOTrainer.generate(trainer(False), batch)
