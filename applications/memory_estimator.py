@@ -10,8 +10,10 @@ Library use::
     grpo = RunSettings(step=3, algorithm="grpo", num_samples_per_prompt=8, reward_fn=True)  # no critic, no reward model
     peak_rss = cpu_process_bytes(model.config.to_dict(), RunSettings(dtype="fp32", train_batch_size=2))
 
-Model states agree with DeepSpeed's ZeRO estimators; activations, the generation KV cache and communication
-buffers are added on top (formulas in ``activation_memory`` and ``zero_memory``).
+Any Hugging Face causal-LM family: parameter counts come from the model built on the meta device from its config;
+model states agree with DeepSpeed's ZeRO estimators; activations, the generation KV cache and communication
+buffers are added on top (``activation_memory``: formulas for OPT and LLaMA, a scaled autograd trace for other
+families; ``zero_memory``). ``--deepspeed_chat_table`` sets DeepSpeed-Chat's published runs beside the estimate.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from chatrlhf.utils.activation_memory import (
     TrainingActivations,
     experience_bytes,
     kv_cache_bytes,
+    traced_activations,
     training_activation_bytes,
 )
 from chatrlhf.utils.model_specs import KNOWN_MODELS, ModelSpec, ModelSpecError, as_model_spec, family_members
@@ -88,6 +91,8 @@ class RunSettings:
     zero_stage: int = 0
     offload: bool = False
     lora_dim: int = 0
+    critic_lora_dim: int | None = None
+    """Step 3: the critic's LoRA rank (``chatrlhf ppo --critic_lora_dim``); None: ``lora_dim``, as the actor's."""
     gradient_checkpointing: bool = False
     attention: Attention = "sdpa"
     train_batch_size: int = 16
@@ -120,6 +125,7 @@ class RunSettings:
             f"--dtype must be one of {', '.join(DTYPE_BYTES)}, got {self.dtype!r}": self.dtype in DTYPE_BYTES,
             f"--attention must be sdpa or eager, got {self.attention!r}": self.attention in ("sdpa", "eager"),
             f"--lora_dim must be >= 0, got {self.lora_dim}": self.lora_dim >= 0,
+            f"--critic_lora_dim must be >= 0, got {self.critic_lora_dim}": self.critic_lora >= 0,
             f"--gpu_memory_gb must be > 0, got {self.memory_gib}": self.memory_gib > 0,
             "batch sizes and sequence lengths must be >= 1": min(
                 self.train_batch_size, self.generation_batch_size, self.max_seq_len,
@@ -132,6 +138,7 @@ class RunSettings:
                 f"--num_samples_per_prompt {self.num_samples_per_prompt}": self.num_samples_per_prompt != 1,
                 "--reward_model_name_or_path": self.reward_model is not None,
                 "--reward_fn": self.reward_fn,
+                "--critic_lora_dim": self.critic_lora_dim is not None,
             }
             checks.update({f"{flag} applies to --step 3 only (got --step {self.step})": not given
                            for flag, given in step3_only.items()})
@@ -151,6 +158,10 @@ class RunSettings:
     @property
     def dtype_bytes(self) -> int:
         return DTYPE_BYTES[self.dtype]
+
+    @property
+    def critic_lora(self) -> int:
+        return self.lora_dim if self.critic_lora_dim is None else self.critic_lora_dim
 
     @property
     def uses_critic(self) -> bool:
@@ -241,7 +252,7 @@ def _engines(model: ModelSpec, run: RunSettings) -> tuple[EngineStates, ...]:
         frozen_engine("reference", model, "lm", zero, dtype_bytes=w, offload=run.offload_reference_model),
     ]
     if run.uses_critic:
-        engines.append(trained_engine("critic", run.critic, "reward", zero, dtype_bytes=w, lora_dim=run.lora_dim))
+        engines.append(trained_engine("critic", run.critic, "reward", zero, dtype_bytes=w, lora_dim=run.critic_lora))
     if run.reward_spec is not None:
         engines.append(frozen_engine("reward", run.reward_spec, "reward", zero, dtype_bytes=w,
                                      offload=run.offload_reward_model))
@@ -264,14 +275,14 @@ def _training_activations(model: ModelSpec, run: RunSettings) -> tuple[TrainingA
     actor = training_activation_bytes(model, "lm", batch=b, fp32_loss=False, **common)
     if not run.uses_critic:
         return (actor,)
-    return actor, training_activation_bytes(run.critic, "reward", batch=b, **common)
+    return actor, training_activation_bytes(run.critic, "reward", batch=b, **{**common, "lora_dim": run.critic_lora})
 
 
 def check_positions(model: ModelSpec, run: RunSettings) -> None:
     """Sequences longer than the position table cannot run at all, so refuse to estimate them."""
     models = [model] + ([run.critic] if run.uses_critic else []) + [s for s in (run.reward_spec,) if s is not None]
     for spec in models:
-        if run.seq_len > spec.max_positions:
+        if spec.max_positions is not None and run.seq_len > spec.max_positions:
             flags = "--max_seq_len" if run.step < 3 else "--max_prompt_seq_len + --max_answer_seq_len"
             raise ValueError(
                 f"{flags} = {run.seq_len} tokens exceeds {spec.name}'s {spec.max_positions} positions; "
@@ -320,11 +331,16 @@ def cpu_process_bytes(model: ModelSpec | Mapping[str, Any] | str | os.PathLike[s
     return estimate_memory(as_model_spec(model), replace(run, device="cpu")).process_bytes
 
 
+def family_key(model: ModelSpec) -> str:
+    """The family whose known sizes ``model`` is compared with: Mistral counts as LLaMA."""
+    return model.family or model.model_type
+
+
 def largest_fitting_model(model: ModelSpec, run: RunSettings) -> ModelSpec | None:
     """The biggest known model of ``model``'s family that fits with the same settings (actor in step 3)."""
     fitting = [
-        candidate for candidate in family_members(model.family)
-        if candidate.max_positions >= run.seq_len and estimate_memory(candidate, run).fits
+        candidate for candidate in family_members(family_key(model))
+        if (candidate.max_positions or run.seq_len) >= run.seq_len and estimate_memory(candidate, run).fits
     ]
     return fitting[-1] if fitting else None
 
@@ -434,6 +450,14 @@ def _notes(estimate: MemoryEstimate) -> list[str]:
     largest = max(estimate.training_activations, key=lambda activations: activations.total)
     notes = [f"the largest training pass keeps {format_bytes(largest.layers)} in the layers and "
              f"{format_bytes(largest.logits)} of logits / values for backward."]
+    traced = {engine.spec for engine in estimate.engines if engine.trainable_params and engine.spec.family is None}
+    for spec in sorted(traced, key=lambda spec: spec.name):
+        trace = traced_activations(spec, run.dtype_bytes, run.attention)
+        short, long = trace.seq_lengths
+        notes.append(f"{spec.name} ({spec.model_type}) has no hand-written activation formula: its layers' "
+                     f"activations come from an autograd trace of its architecture at 1 and 2 layers, {short} and "
+                     f"{long} tokens and 1/{trace.width_divisor} of its width, scaled linearly in layers, batch "
+                     "and width and fitted linear + quadratic in sequence length (CPU kernels' saved tensors).")
     if run.step == 3:
         passes = "actor training, critic training" if run.uses_critic else "actor training (no critic)"
         notes.append(f"activations = max({passes}, experience scoring); the KV cache is only live during "
@@ -481,6 +505,8 @@ def render_report(report: MemoryReport) -> str:
     )
     offload = "offload" if run.offload else "no offload"
     lora = f"LoRA r={run.lora_dim}" if run.lora_dim else "no LoRA"
+    if run.uses_critic and run.critic_lora != run.lora_dim:
+        lora += f" (critic: {f'r={run.critic_lora}' if run.critic_lora else 'none'})"
     checkpointing = "gradient checkpointing" if run.gradient_checkpointing else "no gradient checkpointing"
     step_name = STEP_NAMES[run.step] if run.step < 3 else ALGORITHM_NAMES[run.algorithm] + (
         "" if run.uses_critic else ", critic-free")
@@ -489,11 +515,12 @@ def render_report(report: MemoryReport) -> str:
         f"  {run.dtype}, ZeRO-{run.zero_stage}, {offload}, {lora}, {checkpointing}, {run.attention} attention, "
         f"{sequences}",
         "",
-        f"  {'role':<10} {'model':<14} {'params':>8} {'trained':>8}  placement",
+        f"  {'role':<10} {'model':<14} {'params':>8} {'embed.':>8} {'trained':>8}  placement",
     ]
     for engine in estimate.engines:
         lines.append(
             f"  {engine.role:<10} {engine.spec.name:<14} {format_params(engine.total_params):>8} "
+            f"{format_params(engine.spec.embedding_params(engine.kind)):>8} "
             f"{format_params(engine.trainable_params):>8}  {_placement_label(engine, run)}"
         )
     device_column, host_column = ("per process", "host (node)") if on_cpu else ("per GPU", "host (node)")
@@ -516,18 +543,25 @@ def render_report(report: MemoryReport) -> str:
     if run.step == 3:
         lines.append(f"  counted: {counted_models(run)}")
 
-    role = "actor" if run.step == 3 else "model"
-    best, ours = report.largest_fitting, 0
-    if best is None:
-        lines.append(f"largest {model.family} {role} that fits with these settings: none of the known models")
+    role, family = ("actor" if run.step == 3 else "model"), family_key(model)
+    kind = "reward" if run.step == 2 else "lm"
+    critic = run.critic.params("reward") if run.uses_critic else 0
+    best = report.largest_fitting
+    if not family_members(family):
+        lines.append(f"largest {family} {role} that fits: no {family} sizes are known (the known sizes are OPT and "
+                     "LLaMA-2)")
+        ours = f"this run: {(model.params(kind) + critic) / 1e9:.2f}B, which {verdict}"
+    elif best is None:
+        lines.append(f"largest {family} {role} that fits with these settings: none of the known models")
+        ours = "this estimate: 0.00B"
     else:
-        best_params = best.params("reward" if run.step == 2 else "lm")
-        lines.append(f"largest {model.family} {role} that fits with these settings: {best.name} "
+        best_params = best.params(kind)
+        lines.append(f"largest {family} {role} that fits with these settings: {best.name} "
                      f"({format_params(best_params)} params)")
-        ours = best_params + (run.critic.params("reward") if run.uses_critic else 0)
+        ours = f"this estimate: {(best_params + critic) / 1e9:.2f}B"
     lines.append(
         f"DeepSpeed-Chat rule of thumb: {run.memory_gib:.4g} GB / {rule_of_thumb_divisor(run)} = "
-        f"{report.rule_of_thumb_billions:.1f}B params ({rule_of_thumb_counts(run)}); this estimate: {ours / 1e9:.2f}B"
+        f"{report.rule_of_thumb_billions:.1f}B params ({rule_of_thumb_counts(run)}); {ours}"
     )
     if run.step == 3 and not run.uses_critic:
         lines.append("  critic-free: DeepSpeed-Chat's GB / 6 budgets an actor + critic; with no critic this uses its "
@@ -547,8 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add = parser.add_argument
     add("--model", "--model_name_or_path", "--actor_model_name_or_path", dest="model", default="opt-1.3b",
-        help=f"The trained model (step 3: the actor): a directory, config.json, or a known name: "
-             f"{', '.join(KNOWN_MODELS)}.")
+        help=f"The trained model (step 3: the actor), of any Hugging Face causal-LM family: a directory, "
+             f"config.json, a hub name (only its config is read), or a known name: {', '.join(KNOWN_MODELS)}.")
     add("--critic_model", "--critic_model_name_or_path", dest="critic_model", default="opt-350m",
         help="Step 3's critic (--algorithm ppo only), and the reward model unless --reward_model_name_or_path or "
              "--reward_fn is given, as in chatrlhf ppo.")
@@ -586,6 +620,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--offload_reward_model", action="store_true", help="Step 3: reward model weights on the CPU.")
     add("--reduce_bucket_size", type=int, default=REDUCE_BUCKET_SIZE,
         help="DeepSpeed's zero_optimization.reduce_bucket_size in elements (DeepSpeed's default).")
+    add("--deepspeed_chat_table", action="store_true",
+        help="Print DeepSpeed-Chat's published step-3 runs (OPT-1.3B on one 48 GB GPU up to OPT-66B on 64 A100s) "
+             "with this estimate per GPU beside what DeepSpeed-Chat states for each, and exit (other flags unused).")
     step3 = parser.add_argument_group("step 3 algorithm and rewards (the flags of chatrlhf ppo)")
     step3.add_argument(
         "--algorithm", choices=ALGORITHMS, default="ppo",
@@ -593,14 +630,18 @@ def build_parser() -> argparse.ArgumentParser:
              "critic weights, gradients, optimizer states or activations are counted; the DeepSpeed-Chat rule of "
              "thumb is then GB / 3 for the actor instead of GB / 6 for actor + critic.")
     step3.add_argument(
+        "--critic_lora_dim", type=int, default=None,
+        help="The critic's LoRA rank, as chatrlhf ppo --critic_lora_dim (0: none); unset: --lora_dim, which then "
+             "sizes the actor's (chatrlhf ppo --actor_lora_dim).")
+    step3.add_argument(
         "--num_samples_per_prompt", type=int, default=1,
         help="Answers per prompt (grpo and rloo need 2 or more): the generation KV cache and experience "
              "scoring hold --per_device_generation_batch_size x this many sequences; training micro-batches stay "
              "--per_device_train_batch_size.")
     step3.add_argument(
         "--reward_model_name_or_path", default=None,
-        help="The frozen reward model (a directory, config.json or known name); unset: --critic_model, unless "
-             "--reward_fn is given.")
+        help="The frozen reward model (a directory, config.json, hub name or known name); unset: --critic_model, "
+             "unless --reward_fn is given.")
     step3.add_argument(
         "--reward_fn", nargs="?", const="given", default=None, metavar="SPEC",
         help="The reward comes from a Python function (SPEC as for chatrlhf ppo, not read here; may be omitted): "
@@ -609,9 +650,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ModelSpec, RunSettings]:
+def settings_from_args(args: argparse.Namespace) -> tuple[ModelSpec, RunSettings]:
     """Flags to (trained model, settings); raises ``ValueError`` (incl. ``ModelSpecError``) on bad values."""
-    args = build_parser().parse_args(argv)
     memory = args.gpu_memory_gb
     if memory is None:
         memory = host_ram_gib() if args.device == "cpu" else 80.0
@@ -619,7 +659,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelSpec, RunSettings]:
         step=args.step, device=args.device, gpus_per_node=args.gpus_per_node, num_nodes=args.num_nodes,
         memory_gib=memory, host_memory_gib=args.host_memory_gb, zero_stage=args.zero_stage,
         dtype=args.dtype or ("fp32" if args.device == "cpu" else "bf16"),
-        offload=args.offload, lora_dim=args.lora_dim, gradient_checkpointing=args.gradient_checkpointing,
+        offload=args.offload, lora_dim=args.lora_dim, critic_lora_dim=args.critic_lora_dim,
+        gradient_checkpointing=args.gradient_checkpointing,
         attention=args.attention, train_batch_size=args.train_batch_size,
         generation_batch_size=args.generation_batch_size, max_seq_len=args.max_seq_len,
         max_prompt_seq_len=args.max_prompt_seq_len, max_answer_seq_len=args.max_answer_seq_len,
@@ -633,13 +674,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelSpec, RunSettings]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
-        model, run = parse_args(argv)
-        report = build_report(model, run)
+        if args.deepspeed_chat_table:
+            from chatrlhf.applications.deepspeed_chat_table import render_table
+
+            text = render_table()
+        else:
+            text = render_report(build_report(*settings_from_args(args)))
     except (ModelSpecError, ValueError) as error:
         print(f"chatrlhf memory: error: {error}", file=sys.stderr)
         return 2
-    print(render_report(report))
+    print(text)
     return 0
 
 

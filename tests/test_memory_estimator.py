@@ -1,4 +1,5 @@
-"""``chatrlhf memory``: agreement with DeepSpeed's ZeRO estimators, sanity of the breakdown, config reading, CLI."""
+"""``chatrlhf memory``: agreement with DeepSpeed's ZeRO estimators, sanity of the breakdown, config reading, CLI,
+a family without formulas (GPT-2, Qwen2), and DeepSpeed-Chat's published runs."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 
+from chatrlhf.applications.deepspeed_chat_table import PUBLISHED_RUNS
 from chatrlhf.applications.memory_estimator import (
     BASELINE_PROCESS_BYTES,
     RunSettings,
@@ -17,13 +19,46 @@ from chatrlhf.applications.memory_estimator import (
     main,
 )
 from chatrlhf.cli import main as cli_main
-from chatrlhf.utils.activation_memory import experience_bytes, training_activation_bytes
+from chatrlhf.utils import model_specs
+from chatrlhf.utils.activation_memory import experience_bytes, traced_activations, training_activation_bytes
 from chatrlhf.utils.model.presets import preset_config
 from chatrlhf.utils.model_specs import KNOWN_MODELS, ModelSpec, ModelSpecError, load_model_spec
 from chatrlhf.utils.zero_memory import Placement
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before the agreement test imports deepspeed
 OPT_1_3B = KNOWN_MODELS["opt-1.3b"]
+# Families with no hand-written activation formula, small enough to build for real (token ids inside the vocab).
+THIRD_FAMILIES = {
+    "gpt2-small": {"model_type": "gpt2", "n_embd": 512, "n_layer": 3, "n_head": 8, "vocab_size": 1000,
+                   "n_positions": 1024, "bos_token_id": 0, "eos_token_id": 0},
+    "qwen2-small": {"model_type": "qwen2", "hidden_size": 512, "num_hidden_layers": 3, "num_attention_heads": 8,
+                    "num_key_value_heads": 2, "intermediate_size": 1376, "vocab_size": 1000,
+                    "max_position_embeddings": 1024, "tie_word_embeddings": False},
+}
+
+
+def spec_of(name: str) -> ModelSpec:
+    if name in THIRD_FAMILIES:
+        return ModelSpec.from_hf_config(THIRD_FAMILIES[name], name=name)
+    return load_model_spec(name)
+
+
+def saved_tensor_bytes(model, **inputs) -> int:
+    """What autograd keeps for backward of one forward, parameters excluded, each storage once."""
+    import torch
+
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        output = model(**inputs)
+    return sum(saved.values()) + output.logits.untyped_storage().nbytes()
 
 
 @pytest.mark.parametrize(
@@ -38,6 +73,8 @@ OPT_1_3B = KNOWN_MODELS["opt-1.3b"]
         ("llama-2-7b", 4, 2, 3, True),
         ("llama-2-70b", 8, 4, 3, False),
         ("smollm2-135m", 1, 1, 3, True),
+        ("gpt2-small", 2, 1, 2, False),
+        ("qwen2-small", 4, 1, 3, True),
     ],
 )
 def test_model_states_agree_with_deepspeed(
@@ -46,7 +83,7 @@ def test_model_states_agree_with_deepspeed(
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
-    spec = load_model_spec(name)
+    spec = spec_of(name)
     run = RunSettings(step=1, gpus_per_node=gpus_per_node, num_nodes=num_nodes, zero_stage=stage, offload=offload)
     states = estimate_memory(spec, run).model_states
     params = spec.params()
@@ -63,30 +100,36 @@ def test_model_states_agree_with_deepspeed(
     assert states.cpu == pytest.approx(cpu, rel=0.01)
 
 
-@pytest.mark.parametrize("name", ["tiny-opt", "tiny-llama", "opt-350m", "smollm2-135m"])
+@pytest.mark.parametrize("name", ["tiny-opt", "tiny-llama", "opt-350m", "smollm2-135m", "gpt2-small", "qwen2-small"])
 def test_parameter_counts_match_transformers(name: str) -> None:
+    """Counts against the classes chatrlhf trains: the causal LM and, for reward models and critics,
+    ``AutoModelForSequenceClassification`` with one label (built for real where small, else on the meta device)."""
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig, OPTConfig
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    spec = load_model_spec(name)
-    if spec.family == "opt":
-        config = OPTConfig(
-            hidden_size=spec.hidden_size, num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
-            ffn_dim=spec.ffn_dim, word_embed_proj_dim=spec.embed_dim, do_layer_norm_before=spec.final_layer_norm,
-            vocab_size=spec.vocab_size, max_position_embeddings=spec.max_positions,
-        )
-    else:
-        config = LlamaConfig(
-            hidden_size=spec.hidden_size, num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
-            num_key_value_heads=spec.kv_heads, intermediate_size=spec.ffn_dim, vocab_size=spec.vocab_size,
-            max_position_embeddings=spec.max_positions, tie_word_embeddings=spec.tie_embeddings,
-        )
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    total = sum({id(p): p.numel() for p in model.parameters()}.values())
-    largest = max(sum(p.numel() for p in module.parameters(recurse=False)) for module in model.modules())
-    assert spec.params() == total
-    assert spec.largest_layer_params() == largest
+    spec = spec_of(name)
+    config = spec.hf_config()
+    config.num_labels = 1
+    device = "meta" if spec.params() > 50_000_000 else "cpu"
+    with torch.device(device):
+        lm = AutoModelForCausalLM.from_config(config)
+        reward = AutoModelForSequenceClassification.from_config(config)
+    for kind, model in (("lm", lm), ("reward", reward)):
+        assert spec.params(kind) == sum(p.numel() for p in model.parameters())  # tied weights once
+        assert spec.largest_layer_params(kind) == max(
+            sum(p.numel() for p in module.parameters(recurse=False)) for module in model.modules())
+
+
+def test_embedding_counts_of_a_tied_and_an_untied_family() -> None:
+    gpt2, qwen2 = spec_of("gpt2-small"), spec_of("qwen2-small")
+    assert gpt2.embedding_params("lm") == gpt2.embedding_params("reward") == (1000 + 1024) * 512  # tokens, positions
+    assert qwen2.embedding_params("lm") == 2 * qwen2.embedding_params("reward") == 2 * 1000 * 512  # untied head
+    assert [linear.name for linear in qwen2.block_linears] == [
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+    assert gpt2.block_linears == ()  # GPT-2's Conv1D layers are not nn.Linear, which chatrlhf's LoRA needs
+    with pytest.raises(ValueError, match="gpt2-small has no nn.Linear in its decoder blocks"):
+        estimate_memory(gpt2, RunSettings(lora_dim=8))
 
 
 @pytest.mark.parametrize("name", ["tiny-opt", "tiny-llama"])
@@ -109,26 +152,84 @@ def test_activation_formula_matches_tensors_saved_for_backward(name: str, attent
     hf_config = AutoConfig.for_model(**config)
     hf_config._attn_implementation = attention
     model = AutoModelForCausalLM.from_config(hf_config).train()
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved: dict[int, int] = {}
-
-    def keep(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in params:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
     batch, seq = 2, 64
     ids = torch.randint(0, spec.vocab_size, (batch, seq))
-    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
-        logits = model(input_ids=ids, labels=ids).logits
-    measured = sum(saved.values()) + logits.untyped_storage().nbytes()
+    measured = saved_tensor_bytes(model, input_ids=ids, labels=ids)
     estimate = training_activation_bytes(
         spec, "lm", batch=batch, seq=seq, dtype_bytes=4, attention=attention, gradient_checkpointing=False,
         dropout_mask_bytes=4,  # CPU dropout keeps an fp32 mask
     )
     log_softmax_gradient = batch * seq * spec.vocab_size * 4  # allocated at the start of backward, not saved
     assert measured == pytest.approx(estimate.total - log_softmax_gradient, rel=0.02)
+
+
+@pytest.mark.parametrize("name", ["gpt2-small", "qwen2-small"])
+@pytest.mark.parametrize(("attention", "dtype_bytes"), [("sdpa", 4), ("eager", 4), ("sdpa", 2)])
+def test_traced_activations_match_tensors_saved_for_backward(name: str, attention: str, dtype_bytes: int) -> None:
+    """No formula: the estimate scales a trace of the model at 1-2 layers, 32 and 64 tokens and a fraction of its
+    width; here the whole model (3 layers, full width) is measured at 3 x 100 tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    spec = spec_of(name)
+    trace = traced_activations(spec, dtype_bytes, attention)
+    assert trace.width_divisor > 1 and trace.seq_lengths == (32, 64)
+    dtype = torch.float32 if dtype_bytes == 4 else torch.bfloat16
+    model = AutoModelForCausalLM.from_config(spec.hf_config(), attn_implementation=attention).to(dtype).train()
+    batch, seq = 3, 100
+    measured = saved_tensor_bytes(model, input_ids=torch.randint(0, spec.vocab_size, (batch, seq)), use_cache=False)
+    estimate = training_activation_bytes(spec, "lm", batch=batch, seq=seq, dtype_bytes=dtype_bytes,
+                                         attention=attention, gradient_checkpointing=False)
+    logits = batch * seq * spec.vocab_size * dtype_bytes  # the output; its loss is counted by formula
+    assert measured == pytest.approx(estimate.layers + logits, rel=0.01)
+
+
+def test_the_trace_keeps_full_width_when_the_narrowing_misses_a_width(monkeypatch) -> None:
+    """A width the narrowing does not know (here the FFN's) leaves the narrowed block larger than 1/k² of the real
+    one: the trace then runs at full width instead of scaling a wrong measurement."""
+    spec = spec_of("qwen2-small")
+    monkeypatch.setattr(model_specs, "FFN_FIELDS", ())
+    traced_activations.cache_clear()
+    try:
+        assert traced_activations(spec, 4, "sdpa").width_divisor == 1
+    finally:
+        traced_activations.cache_clear()
+
+
+def test_a_family_without_formulas_gets_a_full_estimate(tmp_path, capsys) -> None:
+    """Step 3 with a Qwen2 actor and a GPT-2 critic read from config.json directories: every row is sized."""
+    for name, config in THIRD_FAMILIES.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+    argv = ["--step", "3", "--model", str(tmp_path / "qwen2-small"), "--critic_model", str(tmp_path / "gpt2-small"),
+            "--num_gpus", "2", "--zero_stage", "3", "--per_device_train_batch_size", "2",
+            "--per_device_generation_batch_size", "2", "--max_prompt_seq_len", "64", "--max_answer_seq_len", "64"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "\n  actor      qwen2-small" in out and "\n  critic     gpt2-small" in out
+    for name in ("qwen2-small (qwen2)", "gpt2-small (gpt2)"):
+        assert f"{name} has no hand-written activation formula" in out
+    assert "largest qwen2 actor that fits: no qwen2 sizes are known" in out
+    run = RunSettings(step=3, critic=spec_of("gpt2-small"), gpus_per_node=2, zero_stage=3, train_batch_size=2,
+                      generation_batch_size=2, max_prompt_seq_len=64, max_answer_seq_len=64)
+    estimate = estimate_memory(spec_of("qwen2-small"), run)
+    for row in ("weights", "gradients", "optimizer states", "activations", "generation KV cache", "buffers"):
+        assert estimate.rows[row].gpu > 0, row
+    actor, critic = estimate.training_activations
+    assert actor.layers > 0 and critic.layers > 0
+
+
+def test_deepspeed_chat_runs_fit_where_deepspeed_chat_reports_them(capsys) -> None:
+    """With the settings of DeepSpeed-Chat's scripts, each run it reports a time for fits, and the one it gives
+    none for (OPT-66B on 8 A100-40G, 'NA' in its blog) does not."""
+    for published in PUBLISHED_RUNS:
+        estimate = estimate_memory(KNOWN_MODELS[published.actor], published.settings())
+        assert estimate.fits == published.claim.startswith("ran:"), published
+    assert main(["--deepspeed_chat_table"]) == 0
+    out = capsys.readouterr().out
+    assert all(published.claim in out for published in PUBLISHED_RUNS)
+    assert "\n  opt-1.3b  1 x A6000-48G" in out and "\n  opt-66b   8 nodes x 8 A100-80G " in out
+    assert "[T1] DeepSpeed-Chat README (microsoft/DeepSpeedExamples" in out
 
 
 def test_zero3_on_8_gpus_needs_less_per_gpu_than_zero0() -> None:
@@ -221,6 +322,13 @@ def test_a_reward_model_adds_exactly_its_frozen_weights() -> None:
     assert [(engine.role, engine.spec) for engine in default.engines][2:] == [("reward", run.critic)]
 
 
+def test_critic_lora_dim_sizes_the_critic_apart_from_the_actor() -> None:
+    run = RunSettings(step=3, lora_dim=128, critic_lora_dim=0)
+    actor, _, critic, _ = estimate_memory(OPT_1_3B, run).engines
+    assert actor.trainable_params == OPT_1_3B.lora_params(128)
+    assert critic.trainable_params == critic.total_params == run.critic.params("reward")
+
+
 def test_kv_cache_and_experience_scale_with_samples_per_prompt() -> None:
     run = RunSettings(step=3, algorithm="grpo", num_samples_per_prompt=4, reward_fn=True, generation_batch_size=8,
                       train_batch_size=4)
@@ -278,8 +386,11 @@ def test_reads_config_json_from_a_directory(tmp_path) -> None:
 def test_config_errors_say_what_is_wrong(tmp_path) -> None:
     with pytest.raises(ModelSpecError, match="without config.json"):
         load_model_spec(tmp_path)
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 768}))
-    with pytest.raises(ModelSpecError, match="model_type 'gpt2' is not supported"):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "no_such_family", "hidden_size": 768}))
+    with pytest.raises(ModelSpecError, match="model_type 'no_such_family' is not a transformers model type"):
+        load_model_spec(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "t5"}))
+    with pytest.raises(ModelSpecError, match="transformers builds no causal LM from this t5 config"):
         load_model_spec(tmp_path)
 
 
@@ -322,6 +433,7 @@ def test_cli_step3_and_cpu_device(capsys) -> None:
         (["--step", "3", "--num_samples_per_prompt", "0"], "--num_samples_per_prompt 0 must be 1 or more"),
         (["--algorithm", "grpo", "--num_samples_per_prompt", "4"], "--algorithm grpo applies to --step 3 only"),
         (["--reward_fn", "synthetic_tasks"], "--reward_fn applies to --step 3 only"),
+        (["--critic_lora_dim", "0"], "--critic_lora_dim applies to --step 3 only"),
         (["--step", "3", "--reward_model_name_or_path", "no/such/dir"], "unknown model 'no/such/dir'"),
         (["--step", "3", "--algorithm", "grpo", "--num_samples_per_prompt", "4", "--max_prompt_seq_len", "1024",
           "--reward_model_name_or_path", "tiny-opt"], "exceeds tiny-opt's 1024 positions"),

@@ -3,9 +3,16 @@
 Bytes per parameter follow DeepSpeed's mixed-precision optimizers: 16-bit weights and gradients, an fp32 master
 copy, fp32 gradients for the step and Adam's fp32 ``m`` and ``v``. ZeRO stage 1 partitions the fp32 optimizer
 states over the ``N`` data-parallel ranks, stage 2 also the gradients, stage 3 also the weights. Offload keeps the
-optimizer states (and with ZeRO-3 the weights) in host memory. The totals equal
-``estimate_zero2_model_states_mem_needs`` / ``estimate_zero3_model_states_mem_needs`` (see the tests); where those
-leave a real allocation out, it is counted under ``buffers`` instead.
+optimizer states (and with ZeRO-3 the weights) in host memory. The parameter counts come from the model built on
+the meta device (``model_specs``), so this holds for any family.
+
+Where DeepSpeed has an estimator (``estimate_zero2_model_states_mem_needs`` and
+``estimate_zero3_model_states_mem_needs``, which the ``*_all_cold`` functions print for every option), the totals
+equal its figures (the tests compare them at ZeRO-2 and -3, with and without offload, for OPT, LLaMA and a family
+without activation formulas). The formulas stay here because DeepSpeed's give one total per device and one per
+host, while the report splits weights, gradients and optimizer states; and because they also cover what DeepSpeed's
+do not: fp32 training (no 16-bit copy), ZeRO-0 and -1, LoRA (a fraction of the weights trained), frozen engines
+(no optimizer), and allocations DeepSpeed's leave out (counted under ``buffers``).
 
 GPU figures are per device (per rank); CPU figures are per node (``gpus_per_node`` ranks share the host).
 """
@@ -103,6 +110,9 @@ def trained_engine(
     optimizer states. ZeRO-1/2 clone an fp32 master partition even in fp32; ZeRO-0 and ZeRO-3 in fp32 update
     the weights in place.
     """
+    if lora_dim and not spec.block_linears:
+        raise ValueError(f"--lora_dim: {spec.name} has no nn.Linear in its decoder blocks, and chatrlhf's LoRA wraps "
+                         "nn.Linear layers only")
     total = spec.params(kind) + spec.lora_params(lora_dim)
     trainable = total
     if lora_dim:
