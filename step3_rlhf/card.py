@@ -76,7 +76,7 @@ def role_cards(run: PPORun, iterations: int, history: list[dict], held_out: dict
                data_info: dict) -> dict[str, ModelCard]:
     """The card of each saved folder (``actor``, ``actor_ema``, ``critic``) by folder name."""
     out = run.loop.output_dir
-    unsupervised = run.unsupervised[0] if run.unsupervised[0] and run.ppo.unsup_coef > 0 else None
+    unsupervised = run.unsupervised.name if run.unsupervised.name and run.ppo.unsup_coef > 0 else None
     actor_results = eval_results([held_out.get("start") or {}, held_out.get("end") or {}], HELD_OUT)
     actor_results += last_values(history, ACTOR_LAST, LAST)
 

@@ -153,3 +153,11 @@ class IterationSettings:
     print_answers_interval: int = 1
     enable_test_mode: bool = False
     test_stop_step: int = 0
+
+
+@dataclass(frozen=True)
+class UnsupervisedData:
+    """DeepSpeed-Chat's pretraining-loss data (``--unsupervised_dataset_name``), weighted by ``--unsup_coef``."""
+
+    name: str | None = None
+    config_name: str | None = None

@@ -9,7 +9,14 @@ from dataclasses import dataclass, replace
 import torch
 
 from chatrlhf.step3_rlhf.card import role_cards
-from chatrlhf.step3_rlhf.config import AlgorithmConfig, GenerationConfig, IterationSettings, PPOConfig, RewardConfig
+from chatrlhf.step3_rlhf.config import (
+    AlgorithmConfig,
+    GenerationConfig,
+    IterationSettings,
+    PPOConfig,
+    RewardConfig,
+    UnsupervisedData,
+)
 from chatrlhf.step3_rlhf.engines import build_engines, hybrid_engine_config
 from chatrlhf.step3_rlhf.reward_functions import RewardFunction, absolute_spec
 from chatrlhf.step3_rlhf.roles import FrozenRole, TrainedRole
@@ -49,13 +56,15 @@ class PPORun:
     ppo: PPOConfig
     loop: LoopSettings
     iteration: IterationSettings
-    tensorboard: tuple[bool, str]
     rewards: RewardConfig
     algorithm: AlgorithmConfig = AlgorithmConfig()
     reward_fn: RewardFunction | None = None
-    unsupervised: tuple[str | None, str | None] = (None, None)
+    unsupervised: UnsupervisedData = UnsupervisedData()
     eval_prompts: int = 64
-    eot: tuple[bool, str] = (False, "<|endoftext|>")
+    enable_tensorboard: bool = False
+    tensorboard_path: str = "step3_tensorboard"
+    add_eot_token: bool = False
+    eot_token: str = "<|endoftext|>"
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, given: frozenset[str] = frozenset()) -> PPORun:
@@ -147,12 +156,14 @@ class PPORun:
                 gradient_accumulation_steps=args.gradient_accumulation_steps, enable_ema=args.enable_ema,
                 print_answers=args.print_answers, print_answers_interval=args.print_answers_interval,
                 enable_test_mode=args.enable_test_mode, test_stop_step=args.test_stop_step),
-            tensorboard=(args.enable_tensorboard, args.tensorboard_path),
+            enable_tensorboard=args.enable_tensorboard,
+            tensorboard_path=args.tensorboard_path,
             rewards=rewards,
             algorithm=algorithm,
-            unsupervised=(args.unsupervised_dataset_name, args.unsupervised_dataset_config_name),
+            unsupervised=UnsupervisedData(args.unsupervised_dataset_name, args.unsupervised_dataset_config_name),
             eval_prompts=args.eval_prompts,
-            eot=(args.add_eot_token, args.eot_token),
+            add_eot_token=args.add_eot_token,
+            eot_token=args.eot_token,
         )
         run.validate(args)
         if rewards.fn_spec is not None:
@@ -200,7 +211,8 @@ class PPORun:
         """What every model loads with; each role sets its own dropout and dtype over it."""
         from chatrlhf.utils.model.loading import ModelOptions
 
-        return ModelOptions(dtype=self.actor.dtype, add_eot_token=self.eot[0], eot_token=self.eot[1])
+        return ModelOptions(dtype=self.actor.dtype, add_eot_token=self.add_eot_token,
+                            eot_token=self.eot_token)
 
     def run(self, record: dict | None = None) -> dict:
         """Train and save; ``record`` (``config_file.run_record``) is saved in the output folder as the flags."""
@@ -249,7 +261,7 @@ class PPORun:
         stats = load_reward_stats(reward_path) if reward_path is not None else None
         if self.ppo.normalize_reward and stats is None:
             print_rank0(f"--normalize_reward: {reward_path} has no reward_stats.json; rewards stay unnormalised")
-        logger = MetricsLogger(self.tensorboard[0], self.tensorboard[1], "step3_ppo")
+        logger = MetricsLogger(self.enable_tensorboard, self.tensorboard_path, "step3_ppo")
         trainer = PPOTrainer(
             engines, tokenizer, self.generation, self.ppo, self.iteration, self.loop, logger,
             rewards=self.rewards, reward_fn=self.reward_fn, algorithm=self.algorithm,
@@ -292,7 +304,7 @@ class PPORun:
         return summary
 
     def _unsupervised(self, tokenizer):
-        name, config_name = self.unsupervised
+        name, config_name = self.unsupervised.name, self.unsupervised.config_name
         if not name or self.ppo.unsup_coef <= 0:
             return None
         from chatrlhf.step3_rlhf.unsupervised import CycledBatches, load_texts, text_blocks

@@ -208,8 +208,8 @@ TABLE: dict[str, list[Row]] = {
     ],
     "ppo": [
         *data_rows(sft_only=False),
-        R("--unsupervised_dataset_name", "{tmp}/unsup.txt", at("unsupervised")),  # step3_rlhf/unsupervised.py
-        R("--unsupervised_dataset_config_name", "cfg", at("unsupervised")),
+        R("--unsupervised_dataset_name", "{tmp}/unsup.txt", at("unsupervised.name")),  # step3_rlhf/unsupervised.py
+        R("--unsupervised_dataset_config_name", "cfg", at("unsupervised.config_name")),
         R("--unsup_coef", "1.0", at("ppo.unsup_coef")),
         R("--actor_model_name_or_path", "tiny-llama", at("actor.path")),
         R("--critic_model_name_or_path", "tiny-llama", at("critic.path")),
@@ -263,10 +263,10 @@ TABLE: dict[str, list[Row]] = {
           ds("zero_optimization.zero_quantized_nontrainable_weights", "actor"),
           "--actor_lora_dim", "4", "--actor_zero_stage", "3"),
         R("--compute_fp32_loss", None, at("actor.engine.compute_fp32_loss")),
-        R("--enable_tensorboard", None, at("tensorboard")),  # MetricsLogger in step3_rlhf/run.py
-        R("--tensorboard_path", "{tmp}/tb", at("tensorboard")),
-        R("--add_eot_token", None, at("eot")),  # PPORun._model_options
-        R("--eot_token", "<|eot|>", at("eot"), "--add_eot_token"),
+        R("--enable_tensorboard", None, at("enable_tensorboard")),  # MetricsLogger in step3_rlhf/run.py
+        R("--tensorboard_path", "{tmp}/tb", at("tensorboard_path")),
+        R("--add_eot_token", None, at("add_eot_token")),  # PPORun._model_options
+        R("--eot_token", "<|eot|>", at("eot_token"), "--add_eot_token"),
         inert("--align_overflow"),
         R("--print_answers", None, at("iteration.print_answers")),  # step3_rlhf/run.py
         R("--print_answers_interval", "2", at("iteration.print_answers_interval")),
