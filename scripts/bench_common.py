@@ -89,9 +89,12 @@ def require_trl(version: str) -> None:
                          f"pip install trl=={version}")
 
 
-def child_env(threads: int) -> dict[str, str]:
-    """Environment of every measured process: offline, CPU, the same thread count for both sides."""
+def child_env(threads: int, pythonpath: str | None = None) -> dict[str, str]:
+    """Environment of every measured process: offline, CPU, the same thread count for both sides;
+    ``pythonpath`` first on the import path (another checkout of chatrlhf, for a before/after comparison)."""
     env = dict(os.environ)
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (pythonpath, env.get("PYTHONPATH"))))
     env.update(
         OMP_NUM_THREADS=str(threads),
         MKL_NUM_THREADS=str(threads),
@@ -108,10 +111,11 @@ def _tail(proc: subprocess.CompletedProcess, chars: int = 4000) -> str:
     return (proc.stdout[-chars // 2 :] + "\n" + proc.stderr[-chars:]).strip()
 
 
-def run_json(cmd: Sequence[str], threads: int, cwd: Path, label: str) -> dict:
+def run_json(cmd: Sequence[str], threads: int, cwd: Path, label: str, pythonpath: str | None = None) -> dict:
     """Run one measurement in a fresh process and return the JSON result it prints last."""
     print(f"[{label}] $ {shlex.join(cmd)}", flush=True)
-    proc = subprocess.run(list(cmd), env=child_env(threads), cwd=cwd, check=False, capture_output=True, text=True)
+    proc = subprocess.run(list(cmd), env=child_env(threads, pythonpath), cwd=cwd, check=False, capture_output=True,
+                          text=True)
     if proc.returncode != 0:
         raise BenchError(f"{label} failed (exit {proc.returncode}); end of its output:\n{_tail(proc)}")
     for line in reversed(proc.stdout.splitlines()):
@@ -190,14 +194,15 @@ def timed_window(metrics_file: Path, warmup: int, steps: int) -> dict:
             "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
 
 
-def run_step3(flags: Sequence[str], args: argparse.Namespace, out: Path, label: str, rows: int) -> dict:
+def run_step3(flags: Sequence[str], args: argparse.Namespace, out: Path, label: str, rows: int,
+              pythonpath: str | None = None) -> dict:
     """One step-3 run through the wrapper: its timed window's wall clock, phase split and answers.
 
     ``rows`` answers a rollout; wall clock from the wrapper's iteration-end clocks, the phase split from
     step 3's ``metrics.json``.
     """
     last = args.warmup + args.steps
-    wrapper = run_json(ours_command(PPO_MODULE, flags), args.threads, out, label)
+    wrapper = run_json(ours_command(PPO_MODULE, flags), args.threads, out, label, pythonpath)
     history = {h["step"]: h for h in json.loads((out / "model" / "metrics.json").read_text())["history"]}
     clocks = wrapper["iteration_end_clock"]
     timed = [history.get(s) for s in range(args.warmup + 1, last + 1)]
@@ -296,3 +301,12 @@ if __name__ == "__main__":
     if len(sys.argv) < 2:
         raise SystemExit(f"usage: python {sys.argv[0]} MODULE [our main's flags ...]")
     sys.exit(wrap_main(sys.argv[1], sys.argv[2:]))
+
+
+def checkout_import_path(repo: Path, parent: Path) -> str:
+    """A folder under ``parent`` from which ``import chatrlhf`` loads the checkout at ``repo`` (the repository
+    root is the package), for measuring another commit beside this one."""
+    if not (repo / "step3_rlhf" / "main.py").is_file():
+        raise BenchError(f"{repo} is not a chatrlhf checkout (no step3_rlhf/main.py)")
+    (parent / "chatrlhf").symlink_to(repo.resolve(), target_is_directory=True)
+    return str(parent)

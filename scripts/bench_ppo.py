@@ -9,6 +9,11 @@ training, each measurement a fresh process, repeats interleaved.
 
 Usage:
   python scripts/bench_ppo.py [--repeats N] [--warmup 1 --steps 4] [--threads 2] [--json out.json]
+  python scripts/bench_ppo.py --baseline_repo /path/to/other/checkout [--no_trl] ...
+
+``--baseline_repo`` also measures another checkout of chatrlhf (e.g. the commit before a change), interleaved
+with this one, so a change's effect on speed is measured in one session rather than across hours whose
+machine speed differs.
 """
 from __future__ import annotations
 
@@ -29,7 +34,8 @@ VENV_INSTALLS = (["torch==2.13.0"], [f"trl=={TRL_VERSION}", "transformers", "dat
 BATCH = 8
 ANSWER_LEN = 64
 PHASES = ("generation_s", "rollout_scoring_s", "training_s", "other_s")
-SYSTEMS = {"trl": "TRL 1.12 PPOTrainer (experimental)", "ours": "chatrlhf step 3"}
+SYSTEMS = {"trl": "TRL 1.12 PPOTrainer (experimental)", "ours": "chatrlhf step 3",
+           "baseline": "chatrlhf step 3, --baseline_repo"}
 # Our data layer holds 10% of the 64 prompts out as eval (58 train): 7 full rollouts of 8 in one epoch.
 MAX_ITERATIONS = 7
 
@@ -93,10 +99,10 @@ def our_flags(out: Path, iterations: int) -> list[str]:
     ]
 
 
-def run_ours(args: argparse.Namespace, label: str) -> dict:
+def run_ours(args: argparse.Namespace, label: str, pythonpath: str | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="chatrlhf-bench-") as tmp:
         out = Path(tmp)
-        timing = bc.run_step3(our_flags(out, args.warmup + args.steps), args, out, label, BATCH)
+        timing = bc.run_step3(our_flags(out, args.warmup + args.steps), args, out, label, BATCH, pythonpath)
     episodes = BATCH * args.steps
     return {
         "system": "chatrlhf step 3",
@@ -109,10 +115,15 @@ def run_ours(args: argparse.Namespace, label: str) -> dict:
 def measure(args: argparse.Namespace) -> dict:
     bc.bench_script("bench_trl_ppo.py")
     bc.ensure_workload()
-    python = ensure_venv()
     print(f"{args.warmup} warm-up + {args.steps} timed PPO iterations of {BATCH} prompts x {ANSWER_LEN} new tokens, "
           f"{args.threads} threads, {args.repeats} repeat(s)")
-    systems = {"trl": lambda label: run_trl(python, args, label), "ours": lambda label: run_ours(args, label)}
+    systems = {"ours": lambda label: run_ours(args, label)}
+    if not args.no_trl:
+        python = ensure_venv()
+        systems["trl"] = lambda label: run_trl(python, args, label)
+    if args.baseline_repo:
+        baseline_path = bc.checkout_import_path(args.baseline_repo, Path(tempfile.mkdtemp(prefix="chatrlhf-base-")))
+        systems["baseline"] = lambda label: run_ours(args, label, baseline_path)
     runs = bc.interleave(
         systems, args.repeats,
         lambda r: (f"{r['episodes_per_s']} episodes/s  gen {r['generation_s']} s  score {r['rollout_scoring_s']} s  "
@@ -120,9 +131,12 @@ def measure(args: argparse.Namespace) -> dict:
     )
     keys = ("episodes_per_s", *PHASES, "seconds", "peak_rss_mib", "generated_tokens_per_s_in_generation")
     summary = bc.summarize(runs, keys)
-    ratios = {key: bc.ratio(summary["ours"][key], summary["trl"][key]) for key in ("episodes_per_s", *PHASES)}
+    ratios = {other: {key: bc.ratio(summary["ours"][key], summary[other][key]) for key in ("episodes_per_s", *PHASES)}
+              for other in ("trl", "baseline") if other in summary}
     return {"benchmark": "ppo", "warmup": args.warmup, "steps": args.steps, "threads": args.threads,
-            "repeats": args.repeats, "trl_venv": str(VENV), "summary": summary, "ratios_ours_over_trl": ratios,
+            "repeats": args.repeats, "trl_venv": None if args.no_trl else str(VENV),
+            "baseline_repo": str(args.baseline_repo) if args.baseline_repo else None, "summary": summary,
+            "ratios_ours_over_trl": ratios.get("trl"), "ratios_ours_over_baseline": ratios.get("baseline"),
             "runs": runs}
 
 
@@ -133,6 +147,11 @@ def report(result: dict) -> None:
              s["generated_tokens_per_s_in_generation"]] for k, s in summary.items()]
     bc.print_table(["system", "episodes/s", "generation s", "rollout scoring s", "training s", "other s", "wall s",
                     "peak RSS MiB", "new tokens/s in generation"], rows)
+    if result.get("ratios_ours_over_baseline"):
+        print(f"\nours / baseline ({result['baseline_repo']}), episodes/s: "
+              f"{result['ratios_ours_over_baseline']['episodes_per_s']}")
+    if "trl" not in summary:
+        return
     ours, trl = summary["ours"], summary["trl"]
     print(f"\nours / TRL, episodes/s: {result['ratios_ours_over_trl']['episodes_per_s']}")
     print("where our time goes, per iteration (share of our wall clock; TRL's seconds alongside):")
@@ -147,6 +166,9 @@ def report(result: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     bc.add_common_args(parser, warmup=1, steps=4)
+    parser.add_argument("--baseline_repo", type=Path, default=None,
+                        help="another checkout of chatrlhf to measure beside this one, interleaved")
+    parser.add_argument("--no_trl", action="store_true", help="skip TRL's side (e.g. for a before/after comparison)")
     args = parser.parse_args()
     bc.check_counts(args)
     if args.warmup + args.steps > MAX_ITERATIONS:
