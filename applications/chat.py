@@ -245,8 +245,10 @@ def write_stdout(text: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from chatrlhf.training.metrics_log import quiet_library_bars
     from chatrlhf.utils.model.inference import load_for_inference
 
+    quiet_library_bars()
     if args.seed is not None:
         set_seed(args.seed)
     if sys.stdin.isatty():

@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         novel_words=args.novel_words,
         sampled=args.sampled,
     )
+    from chatrlhf.training.metrics_log import quiet_library_bars
+
+    quiet_library_bars()
     try:
         comparison = compare_models(settings)
     except (OSError, ValueError) as exc:
