@@ -1,8 +1,9 @@
 """``chatrlhf compare MODEL_A MODEL_B …``: any models on the same prompts, answers side by side.
 
-The prompts come from ``--prompts_file`` (plain lines, or MT-Bench/Vicuna ``.jsonl`` questions), from
-``--synthetic N`` held-out ``synthetic/tasks`` prompts (then each model's checker accuracy is given, overall
-and per task), or are built in. ``--reward_model`` adds each model's mean reward. The same comparison ends
+The prompts come from ``--prompts_file`` (plain lines, or ``.jsonl`` lines with a whole ``prompt`` or
+MT-Bench/Vicuna ``turns``), from ``--synthetic N`` held-out ``synthetic/tasks`` prompts (then each model's
+checker accuracy is given, overall and per task), or are built in. ``--reward_model`` adds each model's mean
+reward and each later model's win rate over the first. The same comparison ends
 the end-to-end report; here it runs on its own, e.g. on checkpoints of different runs.
 """
 from __future__ import annotations
@@ -31,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--labels", nargs="+", default=None, help="One label per model (default: the paths).")
     prompts = parser.add_mutually_exclusive_group()
     prompts.add_argument("--prompts_file", default=None,
-                         help="Plain lines, or MT-Bench/Vicuna .jsonl questions (unset: built-in prompts).")
+                         help="Plain lines, or .jsonl lines with a whole 'prompt' (e.g. a multi-turn dialogue) or "
+                              "MT-Bench/Vicuna 'turns' (unset: built-in prompts).")
     prompts.add_argument("--synthetic", type=int, default=0,
                          help="Use N held-out synthetic/tasks prompts and report checker accuracy (0: off).")
     parser.add_argument("--novel_words", action="store_true",
@@ -41,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(0: none).")
     parser.add_argument("--prompt_template", default="hh", choices=["hh", "alpaca", "chatml"],
                         help="How a --prompts_file question becomes a prompt.")
-    parser.add_argument("--reward_model", default=None, help="A step-2 output directory: adds mean reward per model.")
+    parser.add_argument("--reward_model", default=None,
+                        help="A step-2 output directory: adds each model's mean reward, and each later model's "
+                             "share of prompts where it scores above the first model (ties half).")
     parser.add_argument("--output_file", default=None, help="Also write the comparison as markdown here.")
     parser.add_argument("--examples", type=int, default=5, help="How many prompts to show answers for.")
     parser.add_argument("--data_path", nargs="*", default=["synthetic/tasks"],

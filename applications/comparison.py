@@ -26,7 +26,8 @@ BUILT_IN_PROMPTS = (
 
 
 def read_prompts(path: str, template: str) -> list[str]:
-    """Plain lines, or JSON lines with ``turns`` (MT-Bench, Vicuna bench) whose first turn is the prompt."""
+    """Plain lines, or JSON lines: with ``prompt`` (a whole prompt, e.g. a multi-turn HH-RLHF dialogue up to its
+    last ``Assistant:``), or with ``turns`` (MT-Bench, Vicuna bench), whose first turn is the prompt."""
     prompts: list[str] = []
     try:
         with open(path, encoding="utf-8") as handle:
@@ -36,10 +37,12 @@ def read_prompts(path: str, template: str) -> list[str]:
                     continue
                 if line.startswith("{"):
                     try:
-                        question = json.loads(line)["turns"][0]
+                        record = json.loads(line)
+                        question = record["prompt"] if "prompt" in record else record["turns"][0]
                     except (json.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
                         where = f"{path}:{number}"
-                        raise DataError(f"expected a JSON object with 'turns' ({exc})", where=where) from exc
+                        raise DataError(f"expected a JSON object with 'prompt' or 'turns' ({exc})",
+                                        where=where) from exc
                 else:
                     question = line
                 prompts.append(apply_prompt_template(question, template))
@@ -92,6 +95,8 @@ class Comparison:
     accuracy: dict[str, dict[str, float]] = field(default_factory=dict)
     pass_at_1: dict[str, dict[str, float]] = field(default_factory=dict)
     mean_reward: dict[str, float] = field(default_factory=dict)
+    # Each later model's share of prompts whose answer the reward model scores above the first model's (ties half).
+    win_rate: dict[str, float] = field(default_factory=dict)
     examples: int = 5
 
     def summary_rows(self) -> list[tuple[str, str, str, str]]:
@@ -104,6 +109,11 @@ class Comparison:
                          "-" if reward is None else f"{reward:.3f}"))
         return rows
 
+    def _win_lines(self) -> list[str]:
+        first = next(iter(self.answers))
+        return [f"{label} wins over {first} on {rate:.1%} of {len(self.prompts)} prompts (reward model; ties count "
+                "half)" for label, rate in self.win_rate.items()]
+
     def console(self) -> str:
         lines = []
         for index, prompt in enumerate(self.prompts[: max(self.examples, 1)]):
@@ -113,6 +123,7 @@ class Comparison:
         for label, acc, sampled, reward in self.summary_rows():
             pass_at_1 = f", sampled pass@1 {sampled}" if self.pass_at_1 else ""
             lines.append(f"{label}: checker accuracy {acc}{pass_at_1}, mean reward {reward}")
+        lines += self._win_lines()
         for label, per_task in self.accuracy.items():
             tasks = ", ".join(f"{t} {v:.0%}" for t, v in per_task.items() if t != "overall")
             lines.append(f"  {label} per task: {tasks}")
@@ -128,6 +139,8 @@ class Comparison:
         else:
             lines = ["| model | checker accuracy | mean reward |", "| --- | --- | --- |"]
             lines += [f"| {label} | {acc} | {reward} |" for label, acc, _, reward in rows]
+        if self.win_rate:
+            lines += ["", *self._win_lines()]
         for title, table in (("greedy", self.accuracy), ("sampled pass@1", self.pass_at_1)):
             if not table:
                 continue
@@ -140,6 +153,12 @@ class Comparison:
             cells = [_cell(prompt)] + [_cell(self.answers[label][index]) for label in labels]
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
+
+
+def win_rate(scores: list[float], baseline: list[float]) -> float:
+    """The share of prompts where ``scores`` beats ``baseline``, a tie counting half."""
+    points = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores, baseline, strict=True)]
+    return sum(points) / max(len(points), 1)
 
 
 def _cell(text: str) -> str:
@@ -173,9 +192,11 @@ def compare_models(settings: ComparisonSettings) -> Comparison:
         from chatrlhf.step2_reward.scoring import RewardScorer
 
         scorer = RewardScorer.load(settings.reward_model, settings.data)
-        for label, answers in comparison.answers.items():
-            scores = scorer.score(prompts, answers)
-            comparison.mean_reward[label] = sum(scores) / max(len(scores), 1)
+        scores = {label: scorer.score(prompts, answers) for label, answers in comparison.answers.items()}
+        first, *later = scores
+        for label, values in scores.items():
+            comparison.mean_reward[label] = sum(values) / max(len(values), 1)
+        comparison.win_rate = {label: win_rate(scores[label], scores[first]) for label in later}
     return comparison
 
 

@@ -8,6 +8,7 @@ optimizer steps each, two PPO iterations) then feeds the tests of the pre-step-3
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -235,13 +236,18 @@ def test_compare_two_tiny_models_with_checker_and_reward(e2e_run, tmp_path, caps
     rows = [line for line in markdown.splitlines() if line.startswith(("| sft |", "| ppo |"))]
     assert len(rows) == 4  # the summary and the per-task tables
     assert all(cell.strip() != "-" for row in rows[:2] for cell in row.split("|")[1:-1])
-    assert "checker accuracy" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "checker accuracy" in printed
+    assert re.search(r"ppo wins over sft on \d+\.\d% of 10 prompts", printed) and "ppo wins over sft" in markdown
 
     questions = tmp_path / "questions.jsonl"
-    questions.write_text(json.dumps({"question_id": 1, "turns": ["What is 2 plus 3?"]}) + "\n")
+    dialogue = "\n\nHuman: Hi\n\nAssistant: Hello.\n\nHuman: What is 4 plus 4?\n\nAssistant:"
+    questions.write_text(json.dumps({"question_id": 1, "turns": ["What is 2 plus 3?"]}) + "\n"
+                         + json.dumps({"prompt": dialogue}) + "\n")
     assert cli(["compare", str(actor), str(ppo), "--prompts_file", str(questions), "--max_new_tokens", "8"]) == 0
     printed = capsys.readouterr().out
     assert f"[{actor}]" in printed and f"[{ppo}]" in printed and "What is 2 plus 3?" in printed
+    assert "What is 4 plus 4?" in printed and printed.count("Human:") >= 3  # the dialogue is kept whole
 
 
 @pytest.fixture

@@ -88,6 +88,9 @@ def test_prompts_file_formats(tmp_path):
     bench = tmp_path / "q.jsonl"
     bench.write_text(json.dumps({"question_id": 1, "turns": ["Write a haiku.", "Again."]}) + "\n")
     assert read_prompts(str(bench), "hh") == ["\n\nHuman: Write a haiku.\n\nAssistant:"]
+    dialogue = "\n\nHuman: Hi\n\nAssistant: Hello.\n\nHuman: And you?\n\nAssistant:"
+    bench.write_text(json.dumps({"prompt": dialogue}) + "\n" + json.dumps({"prompt": "Bare question"}) + "\n")
+    assert read_prompts(str(bench), "hh") == [dialogue, "\n\nHuman: Bare question\n\nAssistant:"]
     bench.write_text('{"question_id": 1}\n')
     with pytest.raises(DataError, match="q.jsonl:1"):
         read_prompts(str(bench), "hh")
