@@ -89,13 +89,20 @@ class DPOTask:
         by_pair = pair_metrics(ScoredPairs(columns["chosen"], columns["rejected"], columns["task"],
                                            columns["mistake"]))
         metrics = {"loss": _mean(columns["loss"]), "chosen_logp": _mean(columns["chosen_logp"]),
-                   "rejected_logp": _mean(columns["rejected_logp"])}
+                   "rejected_logp": _mean(columns["rejected_logp"]),
+                   "logp_accuracy": logp_accuracy(columns["chosen_logp"], columns["rejected_logp"])}
         metrics.update({REWARD_NAMES[key]: value for key, value in by_pair.items() if key in REWARD_NAMES})
         metrics.update({key: value for key, value in by_pair.items() if key.startswith("acc_")})
         return metrics
 
     def count_tokens(self, batch: dict) -> tuple[int, int]:
         return int(batch["attention_mask"].sum()), int(batch["input_ids"].shape[0])
+
+
+def logp_accuracy(chosen: list[float], rejected: list[float]) -> float:
+    """The share of pairs whose chosen answer the policy finds likelier than the rejected one (ties count half):
+    the policy's own ranking, which before training is the SFT model's, where the implicit reward is 0 for all."""
+    return _mean([1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected, strict=True)])
 
 
 def _mean(values: list[float]) -> float:

@@ -301,6 +301,7 @@ def test_dpo_run_saves_a_causal_lm_and_preference_metrics(dpo_dir, sft_model, to
     for key in ("chosen_logp", "rejected_logp", "chosen_reward", "rejected_reward", "reward_accuracy", "reward_margin"):
         assert key in metrics["history"][-1], key
     assert metrics["evals"][0]["reward_accuracy"] == 0.0  # policy = reference: every reward is 0
+    assert 0.0 <= metrics["evals"][0]["logp_accuracy"] <= 1.0  # the SFT model's own ranking of the pairs
     assert os.listdir(dpo_dir / "tb" / "step2_model")
     card = (dpo_dir / "README.md").read_text()
     for text in ('- "dpo"', "`sigmoid` preference loss", "| reward accuracy | 0 | ", "| reward margin | "):
@@ -364,3 +365,9 @@ def test_e2e_dpo_needs_the_step1_model(tmp_path, capsys):
     error = capsys.readouterr().err
     assert f"DPO starts from the step-1 actor in {out / 'actor-models' / 'tiny-opt'}" in error
     assert "Run step 1 first: chatrlhf e2e --step 1 --actor-model tiny-opt --step2-method dpo" in error
+
+
+def test_logp_accuracy_counts_ties_half():
+    from chatrlhf.step2_dpo.dpo_task import logp_accuracy
+
+    assert logp_accuracy([-1.0, -2.0, -3.0, -4.0], [-2.0, -1.0, -3.0, -5.0]) == (1 + 0 + 0.5 + 1) / 4
