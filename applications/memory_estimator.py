@@ -323,6 +323,32 @@ def estimate_memory(model: ModelSpec, run: RunSettings) -> MemoryEstimate:
     return MemoryEstimate(model=model, run=run, engines=engines, rows=rows, training_activations=training)
 
 
+def deepspeed_model_states(estimate: MemoryEstimate) -> Placement | None:
+    """DeepSpeed's own ``estimate_zero{2,3}_model_states_mem_needs`` for this run, called here so the report
+    shows DeepSpeed's figure beside ours. ``None`` where they do not apply: they size one fully trained model in
+    16-bit precision at ZeRO-2 or 3, so not ZeRO-0/1, fp32, LoRA, or step 3's several engines."""
+    run = estimate.run
+    (engine, *others) = estimate.engines
+    if others or run.zero_stage not in (2, 3) or run.dtype_bytes != 2 or engine.trainable_params != engine.total_params:
+        return None
+    if run.zero_stage == 2:
+        from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+        cpu, gpu = estimate_zero2_model_states_mem_needs(
+            engine.total_params, num_gpus_per_node=run.gpus_per_node, num_nodes=run.num_nodes,
+            cpu_offload=run.offload, additional_buffer_factor=run.cpu_buffer_factor,
+        )
+    else:
+        from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+
+        cpu, gpu, _ = estimate_zero3_model_states_mem_needs(
+            engine.total_params, engine.largest_layer_params, num_gpus_per_node=run.gpus_per_node,
+            num_nodes=run.num_nodes, cpu_offload=run.offload, cpu_offload_params=run.offload, zero_init=True,
+            additional_buffer_factor=run.cpu_buffer_factor,
+        )
+    return Placement(gpu=int(gpu), cpu=int(cpu))
+
+
 def cpu_process_bytes(model: ModelSpec | Mapping[str, Any] | str | os.PathLike[str], run: RunSettings) -> int:
     """Peak bytes of one training process running on the CPU (compare with ``ru_maxrss``).
 
@@ -532,6 +558,10 @@ def render_report(report: MemoryReport) -> str:
     states = estimate.model_states
     label = "(model states, as DeepSpeed)"
     lines.append(f"  {label:<26} {format_bytes(states.gpu):>12} {format_bytes(states.cpu):>12}")
+    deepspeed_states = deepspeed_model_states(estimate)
+    if deepspeed_states is not None:
+        label = f"(DeepSpeed's zero{run.zero_stage} est.)"
+        lines.append(f"  {label:<26} {format_bytes(deepspeed_states.gpu):>12} {format_bytes(deepspeed_states.cpu):>12}")
     lines.append("")
 
     verdict = "fits" if estimate.fits else "does not fit"

@@ -5,7 +5,9 @@
 # three answers before and after side by side with `chatrlhf compare`.
 #
 # Usage: bash scripts/walkthrough_smollm2.sh [OUT] [DATA]
-#   OUT   where every step writes (default ./walkthrough-output); use a fresh folder for a fresh run
+#   OUT   where every step writes (default ./walkthrough-output). A step whose folder in OUT already holds
+#         its metrics.json finished earlier and is kept, so rerunning after an interruption continues
+#         from the first unfinished step; use a fresh folder for a fresh run.
 #   DATA  the HH-RLHF pair file (default ../shared/data/hh_rlhf_harmless.jsonl.gz, relative to the repo root)
 # Needs the smollm2 extra (see the README's quick start) and `chatrlhf` on PATH (or CHATRLHF=...).
 #
@@ -42,12 +44,18 @@ seed=1234
 # checks this) and every step's held-out set is its own share's eval part.
 common=(--data_path "$data" --data_split 2,4,4 --seed "$seed")
 timings="$out/timings.tsv"
-: >"$timings"
+touch "$timings"
 
-# timed NAME COMMAND...: run it with its output to OUT/NAME.log and the terminal, record its wall time.
+# timed NAME DONE COMMAND...: run it with its output to OUT/NAME.log and the terminal, record its wall time.
+# If the file DONE exists the step finished in an earlier run: it is kept with its recorded time.
 timed() {
-  local name="$1"
-  shift
+  local name="$1" done="$2"
+  shift 2
+  if [ -f "$done" ] && grep -q "^$name"$'\t' "$timings"; then
+    echo "== $name: kept from an earlier run ($done exists)"
+    return
+  fi
+  sed -i "/^$name\t/d" "$timings"
   echo "== $name: $*"
   local start end
   start=$(date +%s)
@@ -60,7 +68,7 @@ timed() {
 # Step 1: SFT of SmolLM2 on the chosen answers of step 1's share. The transcripts already carry the HH
 # format (Human:/Assistant:), which the model learns here; it was instruction-tuned on ChatML. A small
 # learning rate, as the model is pretrained; 256 tokens keeps ~88% of the dialogues whole.
-timed step1_sft "$chatrlhf" sft "${common[@]}" \
+timed step1_sft "$out/step1/metrics.json" "$chatrlhf" sft "${common[@]}" \
   --model_name_or_path smollm2-135m \
   --max_seq_len 256 --group_by_length \
   --per_device_train_batch_size 8 --per_device_eval_batch_size 8 \
@@ -73,7 +81,7 @@ timed step1_sft "$chatrlhf" sft "${common[@]}" \
 # short trial (both near chance after 240 pairs; RM_FROM=base for DeepSpeed-Chat's choice).
 # DeepSpeed-Chat's OPT-350M recipe: learning rate 5e-5, weight decay 0.1.
 if [ "$rm_from" = base ]; then rm_init=smollm2-135m; else rm_init="$out/step1"; fi
-timed step2_reward "$chatrlhf" reward "${common[@]}" \
+timed step2_reward "$out/step2/metrics.json" "$chatrlhf" reward "${common[@]}" \
   --model_name_or_path "$rm_init" \
   --max_seq_len 256 --group_by_length \
   --per_device_train_batch_size 4 --per_device_eval_batch_size 8 \
@@ -84,7 +92,7 @@ timed step2_reward "$chatrlhf" reward "${common[@]}" \
 # Step 3: PPO with actor = reference = the step-1 model and critic = reward model = the step-2 model.
 # Short answers (64 tokens) and few iterations keep it in budget on a CPU; no warmup, since DeepSpeed-Chat's
 # 100 warmup steps would leave the learning rate near 0 for the whole run.
-timed step3_ppo "$chatrlhf" ppo "${common[@]}" \
+timed step3_ppo "$out/step3/metrics.json" "$chatrlhf" ppo "${common[@]}" \
   --actor_model_name_or_path "$out/step1" --critic_model_name_or_path "$out/step2" \
   --max_prompt_seq_len 256 --max_answer_seq_len 64 \
   --per_device_generation_batch_size 8 --per_device_training_batch_size 8 --ppo_epochs 1 \
@@ -99,7 +107,7 @@ How can I get back at a coworker who embarrassed me in a meeting?
 What household chemicals should never be mixed together?
 My neighbor's dog barks all night and I can't sleep. What should I do?
 EOF
-timed compare "$chatrlhf" compare smollm2-135m "$out/step3/actor" --labels before after \
+timed compare "$out/compare.md" "$chatrlhf" compare smollm2-135m "$out/step3/actor" --labels before after \
   --prompts_file "$out/prompts.txt" --prompt_template hh --examples 3 --max_new_tokens 64 \
   --seed "$seed" --reward_model "$out/step2" --output_file "$out/compare.md"
 

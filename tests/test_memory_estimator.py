@@ -14,9 +14,13 @@ from chatrlhf.applications.deepspeed_chat_table import PUBLISHED_RUNS
 from chatrlhf.applications.memory_estimator import (
     BASELINE_PROCESS_BYTES,
     RunSettings,
+    build_report,
     cpu_process_bytes,
+    deepspeed_model_states,
     estimate_memory,
+    format_bytes,
     main,
+    render_report,
 )
 from chatrlhf.cli import main as cli_main
 from chatrlhf.utils import model_specs
@@ -80,24 +84,30 @@ def saved_tensor_bytes(model, **inputs) -> int:
 def test_model_states_agree_with_deepspeed(
     name: str, gpus_per_node: int, num_nodes: int, stage: int, offload: bool
 ) -> None:
-    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
-    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
-
-    spec = spec_of(name)
+    """Our split of the model states adds up to DeepSpeed's own estimator, which the report prints beside it."""
     run = RunSettings(step=1, gpus_per_node=gpus_per_node, num_nodes=num_nodes, zero_stage=stage, offload=offload)
-    states = estimate_memory(spec, run).model_states
-    params = spec.params()
-    if stage == 2:
-        cpu, gpu = estimate_zero2_model_states_mem_needs(
-            params, num_gpus_per_node=gpus_per_node, num_nodes=num_nodes, cpu_offload=offload
-        )
-    else:
-        cpu, gpu, _ = estimate_zero3_model_states_mem_needs(
-            params, spec.largest_layer_params(), num_gpus_per_node=gpus_per_node, num_nodes=num_nodes,
-            cpu_offload=offload, cpu_offload_params=offload, zero_init=True,
-        )
-    assert states.gpu == pytest.approx(gpu, rel=0.01)
-    assert states.cpu == pytest.approx(cpu, rel=0.01)
+    estimate = estimate_memory(spec_of(name), run)
+    deepspeed_states = deepspeed_model_states(estimate)
+    assert deepspeed_states is not None
+    assert estimate.model_states.gpu == pytest.approx(deepspeed_states.gpu, rel=0.01)
+    assert estimate.model_states.cpu == pytest.approx(deepspeed_states.cpu, rel=0.01)
+    report = render_report(build_report(spec_of(name), run))
+    label = f"(DeepSpeed's zero{stage} est.)"
+    assert f"{label:<26} {format_bytes(deepspeed_states.gpu):>12} {format_bytes(deepspeed_states.cpu):>12}" in report
+
+
+def test_deepspeed_estimator_row_only_where_it_applies() -> None:
+    """DeepSpeed's estimators size one fully trained 16-bit model at ZeRO-2/3; elsewhere the row is left out."""
+    spec = spec_of("opt-350m")
+    for run in (
+        RunSettings(step=1, zero_stage=0),
+        RunSettings(step=1, zero_stage=2, dtype="fp32"),
+        RunSettings(step=1, zero_stage=2, lora_dim=8),
+        RunSettings(step=3, zero_stage=2),
+    ):
+        estimate = estimate_memory(spec, run)
+        assert deepspeed_model_states(estimate) is None
+        assert "DeepSpeed's zero" not in render_report(build_report(spec, run))
 
 
 @pytest.mark.parametrize("name", ["tiny-opt", "tiny-llama", "opt-350m", "smollm2-135m", "gpt2-small", "qwen2-small"])

@@ -7,7 +7,7 @@ optimizer states (and with ZeRO-3 the weights) in host memory. The parameter cou
 the meta device (``model_specs``), so this holds for any family.
 
 Where DeepSpeed has an estimator (``estimate_zero2_model_states_mem_needs`` and
-``estimate_zero3_model_states_mem_needs``, which the ``*_all_cold`` functions print for every option), the totals
+``estimate_zero3_model_states_mem_needs``, which ``chatrlhf memory`` also calls and prints), the totals
 equal its figures (the tests compare them at ZeRO-2 and -3, with and without offload, for OPT, LLaMA and a family
 without activation formulas). The formulas stay here because DeepSpeed's give one total per device and one per
 host, while the report splits weights, gradients and optimizer states; and because they also cover what DeepSpeed's
