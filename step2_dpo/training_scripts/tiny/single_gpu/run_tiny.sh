@@ -6,6 +6,8 @@
 # The 4,4,2 split is the step-2 share the tiny reward model trains on, so DPO and the reward model see the same pairs.
 # ORPO by default: on these pairs the sigmoid loss pushed the chosen answers' likelihood down with the rejected ones
 # and lost held-out accuracy, while ORPO's NLL term on the chosen answers keeps them. Pass --loss_type sigmoid for DPO.
+# Six epochs at lr 1e-3: the step-1 model still gets sort wrong, and one epoch at 1e-4 barely moved
+# it; two epochs at 1e-3 left one seed's word tasks damaged mid-schedule, which the longer schedule repaired.
 OUTPUT=${1:-./output_step2_dpo_tiny}
 ZERO_STAGE=${2:-0}
 ACTOR_MODEL_PATH=${3:-tiny-llama}
@@ -19,11 +21,11 @@ deepspeed --num_gpus 1 --master_port "${MASTER_PORT:-29500}" "$MAIN" \
    --per_device_train_batch_size 8 \
    --per_device_eval_batch_size 32 \
    --max_seq_len 128 \
-   --learning_rate 1e-4 \
+   --learning_rate 1e-3 \
    --weight_decay 0.0 \
    --loss_type orpo \
    --beta 0.1 \
-   --num_train_epochs 1 \
+   --num_train_epochs 6 \
    --gradient_accumulation_steps 1 \
    --lr_scheduler_type cosine \
    --num_warmup_steps 20 \
