@@ -6,8 +6,8 @@
 # The 4,4,2 split is the step-2 share the tiny reward model trains on, so DPO and the reward model see the same pairs.
 # ORPO by default: on these pairs the sigmoid loss pushed the chosen answers' likelihood down with the rejected ones
 # and lost held-out accuracy, while ORPO's NLL term on the chosen answers keeps them. Pass --loss_type sigmoid for DPO.
-# Six epochs at lr 1e-3: the step-1 model still gets sort wrong, and one epoch at 1e-4 barely moved
-# it; two epochs at 1e-3 left one seed's word tasks damaged mid-schedule, which the longer schedule repaired.
+# Six epochs at lr 1e-3: the step-1 model has not yet learnt sort, and ORPO's likelihood term on the step-2 share's
+# right answers teaches it (the README's ablation); shorter schedules at this rate can leave the word tasks damaged.
 OUTPUT=${1:-./output_step2_dpo_tiny}
 ZERO_STAGE=${2:-0}
 ACTOR_MODEL_PATH=${3:-tiny-llama}
