@@ -1,6 +1,7 @@
 """Device, dtype and process-group set-up: CUDA when present, else DeepSpeed's CPU accelerator."""
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import socket
@@ -78,9 +79,21 @@ def init_distributed() -> None:
 
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if has_cuda() else "gloo")
+        atexit.register(shutdown_distributed)
         unlink_shm_workspace()
     if has_cuda():
         torch.cuda.set_device(local_rank())
+
+
+def shutdown_distributed() -> None:
+    """Destroy the process group at exit, while the interpreter is still whole.
+
+    Left to interpreter finalisation, gloo's worker threads can outlive the objects they hold, and a rank
+    dies with SIGABRT ("terminate called without an active exception") after a run that succeeded. An
+    ``atexit`` hook rather than a call at the end of ``main`` keeps the group alive for in-process callers
+    (tests, the e2e runner) that run several steps in one process."""
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def shm_workspace_path() -> Path:
