@@ -41,8 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sampled", type=int, default=0,
                         help="With --synthetic: also K answers a prompt sampled at temperature 1, for pass@1 "
                              "(0: none).")
-    parser.add_argument("--prompt_template", default="hh", choices=["hh", "alpaca", "chatml"],
-                        help="How a --prompts_file question becomes a prompt.")
+    parser.add_argument("--prompt_template", default="hh", choices=["hh", "alpaca", "chatml", "model"],
+                        help="How a --prompts_file or --synthetic question becomes a prompt (model: each model's own "
+                             "chat template, --synthetic only).")
     parser.add_argument("--reward_model", default=None,
                         help="A step-2 output directory: adds each model's mean reward, and each later model's "
                              "share of prompts where it scores above the first model (ties half).")
@@ -73,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--synthetic, --examples and --sampled must be >= 0")
     if (args.novel_words or args.sampled) and not args.synthetic:
         parser.error("--novel_words and --sampled go with --synthetic N")
+    if args.prompt_template == "model" and not args.synthetic:
+        parser.error("--prompt_template model goes with --synthetic N (a --prompts_file is wrapped once, for all "
+                     "models)")
     try:
         prompts = read_prompts(args.prompts_file, args.prompt_template) if args.prompts_file else None
     except DataError as exc:
@@ -89,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         examples=args.examples,
         novel_words=args.novel_words,
         sampled=args.sampled,
+        synthetic_template=args.prompt_template,
     )
     from chatrlhf.training.metrics_log import quiet_library_bars
 

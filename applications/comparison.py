@@ -86,6 +86,11 @@ class ComparisonSettings:
     examples: int = 5
     novel_words: bool = False  # word tasks asked of words outside words.txt (``novel_word_prompts``)
     sampled: int = 0  # answers sampled per prompt at temperature 1 for pass@1, besides the greedy one
+    # Fixed answers shown and scored beside the models (label -> one answer a prompt), e.g. the demonstrators the
+    # models learnt from; one draw each, so their pass@1 is their accuracy.
+    references: dict[str, list[str]] = field(default_factory=dict)
+    # How the synthetic questions are wrapped for each model (``model``: its own tokenizer's chat template).
+    synthetic_template: str = "hh"
 
 
 @dataclass
@@ -178,21 +183,35 @@ def compare_models(settings: ComparisonSettings) -> Comparison:
     checked = settings.synthetic and settings.prompts is None
     comparison = Comparison(prompts, {}, examples=settings.examples)
     sampling = replace(settings.generation, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, num_beams=1)
+    asked = {}  # each model's prompts: the same questions, wrapped in its template
     for label, name in settings.models.items():
         model, tokenizer = load_for_inference(name, settings.data)
-        comparison.answers[label] = generate(model, tokenizer, prompts, settings.generation)
+        own = prompts
+        if checked and settings.synthetic_template != "hh":
+            own = synthetic(settings.seed, settings.synthetic, settings.synthetic_template, tokenizer)
+        asked[label] = own
+        comparison.answers[label] = generate(model, tokenizer, own, settings.generation)
         if checked:
-            comparison.accuracy[label] = accuracy_by_task(prompts, comparison.answers[label])
+            comparison.accuracy[label] = accuracy_by_task(own, comparison.answers[label])
         if checked and settings.sampled > 0:
             torch.manual_seed(settings.seed)  # every model draws from the same random stream
-            repeated = [prompt for prompt in prompts for _ in range(settings.sampled)]
+            repeated = [prompt for prompt in own for _ in range(settings.sampled)]
             comparison.pass_at_1[label] = accuracy_by_task(repeated, generate(model, tokenizer, repeated, sampling))
         del model
+    for label, answers in settings.references.items():
+        if len(answers) != len(prompts):
+            raise ValueError(f"reference answers {label!r}: {len(answers)} answers for {len(prompts)} prompts")
+        comparison.answers[label] = list(answers)
+        if checked:
+            comparison.accuracy[label] = accuracy_by_task(prompts, comparison.answers[label])
+            if settings.sampled > 0:
+                comparison.pass_at_1[label] = comparison.accuracy[label]
     if settings.reward_model:
         from chatrlhf.step2_reward.scoring import RewardScorer
 
         scorer = RewardScorer.load(settings.reward_model, settings.data)
-        scores = {label: scorer.score(prompts, answers) for label, answers in comparison.answers.items()}
+        scores = {label: scorer.score(asked.get(label, prompts), answers)
+                  for label, answers in comparison.answers.items()}
         first, *later = scores
         for label, values in scores.items():
             comparison.mean_reward[label] = sum(values) / max(len(values), 1)

@@ -12,6 +12,8 @@ from itertools import combinations
 
 from chatrlhf.utils.data.errors import DataError
 from chatrlhf.utils.data.partitions import iter_sources, step_records
+from chatrlhf.utils.data.splitting import parse_source_spec
+from chatrlhf.utils.data.synthetic_tasks import IMPERFECT_NAME, PERFECT_NAME, data_card
 
 
 def _hashes(records) -> set[str]:
@@ -62,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"read {src.name}: {len(src.train)} train + {len(src.eval)} eval records; {src.report.summary()}")
         for origin, reason in src.report.examples:
             print(f"    {origin}: {reason}")
+    if IMPERFECT_NAME in [parse_source_spec(spec)[0] for spec in cfg.data_path]:
+        print(f"{IMPERFECT_NAME}: imperfect demonstrators ({PERFECT_NAME} has only right demonstrations)")
+        for line in data_card():
+            print(f"    {line}")
     overlaps = count_overlaps({s: (r.train, r.eval) for s, r in steps.items()})
     for pair, count in overlaps.items():
         print(f"overlap {pair}: {count}")

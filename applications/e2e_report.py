@@ -1,10 +1,11 @@
 """``report.md`` of an end-to-end run: wall times, each step's final metrics, training curves, a model comparison.
 
 The figures come from each step's ``metrics.json``. The curves are drawn from the TensorBoard event files the
-steps wrote, so the report shows what TensorBoard would. The comparison generates with the base, step-1, DPO (when
-it ran) and every step-3 model of the actor (one per algorithm that ran) on held-out ``synthetic/tasks`` prompts, greedy
-and sampled, scored by the task checker and the step-2 reward model; a second table asks the word tasks of
-words outside ``words.txt``, so a gain that is only memorised words shows there.
+steps wrote, so the report shows what TensorBoard would. The comparison generates with the base, step-1,
+likelihood-only ablation and DPO models (those that ran) and every step-3 model of the actor (one per algorithm
+that ran) on held-out ``synthetic/tasks`` prompts, greedy and sampled, scored by the task checker and the step-2
+reward model, beside the demonstrators' own answers; a second table asks the word tasks of words outside
+``words.txt``, so a gain that is only memorised words shows there.
 Sections whose step has no output yet are left out, so a partial run still gets a report.
 """
 from __future__ import annotations
@@ -41,9 +42,29 @@ class ReportInputs:
     examples: int = 5
     max_new_tokens: int = 64
     seed: int = 1234  # the run's data seed: the held-out prompts are the head of its eval stream
-    sampled: int = 4  # answers sampled per prompt for pass@1
+    sampled: int = 8  # answers sampled per prompt for pass@1
     rl_dirs: dict[str, Path] = field(default_factory=dict)  # algorithm -> step-3 folder, for the comparison
     dpo_dir: Path | None = None  # the DPO output of the actor (``--step2-method dpo``)
+    # The step-1 model trained further on the step-2 pairs' chosen answers (likelihood only), by the method (dpo, ppo,
+    # grpo, ...) whose number of updates it matches, for the comparison.
+    ablation_dirs: dict[str, Path] = field(default_factory=dict)
+
+
+DEMONSTRATORS_LABEL = "demonstrators (step 1's data)"
+
+
+def ablation_label(method: str) -> str:
+    return f"ablation: step 1 + chosen answers ({algorithm_name(method)}'s updates)"
+
+
+def step1_data_paths(step1_dir: Path) -> list[str]:
+    """The ``--data_path`` step 1 trained on, from its saved flags (empty when it did not save them)."""
+    from chatrlhf.training.config_file import ARGS_FILE
+
+    try:
+        return list(json.loads((step1_dir / ARGS_FILE).read_text())["args"]["data_path"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
 
 
 def algorithm_name(algorithm: str) -> str:
@@ -168,6 +189,8 @@ class ReportWriter:
         outputs = [(f"{step} ({STEP_NAMES[step]})", self.inputs.step_dirs[step]) for step in (1, 2, 3)]
         if self.inputs.dpo_dir is not None:
             outputs.insert(2, ("2 (DPO)", self.inputs.dpo_dir))
+        outputs += [(f"ablation ({algorithm_name(method)}'s updates)", folder)
+                    for method, folder in self.inputs.ablation_dirs.items()]
         return outputs
 
     def wall_times(self, report_seconds: float) -> list[str]:
@@ -192,6 +215,25 @@ class ReportWriter:
                  "is mostly the model comparison.", ""]
         lines += _table(["step", "output", "wall time", "training process", "status"], rows)
         return [*lines, ""]
+
+    def imperfect_data(self) -> bool:
+        """Whether step 1 learnt from ``synthetic/tasks``' imperfect demonstrators (alone)."""
+        from chatrlhf.utils.data.synthetic_tasks import IMPERFECT_NAME
+
+        return step1_data_paths(self.inputs.step_dirs[1]) == [IMPERFECT_NAME]
+
+    def data(self) -> list[str]:
+        """The data card of the imperfect set, when step 1 learnt from it."""
+        if not self.imperfect_data():
+            return []
+        from chatrlhf.utils.data.synthetic_tasks import data_card
+
+        return ["## Data: `synthetic/tasks`, imperfect demonstrators", "",
+                "Step 1 imitates demonstrations that carry one typical slip per task at these rates; each step-2 "
+                "pair's chosen answer is such a demonstration and its rejected answer has one more mistake. "
+                "Imitation alone reaches the demonstrators; only the comparisons say which answers are better "
+                "(`synthetic/tasks-perfect` is the set whose demonstrations are all right).", "",
+                *[f"- {line}" for line in data_card()], ""]
 
     def step1(self) -> list[str]:
         folder = self.inputs.step_dirs[1]
@@ -311,8 +353,8 @@ class ReportWriter:
                 rows.append([key.replace("accuracy_", "checker accuracy ").replace("_", " "), fmt(before), fmt(after),
                              change])
             lines += ["", f"The run's own held-out prompts before and after {name}, greedy answers (the `sampled` "
-                          "rows: 4 answers a prompt at the training temperature, the same random draws before and "
-                          "after):", ""]
+                          f"rows: {metrics.get('eval_samples', 4)} answers a prompt at the training temperature, the "
+                          "same random draws before and after):", ""]
             lines += _table(["held-out", "start", "end", "change"], rows)
         scalars = read_scalars(folder)
         plots = []
@@ -333,6 +375,9 @@ class ReportWriter:
         models = {f"base ({self.inputs.base_model})": self.inputs.base_model}
         if read_metrics(step1) is not None:
             models["step 1 (SFT)"] = str(step1)
+        for method, folder in self.inputs.ablation_dirs.items():
+            if (folder / "config.json").is_file():
+                models[ablation_label(method)] = str(folder)
         dpo = self.inputs.dpo_dir
         if dpo is not None and (dpo / "config.json").is_file():
             models["step 2 (DPO)"] = str(dpo)
@@ -351,9 +396,21 @@ class ReportWriter:
         generation = GenerationSettings(max_new_tokens=self.inputs.max_new_tokens, batch_size=50)
         common = dict(models=models, synthetic=self.inputs.synthetic, seed=self.inputs.seed,
                       data=DataConfig(seed=self.inputs.seed), generation=generation)
+        references = {}
+        if self.imperfect_data():
+            from chatrlhf.utils.data.synthetic_tasks import demonstrations
+
+            references[DEMONSTRATORS_LABEL] = [answer for _, answer in
+                                               demonstrations(self.inputs.seed, self.inputs.synthetic)]
+            lines += [f"The `{DEMONSTRATORS_LABEL}` row scores the demonstrators' own answers to the same prompts "
+                      "(one each, so its greedy and sampled figures are the same draw).", ""]
+        if self.inputs.ablation_dirs:
+            lines += ["An `ablation` row is the step-1 model trained further on the step-2 pairs' chosen answers, "
+                      "likelihood only, for as many optimizer updates as the method it names: a preference method "
+                      "that does not beat it gained nothing from the comparisons.", ""]
         try:
             result = compare_models(ComparisonSettings(**common, reward_model=reward, examples=self.inputs.examples,
-                                                       sampled=self.inputs.sampled))
+                                                       sampled=self.inputs.sampled, references=references))
             novel = compare_models(ComparisonSettings(**common, novel_words=True, examples=0))
         except (OSError, ValueError, RuntimeError) as exc:
             print(f"report: the model comparison failed: {exc}", flush=True)
@@ -368,7 +425,7 @@ def write_report(inputs: ReportInputs) -> Path:
     """Write ``report.md`` (atomically) and its plots into the output folder; returns the report's path."""
     started = time.perf_counter()
     writer = ReportWriter(inputs)
-    body = [writer.step1(), writer.step2(), writer.dpo(), writer.step3(), writer.comparison()]
+    body = [writer.data(), writer.step1(), writer.step2(), writer.dpo(), writer.step3(), writer.comparison()]
     sections = [writer.header(), writer.wall_times(time.perf_counter() - started), *body]
     text = "\n".join(line for section in sections for line in section).rstrip() + "\n"
     path = inputs.output_dir / REPORT_FILE

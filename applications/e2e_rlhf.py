@@ -9,6 +9,8 @@ from the step's directory, which tees to ``training.log`` in the step's output f
     OUTPUT/dpo-models/<actor>                   step 2 with --step2-method dpo (DPO of the step-1 model; no step 3)
     OUTPUT/step3-models/<actor>                 step 3, PPO (actor/, critic/)
     OUTPUT/step3-models/<actor>-<algorithm>     step 3, a critic-free algorithm (actor/)
+    OUTPUT/ablation-models/<actor>-<method>     step 1 trained further on step 2's chosen answers, as many updates
+                                                as DPO or step 3 made: the likelihood-only ablation in the report
 
 ``--step3-algorithm grpo|rloo|reinforce_pp`` switches step 3's algorithm; with ``--reward-fn`` (e.g.
 ``synthetic_tasks``, the exact checker) step 3 trains on that function and needs no reward model, so the
@@ -45,6 +47,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 STEP_DIRS = {1: PACKAGE_ROOT / "step1_sft", 2: PACKAGE_ROOT / "step2_reward", 3: PACKAGE_ROOT / "step3_rlhf"}
 DPO_DIR = PACKAGE_ROOT / "step2_dpo"
 DPO_OUTPUT_KIND = "dpo-models"
+ABLATION_OUTPUT_KIND = "ablation-models"
 STEP2_METHODS = ("reward", "dpo")
 STEP_NAMES = {1: "SFT", 2: "reward model", 3: "RL"}
 ALGORITHMS = ("ppo", "grpo", "rloo", "reinforce_pp")
@@ -169,6 +172,31 @@ class Plan:
         if step == 3 and self.algorithm != "ppo":
             label = f"{label}-{self.algorithm}"
         return self.output_dir / OUTPUT_KINDS[step] / label
+
+    @property
+    def policy_method(self) -> str | None:
+        """The method that trains the policy after step 1 in this run (dpo, ppo, grpo, ...), or None."""
+        if self.dpo:
+            return "dpo" if 2 in self.steps else None
+        return self.algorithm if 3 in self.steps else None
+
+    def ablation_dir(self, method: str) -> Path:
+        """Where the likelihood-only ablation of ``method`` goes: the step-1 model trained further on the step-2
+        pairs' chosen answers for as many updates as ``method`` made."""
+        return self.output_dir / ABLATION_OUTPUT_KIND / f"{self.actor.label}-{method}"
+
+    def policy_dir(self, method: str) -> Path:
+        """The folder of ``method``'s trained policy (its metrics.json counts its updates)."""
+        if method == "dpo":
+            return replace(self, step2_method="dpo").step_dir(2)
+        return replace(self, step2_method="reward", algorithm=method).step_dir(3)
+
+    def ablation_command(self, method: str, updates: int) -> list[str]:
+        """Step 1's script from the step-1 model on step 2's share (``--data_share 2``) for ``updates`` steps."""
+        base = replace(self, step2_method="reward").command(1)
+        base[2] = str(self.ablation_dir(method))
+        return [*base, "--model_name_or_path", str(self.step_dir(1)), "--data_share", "2",
+                "--max_steps", str(updates)]
 
     def choice(self, step: int) -> ModelChoice:
         return self.reward if step == 2 and not self.dpo else self.actor
@@ -303,6 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--no-report", action="store_true", help="Do not write report.md at the end.")
     report.add_argument("--report-only", action="store_true",
                         help="Run no step; (re)write report.md from the outputs already in --output-dir.")
+    parser.add_argument("--no-ablation", action="store_true",
+                        help="Skip the likelihood-only ablation: after DPO or step 3, the step-1 model trained further "
+                             "on the step-2 pairs' chosen answers for as many updates, shown in the report's "
+                             "comparison (a preference method that does not beat it gained nothing from the pairs).")
     parser.add_argument("--report-prompts", type=int, default=200,
                         help="Held-out synthetic/tasks prompts in the report's model comparison.")
     parser.add_argument("--report-examples", type=int, default=5, help="Answers shown side by side in the report.")
@@ -526,27 +558,56 @@ def _duration(seconds: float) -> str:
 
 def run_step(plan: Plan, step: int) -> float:
     """Run one step's script from its directory; returns its wall time or raises with the log tail."""
-    command = plan.command(step)
-    folder = plan.step_dir(step)
+    return _run_script(plan, step, f"step {step} ({plan.step_name(step)})", plan.command(step), plan.step_dir(step),
+                       plan.env(step))
+
+
+def policy_updates(plan: Plan, method: str) -> int:
+    """How many optimizer updates ``method`` gave the policy, from its ``metrics.json``."""
+    metrics_file = plan.policy_dir(method) / "metrics.json"
+    try:
+        metrics = json.loads(metrics_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise RunnerError(f"the ablation needs the {method} run's update count from {metrics_file}, which does "
+                          f"not read ({_first_line(exc)}); re-run that step, or pass --no-ablation") from exc
+    updates = metrics.get("actor_updates") or metrics.get("steps") or 0
+    if updates <= 0:
+        raise RunnerError(f"{metrics_file} records no optimizer update of the {method} policy; pass --no-ablation")
+    return int(updates)
+
+
+def run_ablation(plan: Plan, method: str) -> float:
+    """The likelihood-only ablation of ``method``: step 1 trained further on step 2's chosen answers."""
+    updates = policy_updates(plan, method)
+    env = plan.env(1)
+    if env.get("MODEL"):
+        env["MODEL"] = str(plan.step_dir(1))
+    label = f"ablation of {method} (step 1 + chosen answers, {updates} updates)"
+    return _run_script(plan, "ablation", label, plan.ablation_command(method, updates), plan.ablation_dir(method), env)
+
+
+def _run_script(plan: Plan, step: int | str, label: str, command: list[str], folder: Path, env: dict) -> float:
+    """Run a step's script from its code folder, timed; returns its wall time or raises with the log tail."""
+    code_dir = plan.code_dir(1 if step == "ablation" else step)
     folder.mkdir(parents=True, exist_ok=True)
-    print(f"---=== Running step {step} ({plan.step_name(step)}) ===---\n{shlex.join(command)}", flush=True)
+    print(f"---=== Running {label} ===---\n{shlex.join(command)}", flush=True)
     started = time.perf_counter()
-    returncode = subprocess.run(command, cwd=plan.code_dir(step), env=plan.env(step)).returncode
+    returncode = subprocess.run(command, cwd=code_dir, env=env).returncode
     elapsed = time.perf_counter() - started
-    record_timing(plan, step, elapsed, "ok" if returncode == 0 else f"failed (exit code {returncode})")
+    record_timing(plan, step, folder, elapsed, "ok" if returncode == 0 else f"failed (exit code {returncode})")
     if returncode == 0:
-        print(f"---=== Finished step {step} in {_duration(elapsed)} ===---", flush=True)
+        print(f"---=== Finished {label.split(' (')[0]} in {_duration(elapsed)} ===---", flush=True)
         return elapsed
     log = folder / "training.log"
-    lines = [f"Step {step} ({plan.step_name(step)}) failed with exit code {returncode} after {_duration(elapsed)}.",
-             f"Command (run in {plan.code_dir(step)}): {shlex.join(command)}"]
+    lines = [f"{label[0].upper()}{label[1:]} failed with exit code {returncode} after {_duration(elapsed)}.",
+             f"Command (run in {code_dir}): {shlex.join(command)}"]
     tail = log_tail(log)
     if tail:
         lines += [f"Last {len(tail)} lines of {log}:", *(f"  | {line}" for line in tail)]
     else:
         lines.append(f"No log at {log}: the script failed before training started.")
     if looks_out_of_memory(log, returncode):
-        lines.append(oom_advice(plan, step))
+        lines.append(oom_advice(plan, 1 if step == "ablation" else step))
     raise RunnerError("\n".join(lines))
 
 
@@ -561,9 +622,9 @@ def read_timings(output_dir: Path) -> dict[str, dict]:
         return {}
 
 
-def record_timing(plan: Plan, step: int, seconds: float, status: str) -> None:
+def record_timing(plan: Plan, step: int | str, folder: Path, seconds: float, status: str) -> None:
     timings = read_timings(plan.output_dir)
-    timings[str(plan.step_dir(step))] = {
+    timings[str(folder)] = {
         "step": step, "wall_time_s": seconds, "status": status,
         "finished_at": datetime.datetime.now().isoformat(timespec="seconds"),
     }
@@ -598,8 +659,19 @@ def make_report(plan: Plan, args: argparse.Namespace) -> Path:
         seed=1234 if plan.seed is None else plan.seed,
         rl_dirs=rl_dirs(plan),
         dpo_dir=dpo_dir(plan),
+        ablation_dirs=ablation_dirs(plan),
     )
     return write_report(inputs)
+
+
+def ablation_dirs(plan: Plan) -> dict[str, Path]:
+    """Every likelihood-only ablation of this actor in the output folder, by the method whose updates it matches."""
+    folders = {}
+    for method in ("dpo", *ALGORITHMS):
+        folder = plan.ablation_dir(method)
+        if (folder / "config.json").is_file():
+            folders[method] = folder
+    return folders
 
 
 def dpo_dir(plan: Plan) -> Path | None:
@@ -635,6 +707,9 @@ def main(argv: list[str] | None = None) -> int:
             if plan.runs_dpo(step):
                 check_dpo_inputs(plan)
             run_step(plan, step)
+        method = plan.policy_method
+        if method is not None and not args.no_ablation:
+            run_ablation(plan, method)
     except RunnerError as exc:
         print(f"chatrlhf e2e: {exc}", file=sys.stderr, flush=True)
         return 1

@@ -19,6 +19,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = new_parser("chatrlhf sft", __doc__.splitlines()[0], config_file=True)
     cli_args.add_data_args(parser)
+    parser.add_argument("--data_share", type=int, choices=(1, 2, 3), default=None, metavar="STEP",
+                        help="Train on step STEP's share of --data_split instead of step 1's: 2 fine-tunes on the "
+                             "step-2 pairs' chosen answers, the likelihood-only ablation of a preference step "
+                             "(unset: step 1's own share).")
     cli_args.add_model_args(parser)
     cli_args.add_training_args(parser, learning_rate=1e-3)
     parser.add_argument("--train_on_prompt", action="store_true", help="Put the prompt tokens in the loss too.")

@@ -295,6 +295,7 @@ class PPORun:
         self.save(engines, tokenizer, role_cards(self, trainer.steps, trainer.history, evaluations, data.info))
         logger.close()
         summary = {"wall_time_s": time.perf_counter() - started, "iterations": trainer.steps,
+                   "actor_updates": int(getattr(engines.actor, "global_steps", 0)), "eval_samples": EVAL_SAMPLES,
                    "held_out": evaluations, "history": trainer.history, "kl_coef": trainer.kl.value,
                    "forward_backend": trainer.backend.name}
         if device.is_main_process():

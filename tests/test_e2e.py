@@ -25,6 +25,7 @@ OUTPUT=${OUTPUT_ARG}
 mkdir -p "$OUTPUT"
 echo "step=STEP model=${MODEL-unset} args=$*" >> "$CALLS_FILE"
 echo "training step STEP" > "$OUTPUT/training.log"
+echo '{"steps": 5}' > "$OUTPUT/metrics.json"
 """
 
 FAILING_SCRIPT = """#!/bin/bash
@@ -88,7 +89,37 @@ def test_step3_alone_gets_the_step1_and_step2_folders(fake_steps, tmp_path, monk
     assert e2e_rlhf.main(["--step", "3", "--output-dir", str(out), "--actor-model", "tiny-opt",
                           "--reward-model", "step1", "--actor-zero-stage", "1", "--no-report"]) == 0
     actor, reward = out / "actor-models" / "tiny-opt", out / "reward-models" / "step1-tiny-opt"
-    assert calls_of(fake_steps) == [f"step=3 model=unset args={actor} {reward} 1  {out / 'step3-models' / 'tiny-opt'}"]
+    ablation = out / "ablation-models" / "tiny-opt-ppo"
+    assert calls_of(fake_steps) == [
+        f"step=3 model=unset args={actor} {reward} 1  {out / 'step3-models' / 'tiny-opt'}",
+        f"step=1 model={actor} args={ablation} 1 --model_name_or_path {actor} --data_share 2 --max_steps 5",
+    ]
+
+
+def test_the_ablation_matches_the_policy_steps_updates_and_can_be_skipped(fake_steps, tmp_path, monkeypatch,
+                                                                          capsys) -> None:
+    """After DPO the ablation trains the step-1 model on step 2's share for as many updates as DPO made (its
+    metrics.json); --no-ablation skips it; a policy run without a readable update count is refused by name."""
+    dpo_script = tmp_path / "dpo" / "training_scripts" / "tiny" / "single_gpu" / "run_tiny.sh"
+    dpo_script.parent.mkdir(parents=True)
+    dpo_script.write_text(RECORDING_SCRIPT.replace("${OUTPUT_ARG}", "$1").replace("STEP", "dpo")
+                          .replace('{"steps": 5}', '{"steps": 42}'))
+    monkeypatch.setattr(e2e_rlhf, "DPO_DIR", tmp_path / "dpo")
+    monkeypatch.setattr(e2e_rlhf, "check_dpo_inputs", lambda plan: None)
+    out = tmp_path / "out"
+    assert e2e_rlhf.main(["--step", "2", "--step2-method", "dpo", "--output-dir", str(out), "--actor-model",
+                          "tiny-opt", "--seed", "3", "--no-report"]) == 0
+    actor = out / "actor-models" / "tiny-opt"
+    assert calls_of(fake_steps)[-1] == (f"step=1 model={actor} args={out / 'ablation-models' / 'tiny-opt-dpo'}  "
+                                        f"--seed 3 --model_name_or_path {actor} --data_share 2 --max_steps 42")
+    count = len(calls_of(fake_steps))
+    assert e2e_rlhf.main(["--step", "2", "--step2-method", "dpo", "--output-dir", str(out), "--actor-model",
+                          "tiny-opt", "--no-ablation", "--no-report"]) == 0
+    assert len(calls_of(fake_steps)) == count + 1
+    dpo_script.write_text(dpo_script.read_text().replace('{"steps": 42}', '{"steps": 0}'))
+    assert e2e_rlhf.main(["--step", "2", "--step2-method", "dpo", "--output-dir", str(out), "--actor-model",
+                          "tiny-opt", "--no-report"]) == 1
+    assert "records no optimizer update of the dpo policy; pass --no-ablation" in capsys.readouterr().err
 
 
 def test_a_verifier_algorithm_runs_steps_1_and_3_without_a_reward_model(fake_steps, tmp_path, monkeypatch) -> None:
@@ -104,6 +135,8 @@ def test_a_verifier_algorithm_runs_steps_1_and_3_without_a_reward_model(fake_ste
     assert calls_of(fake_steps) == [
         f"step=1 model=tiny-opt args={actor}  --seed 7",
         f"step=3v model=unset args={actor}  {rl} --seed 7 --algorithm rloo --reward_fn {tmp_path / 'mine.py'}:score",
+        f"step=1 model={actor} args={out / 'ablation-models' / 'tiny-opt-rloo'}  --seed 7 --model_name_or_path "
+        f"{actor} --data_share 2 --max_steps 5",
     ]
 
 
@@ -197,8 +230,13 @@ def test_report_has_every_steps_figures_and_plots(e2e_run) -> None:
     assert "Accuracy per task:" in report and "Accuracy per mistake:" in report and "| off_by_n |" in report
     assert "| reward | " in report and "| KL to reference |" in report and "| answer length (tokens) |" in report
     assert "| checker accuracy overall |" in report and "| mean reward |" in report
-    for label in ("base (tiny-opt)", "step 1 (SFT)", "step 3 (PPO)"):
+    for label in ("base (tiny-opt)", "step 1 (SFT)", "step 3 (PPO)", "demonstrators (step 1's data)",
+                  "ablation: step 1 + chosen answers (PPO's updates)"):
         assert f"| {label} | " in report
+    assert "## Data: `synthetic/tasks`, imperfect demonstrators" in report and "count: slips 60%" in report
+    ablation = e2e_run / "ablation-models" / "tiny-opt-ppo"
+    assert json.loads((ablation / "metrics.json").read_text())["steps"] == 3  # PPO_STEPS iterations, one update each
+    assert "| ablation (PPO's updates) | `ablation-models/tiny-opt-ppo` |" in report
     for name in ("step1_loss", "step1_perplexity", "step2_accuracy", "step3_ppo_reward", "step3_ppo_kl",
                  "step3_ppo_answer_length"):
         png = e2e_run / "plots" / f"{name}.png"

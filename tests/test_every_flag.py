@@ -178,6 +178,7 @@ TABLE: dict[str, list[Row]] = {
     "sft": [
         *data_rows(sft_only=True), *model_rows(eot=True), *training_rows(),
         R("--train_on_prompt", None, at("train_on_prompt")),  # SFTCollator
+        R("--data_share", "2", at("data.data_share")),  # utils/data/partitions.step_records
         R("--print_loss", None, at("loop.print_loss")),
         *deepspeed_rows(),
     ],
@@ -323,6 +324,7 @@ TABLE: dict[str, list[Row]] = {
         R("--step2-args", "--max_steps 5", command(2)),
         R("--step3-args", "--max_steps 5", command(3)),
         R("--no-report", None, lambda outcome: outcome.report is None),
+        R("--no-ablation", None, lambda outcome: outcome.ablation),  # e2e_rlhf.run_ablation
         R("--report-only", None, lambda outcome: sorted(outcome.commands)),
         R("--report-prompts", "10", at("report.synthetic")),  # ReportInputs, e2e_report.write_report
         R("--report-examples", "2", at("report.examples")),
@@ -373,11 +375,13 @@ def e2e_run(argv: list[str], tmp: Path, monkeypatch, capsys) -> Any:
     """What ``chatrlhf e2e`` would run: each step's command line and the report's inputs; nothing runs."""
     from chatrlhf.applications import e2e_report, e2e_rlhf
 
-    outcome = SimpleNamespace(commands={}, report=None)
+    outcome = SimpleNamespace(commands={}, report=None, ablation=None)
     monkeypatch.setattr(e2e_rlhf, "check_step3_inputs", lambda plan: None)
     monkeypatch.setattr(e2e_rlhf, "check_dpo_inputs", lambda plan: None)
     monkeypatch.setattr(e2e_rlhf, "run_step", lambda plan, step: outcome.commands.setdefault(step, plan.command(step))
                         and 0.0)
+    monkeypatch.setattr(e2e_rlhf, "run_ablation",
+                        lambda plan, method: setattr(outcome, "ablation", plan.ablation_command(method, 5)) or 0.0)
     monkeypatch.setattr(e2e_report, "write_report", lambda inputs: setattr(outcome, "report", inputs) or tmp / "r.md")
     code = e2e_rlhf.main(argv)
     err = capsys.readouterr().err

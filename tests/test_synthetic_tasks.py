@@ -1,4 +1,5 @@
-"""The embedded ``synthetic/tasks`` set: deterministic, disjoint splits, right answers, real mistakes."""
+"""The embedded ``synthetic/tasks`` sets: deterministic, disjoint splits, real mistakes; the perfect set's chosen
+answers are right, the default set's are imperfect demonstrations at the stated rates."""
 from __future__ import annotations
 
 import re
@@ -10,12 +11,16 @@ from chatrlhf.utils.data.errors import DataError
 from chatrlhf.utils.data.options import SourceOptions
 from chatrlhf.utils.data.synthetic_tasks import (
     DEGENERATE,
+    DEMONSTRATORS,
     MISTAKES,
+    PERFECT_NAME,
     TASK_MISTAKES,
     TASKS,
     SyntheticTasks,
     _parse,
     answer,
+    data_card,
+    demonstrations,
     held_out_prompts,
     load_words,
     novel_word_prompts,
@@ -35,6 +40,11 @@ FORMATS = {
 
 @pytest.fixture(scope="module")
 def data() -> SyntheticTasks:
+    return SyntheticTasks("", 1234, 0, PERFECT_NAME)
+
+
+@pytest.fixture(scope="module")
+def imperfect() -> SyntheticTasks:
     return SyntheticTasks("", 1234, 0)
 
 
@@ -70,11 +80,12 @@ def test_words_list_has_300_distinct_short_lowercase_words() -> None:
     assert all(re.fullmatch(r"[a-z]{3,8}", w) for w in words)
 
 
-def test_same_seed_same_samples_other_seed_different(data: SyntheticTasks) -> None:
-    again = SyntheticTasks("", 1234, 0)
+def test_same_seed_same_samples_other_seed_different(data: SyntheticTasks, imperfect: SyntheticTasks) -> None:
+    again = SyntheticTasks("", 1234, 0, PERFECT_NAME)
     assert again.get_train_data() == data.get_train_data()
     assert again.get_eval_data() == data.get_eval_data()
-    other = SyntheticTasks("", 99, 0)
+    assert SyntheticTasks("", 1234, 0).get_train_data() == imperfect.get_train_data()
+    other = SyntheticTasks("", 99, 0, PERFECT_NAME)
     assert other.get_train_data() != data.get_train_data()
     assert other.get_eval_data() != data.get_eval_data()
 
@@ -190,7 +201,7 @@ def test_held_out_prompts_are_the_eval_prompts_and_never_trained_on(data: Synthe
 
 
 def test_eval_split_does_not_depend_on_train_size(data: SyntheticTasks) -> None:
-    small = SyntheticTasks("", 1234, 0, num_train=20, num_eval=10)
+    small = SyntheticTasks("", 1234, 0, PERFECT_NAME, num_train=20, num_eval=10)
     assert small.get_eval_data() == data.get_eval_data()[:10]
     assert len(small.get_train_data()) == 20
     assert not {s["prompt"] for s in small.get_eval_data()} & {s["prompt"] for s in small.get_train_data()}
@@ -202,7 +213,8 @@ def test_too_many_samples_asked_is_refused() -> None:
 
 
 def test_chatml_template_keeps_answers_checkable() -> None:
-    chat = SyntheticTasks("", 5, 0, options=SourceOptions(prompt_template="chatml"), num_train=10, num_eval=5)
+    chat = SyntheticTasks("", 5, 0, PERFECT_NAME, options=SourceOptions(prompt_template="chatml"), num_train=10,
+                          num_eval=5)
     for sample in chat.get_train_data():
         assert sample["prompt"].startswith("<|im_start|>user\n")
         assert sample["prompt"].endswith("<|im_start|>assistant\n")
@@ -241,3 +253,74 @@ def test_novel_word_prompts_keep_the_task_mix_with_words_no_training_set_holds()
         else:
             assert after == before
     assert novel_word_prompts(1234, 50) == novel
+
+
+def test_both_sets_ask_the_same_prompts_in_the_same_order(data: SyntheticTasks, imperfect: SyntheticTasks) -> None:
+    for split in ("get_train_data", "get_eval_data"):
+        assert [s["prompt"] for s in getattr(data, split)()] == [s["prompt"] for s in getattr(imperfect, split)()]
+    assert held_out_prompts(1234, 40) == [s["prompt"] for s in imperfect.get_eval_data()[:40]]
+
+
+def test_demonstrators_slip_at_their_stated_rates(imperfect: SyntheticTasks) -> None:
+    """Each task's chosen answers (step 1's demonstrations) are right at 1 - rate, within sampling error."""
+    samples = imperfect.get_train_data()
+    for task, demonstrator in DEMONSTRATORS.items():
+        rows = [s for s in samples if s["task"] == task]
+        right = sum(score(s["prompt"], s["chosen"]) for s in rows) / len(rows)
+        assert abs(right - (1 - demonstrator.rate)) < 0.04, (task, right)
+
+
+def test_every_slip_is_the_tasks_own_plausible_mistake(imperfect: SyntheticTasks) -> None:
+    for sample in imperfect.get_train_data()[:2000]:
+        chosen, task = sample["chosen"], sample["task"]
+        if score(sample["prompt"], chosen):
+            continue
+        right = " " + _expected(task, _question(sample))
+        if task == "count":
+            assert _numbers(chosen)[-1] == _numbers(right)[-1] + 1
+        elif task == "sort":
+            a, b, c = _numbers(right)
+            assert _numbers(chosen) == [a, c, b]
+        elif task == "add":
+            assert 1 <= abs(_numbers(chosen)[-1] - _numbers(right)[-1]) <= 3
+        else:
+            got, want = chosen.split()[-1].rstrip("."), right.split()[-1].rstrip(".")
+            spots = [i for i, (x, y) in enumerate(zip(got, want)) if x != y]
+            assert sorted(got) == sorted(want) and len(spots) == 2 and spots[1] == spots[0] + 1
+            assert (spots[0] == 0) == (task == "reverse") or want[0] == want[1]
+
+
+def test_pairs_are_comparisons_the_rejected_answer_is_worse(imperfect: SyntheticTasks) -> None:
+    """Chosen is never worse than rejected: right beats any mistake, and a slipped chosen answer faces one
+    with a further mistake (further off, another swap, or degenerate text)."""
+    chosen_right = 0
+    for sample in imperfect.get_train_data():
+        prompt, chosen, rejected = sample["prompt"], sample["chosen"], sample["rejected"]
+        assert rejected.strip() != chosen.strip() and not score(prompt, rejected)
+        chosen_right += score(prompt, chosen)
+        if not score(prompt, chosen) and partial_score(prompt, rejected) > 0:
+            task = sample["task"]
+            right = _numbers(" " + _expected(task, _question(sample)))
+            if task in ("add", "count"):
+                assert abs(_numbers(rejected)[-1] - right[-1]) > abs(_numbers(chosen)[-1] - right[-1])
+            else:
+                assert partial_score(prompt, rejected) <= partial_score(prompt, chosen)
+    share = chosen_right / len(imperfect.get_train_data())
+    assert 0.4 < share < 0.7  # imitating the chosen answers alone cannot reach the right answers
+
+
+def test_demonstrations_of_the_held_out_prompts_are_the_eval_chosen_answers(imperfect: SyntheticTasks) -> None:
+    shown = demonstrations(1234, 30)
+    assert shown == [(s["prompt"], s["chosen"]) for s in imperfect.get_eval_data()[:30]]
+
+
+def test_data_card_states_every_tasks_rate() -> None:
+    card = "\n".join(data_card())
+    for task, demonstrator in DEMONSTRATORS.items():
+        assert f"{task}: slips {demonstrator.rate:.0%}" in card
+    assert "mean demonstrator accuracy" in card
+
+
+def test_unknown_synthetic_version_is_refused() -> None:
+    with pytest.raises(ValueError, match="synthetic/tasks-perfect"):
+        SyntheticTasks("", 1, 0, "synthetic/tasks-best", num_train=5, num_eval=5)

@@ -198,6 +198,7 @@ def data_config(args: argparse.Namespace, *, max_prompt_seq_len: int = 256) -> D
         allow_cross_step_duplicates=args.allow_cross_step_duplicates,
         source=SourceOptions(prompt_template=args.prompt_template, columns=columns),
         preprocessing_num_workers=getattr(args, "preprocessing_num_workers", None),
+        data_share=getattr(args, "data_share", None),
     )
 
 

@@ -22,4 +22,7 @@ class DataConfig:
     allow_cross_step_duplicates: bool = False
     # Processes tokenising the cache (``--preprocessing_num_workers``); None tokenises in this one.
     preprocessing_num_workers: int | None = None
+    # Train on another step's share of --data_split (``--data_share``); None: the step's own. Step 1 on step 2's
+    # share is the likelihood-only ablation of a preference step: the same prompts, the chosen answers alone.
+    data_share: int | None = None
     source: SourceOptions = field(default_factory=SourceOptions)

@@ -46,11 +46,13 @@ def source_fingerprint(name: str, seed: int) -> str:
         return hash_text("path", path_fingerprint(name))
     if name == "local/jsonfile" and os.path.isdir("data"):
         return hash_text("jsonfile", path_fingerprint("data"))
-    if name == "synthetic/tasks":
-        from chatrlhf.utils.data import synthetic_tasks as synthetic
+    from chatrlhf.utils.data import synthetic_tasks as synthetic
 
+    if name in synthetic.SOURCE_NAMES:
         generator = (synthetic.GENERATOR_VERSION, synthetic.DEFAULT_NUM_TRAIN, synthetic.DEFAULT_NUM_EVAL)
-        return hash_text("synthetic", seed, generator, synthetic.load_words())
+        demonstrators = [] if name == synthetic.PERFECT_NAME else sorted(synthetic.DEMONSTRATORS.items())
+        return hash_text("synthetic", name, seed, generator, synthetic.load_words(), repr(demonstrators),
+                         synthetic.SLIP_REJECTED_RATE)
     return hash_text("named", name, seed)
 
 

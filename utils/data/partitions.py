@@ -142,7 +142,7 @@ def _step_assignments(
 def step_records(
     cfg: DataConfig, step: int, sources: list[SourceRecords] | None = None, tokenizer=None
 ) -> StepRecords:
-    """The blended train and eval records of ``step`` (1, 2 or 3)."""
+    """The blended train and eval records of ``step`` (1, 2 or 3), from ``cfg.data_share``'s share when set."""
     fractions = parse_data_split(cfg.data_split)
     if sources is None:
         sources = list(iter_sources(cfg, tokenizer))
@@ -150,12 +150,13 @@ def step_records(
     if shared:
         sources = _shared_roles(sources)
     result = StepRecords([], [])
+    share = cfg.data_share or step
     for src, (train_steps, eval_steps) in zip(sources, _step_assignments(sources, fractions, cfg.seed, shared=shared)):
-        if src.sft_only and step != 1:
+        if src.sft_only and share != 1:
             continue
         weight = 1.0 if src.sft_only else src.weight
-        train = _take(src.train, train_steps, step, weight, cfg.seed)
-        evals = _take(src.eval, eval_steps, step, 1.0, cfg.seed)
+        train = _take(src.train, train_steps, share, weight, cfg.seed)
+        evals = _take(src.eval, eval_steps, share, 1.0, cfg.seed)
         if src.sft_only:
             for record, owned in zip(src.train + src.eval, train_steps + eval_steps):
                 if owned == 0:

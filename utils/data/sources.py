@@ -9,6 +9,7 @@ from chatrlhf.utils.data.raw_datasets import PromptRawDataset
 from chatrlhf.utils.data.records import DropReport, Record
 
 SYNTHETIC_NAME = "synthetic/tasks"
+SYNTHETIC_NAMES = (SYNTHETIC_NAME, "synthetic/tasks-perfect")
 
 
 def open_source(
@@ -22,7 +23,7 @@ def open_source(
     from chatrlhf.utils.data.local_sources import open_local_source
     from chatrlhf.utils.data.synthetic_tasks import SyntheticTasks
 
-    if name == SYNTHETIC_NAME:
+    if name in SYNTHETIC_NAMES:
         return SyntheticTasks(output_path, seed, 0, name, options, tokenizer=tokenizer)
     hub_class = None if os.path.isfile(name) else find_hub_source(name)
     if hub_class is not None:
@@ -30,7 +31,7 @@ def open_source(
     local = open_local_source(name, seed, options, tokenizer)
     if local is not None:
         return local
-    known = ", ".join([SYNTHETIC_NAME, "local/jsonfile", *sorted(HUB_SOURCES)])
+    known = ", ".join([*SYNTHETIC_NAMES, "local/jsonfile", *sorted(HUB_SOURCES)])
     raise DataError(
         f"--data_path {name!r} is neither an existing file or folder nor a known source",
         hint=f"Give a path to a .json/.jsonl/.jsonl.gz/.csv/.parquet file, or one of: {known}.",

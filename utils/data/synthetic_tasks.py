@@ -3,6 +3,13 @@
 Every answer can be recomputed from its prompt, so a policy's accuracy is measured exactly (``score``),
 and every rejected answer carries a known kind of mistake, so a reward model's errors can be broken
 down by task and by mistake. Nothing is downloaded: the set is built from ``words.txt`` and the seed.
+
+Two versions share every prompt. ``synthetic/tasks`` has imperfect demonstrators, the situation RLHF is
+for: each task's demonstrator makes one typical slip at a stated rate (``DEMONSTRATORS``), step 1 imitates
+those demonstrations, and each pair's ``chosen`` is the demonstration while ``rejected`` is a worse answer
+(one more mistake). Imitating the chosen answers therefore reaches the demonstrators and no further;
+only the comparisons say which answers are better. ``synthetic/tasks-perfect`` is the earlier set, whose
+demonstrations are all right.
 """
 from __future__ import annotations
 
@@ -10,6 +17,7 @@ import itertools
 import random
 import re
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -34,7 +42,10 @@ DEGENERATE_RATE = 0.2
 DEFAULT_NUM_TRAIN = 9000
 DEFAULT_NUM_EVAL = 400
 # Bump when the generated samples change, so cached tokenised data is rebuilt.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
+IMPERFECT_NAME = "synthetic/tasks"
+PERFECT_NAME = "synthetic/tasks-perfect"
+SOURCE_NAMES = (IMPERFECT_NAME, PERFECT_NAME)
 END_TOKENS = ("</s>", "<|endoftext|>", "<|im_end|>", "<eos>")
 MAX_ADDEND = 50
 MAX_SORTED = 99
@@ -58,6 +69,29 @@ _PATTERNS = {
 }
 
 Args = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Demonstrator:
+    """How often a task's demonstrator slips, and the slip: one plausible mistake, the same kind every time."""
+
+    rate: float
+    mistake: str
+    slip: str
+
+
+# Rates above one half on upper and count make the slip the demonstrations' most common answer there, so
+# imitation learns the slip itself; the others leave the right answer most common but far from certain.
+DEMONSTRATORS = {
+    "add": Demonstrator(0.3, "off_by_n", "the sum off by 1 to 3"),
+    "reverse": Demonstrator(0.4, "swapped_letters", "the first two letters of the result swapped"),
+    "upper": Demonstrator(0.6, "swapped_letters", "the last two letters of the result swapped"),
+    "count": Demonstrator(0.6, "off_by_n", "one letter too many"),
+    "sort": Demonstrator(0.4, "wrong_order", "the two largest numbers swapped"),
+}
+# Of the pairs whose chosen answer is right, the share whose rejected one is the demonstrator's own slip
+# (the rest keep the random mistakes of the perfect set), so the comparisons speak to the slip directly.
+SLIP_REJECTED_RATE = 0.5
 
 
 @lru_cache(maxsize=1)
@@ -203,6 +237,78 @@ def _wrong_answer(task: str, args: Args, mistake: str, rng: random.Random) -> st
     return text[: rng.randint(len(text) // 3, len(text) - 2)].rstrip()
 
 
+def _swap_at(word: str, i: int) -> str:
+    """``word`` with its letters ``i`` and ``i + 1`` swapped."""
+    return word[:i] + word[i + 1] + word[i] + word[i + 2:]
+
+
+def _slip(task: str, args: Args, rng: random.Random) -> Any:
+    """The result the task's demonstrator writes when it slips (``DEMONSTRATORS``); always a wrong one."""
+    right = _solve(task, args)
+    if task == "add":
+        return _off_by_n(right, rng)
+    if task == "count":
+        return right + 1
+    if task == "sort":
+        return (right[0], right[2], right[1])
+    spots = [i for i in range(len(right) - 1) if right[i] != right[i + 1]]
+    return _swap_at(right, spots[0] if task == "reverse" else spots[-1])
+
+
+def _worse(task: str, args: Args, result: Any, rng: random.Random) -> str:
+    """An answer with one more mistake than the (wrong) ``result``: further off, or a second swap."""
+    right = _solve(task, args)
+    if task in ("add", "count"):
+        away = 1 if result > right else -1
+        worse = result + away * rng.randint(1, 3)
+        return _format(task, args, worse if worse >= 0 else result + rng.randint(1, 3))
+    if task == "sort":
+        # Change a number the slip left in place, so no number of the worse answer is right where the slip's is not.
+        values = list(result)
+        spot = rng.choice([i for i in range(3) if values[i] == right[i]])
+        values[spot] = _off_by_n(values[spot], rng, MAX_SORTED)
+        return _format(task, args, tuple(values))
+    options = [_swap_at(result, i) for i in range(len(result) - 1) if result[i] != result[i + 1]]
+    options = [word for word in options if word != right]
+    return _format(task, args, rng.choice(options) if options else result[::-1])
+
+
+def _degenerate(text: str, rng: random.Random) -> tuple[str, str]:
+    """``text`` cut short or stuck repeating a word (never a well-formed answer), and which of the two."""
+    if rng.random() < 0.5:
+        return text[: rng.randint(len(text) // 3, len(text) - 2)].rstrip(), "truncated"
+    words = text.split(" ")
+    spot = rng.randrange(len(words) - 1)
+    return " ".join(words[: spot + 1] + [words[spot]] * (len(words) - spot + rng.randint(1, 3))), "repeated"
+
+
+def _demonstrated(task: str, args: Args, right_pair: tuple[str, str, str], rng: random.Random) -> tuple[str, str, str]:
+    """The imperfect set's (chosen, rejected, mistake) for one prompt, from the perfect set's pair.
+
+    ``chosen`` is the demonstration: the slip at the demonstrator's rate, else the right answer. ``rejected``
+    has one more mistake than ``chosen``, so every pair says which answer is better.
+    """
+    right, wrong, mistake = right_pair
+    demonstrator = DEMONSTRATORS[task]
+    if rng.random() >= demonstrator.rate:
+        if rng.random() < SLIP_REJECTED_RATE:
+            return right, _format(task, args, _slip(task, args, rng)), demonstrator.mistake
+        return right, wrong, mistake
+    slipped = _format(task, args, _slip(task, args, rng))
+    if rng.random() < DEGENERATE_RATE:
+        return slipped, *_degenerate(slipped, rng)
+    return slipped, _worse(task, args, _slip_result(task, args, slipped), rng), demonstrator.mistake
+
+
+def _slip_result(task: str, args: Args, answer_text: str) -> Any:
+    """The result written in an answer built by ``_format`` (numbers as ints)."""
+    slots = _result_slots(task, args, answer_text)
+    assert slots is not None, answer_text
+    if task == "sort":
+        return tuple(int(v) for v in slots)
+    return int(slots[0]) if task in ("add", "count") else slots[0]
+
+
 def _items(task: str, rng: random.Random, words: Sequence[str]) -> Iterator[Args]:
     """Distinct arguments of ``task`` in a seeded random order, until its question space runs out."""
     if task == "add":
@@ -228,13 +334,15 @@ def capacity(words: Sequence[str] | None = None) -> int:
     return (MAX_ADDEND + 1) ** 2 + 3 * num_words + (MAX_SORTED + 1) * MAX_SORTED * (MAX_SORTED - 1)
 
 
-def _samples(seed: int, template: str = "hh", tokenizer: Any = None) -> Iterator[dict]:
+def _samples(seed: int, template: str = "hh", tokenizer: Any = None, *, perfect: bool = True) -> Iterator[dict]:
     """The endless-until-exhausted stream of distinct samples of ``seed``, tasks taken round-robin.
 
     Eval is the head of this stream and train the part after it, so the held-out prompts of a seed
-    do not depend on how many training samples are asked for.
+    do not depend on how many training samples are asked for. The demonstrators of the imperfect set draw
+    from a random stream of their own, so both sets ask the same prompts in the same order.
     """
     rng = random.Random(seed)
+    demonstrators = random.Random(f"demonstrators-{seed}")
     words = load_words()
     active = [(task, _items(task, rng, words)) for task in TASKS]
     while active:
@@ -249,18 +357,41 @@ def _samples(seed: int, template: str = "hh", tokenizer: Any = None) -> Iterator
             else:
                 mistake = rng.choice(TASK_MISTAKES[task])
             prompt = apply_prompt_template(_QUESTIONS[task].format(*args), template, tokenizer=tokenizer)
+            chosen, rejected = _format(task, args, _solve(task, args)), _wrong_answer(task, args, mistake, rng)
+            if not perfect:
+                chosen, rejected, mistake = _demonstrated(task, args, (chosen, rejected, mistake), demonstrators)
             yield {
                 "prompt": prompt,
-                "chosen": fit_response(prompt, _format(task, args, _solve(task, args))),
-                "rejected": fit_response(prompt, _wrong_answer(task, args, mistake, rng)),
+                "chosen": fit_response(prompt, chosen),
+                "rejected": fit_response(prompt, rejected),
                 "task": task,
                 "mistake": mistake,
             }
 
 
-def held_out_prompts(seed: int, n: int) -> list[str]:
-    """The first ``n`` eval prompts of ``seed``: unseen in training by any set built with ``num_eval >= n``."""
-    return [sample["prompt"] for sample in itertools.islice(_samples(seed), n)]
+def held_out_prompts(seed: int, n: int, template: str = "hh", tokenizer: Any = None) -> list[str]:
+    """The first ``n`` eval prompts of ``seed``: unseen in training by any set built with ``num_eval >= n``.
+
+    ``template`` wraps them as training did (``model``: ``tokenizer``'s chat template)."""
+    return [sample["prompt"] for sample in itertools.islice(_samples(seed, template, tokenizer), n)]
+
+
+def demonstrations(seed: int, n: int) -> list[tuple[str, str]]:
+    """The imperfect demonstrators' (prompt, answer) on the first ``n`` eval prompts of ``seed``: what step 1's
+    teachers would have written for the held-out prompts, to score beside the models."""
+    return [(s["prompt"], s["chosen"]) for s in itertools.islice(_samples(seed, perfect=False), n)]
+
+
+def data_card() -> list[str]:
+    """The imperfect set's demonstrators, one line a task, for the README, ``chatrlhf data`` and the report."""
+    lines = []
+    for task, demonstrator in DEMONSTRATORS.items():
+        lines.append(f"{task}: slips {demonstrator.rate:.0%} of the time ({demonstrator.slip}); "
+                     f"right {1 - demonstrator.rate:.0%}")
+    mean = 1 - sum(d.rate for d in DEMONSTRATORS.values()) / len(DEMONSTRATORS)
+    lines.append(f"mean demonstrator accuracy {mean:.0%}; each pair's chosen answer is the demonstration, its "
+                 "rejected answer has one more mistake")
+    return lines
 
 
 WORD_TASKS = ("reverse", "upper", "count")
@@ -285,22 +416,25 @@ def novel_words(n: int, seed: int) -> list[str]:
     return found
 
 
-def novel_word_prompts(seed: int, n: int) -> list[str]:
+def novel_word_prompts(seed: int, n: int, template: str = "hh", tokenizer: Any = None) -> list[str]:
     """``held_out_prompts(seed, n)`` with every word-task prompt asked of a word outside ``words.txt`` instead.
 
     The number tasks keep their held-out prompts, so the task mix, and so the overall accuracy, compare
     one to one with the standard held-out set.
     """
-    samples = list(itertools.islice(_samples(seed), n))
+    samples = list(itertools.islice(_samples(seed, template, tokenizer), n))
     words = iter(novel_words(sum(sample["task"] in WORD_TASKS for sample in samples), seed))
-    return [apply_prompt_template(_QUESTIONS[s["task"]].format(next(words)), "hh") if s["task"] in WORD_TASKS
-            else s["prompt"] for s in samples]
+    return [apply_prompt_template(_QUESTIONS[s["task"]].format(next(words)), template, tokenizer=tokenizer)
+            if s["task"] in WORD_TASKS else s["prompt"] for s in samples]
 
 
 class SyntheticTasks(PromptRawDataset):
-    """Preference pairs over the five tasks; deterministic per seed, train and eval share no prompt."""
+    """Preference pairs over the five tasks; deterministic per seed, train and eval share no prompt.
 
-    dataset_name = "synthetic/tasks"
+    ``dataset_name`` picks the version: ``synthetic/tasks`` (imperfect demonstrators) or
+    ``synthetic/tasks-perfect`` (every chosen answer right)."""
+
+    dataset_name = IMPERFECT_NAME
     dataset_name_clean = "synthetic_tasks"
 
     def __init__(
@@ -308,7 +442,7 @@ class SyntheticTasks(PromptRawDataset):
         output_path: str,
         seed: int,
         local_rank: int,
-        dataset_name: str = "synthetic/tasks",
+        dataset_name: str = IMPERFECT_NAME,
         options: SourceOptions | None = None,
         num_train: int = DEFAULT_NUM_TRAIN,
         num_eval: int = DEFAULT_NUM_EVAL,
@@ -319,7 +453,10 @@ class SyntheticTasks(PromptRawDataset):
         check_template(template, tokenizer)
         if num_train < 0 or num_eval < 0 or num_train + num_eval > capacity():
             raise ValueError(f"synthetic/tasks makes 0 to {capacity()} distinct prompts; asked {num_train}+{num_eval}")
-        samples = list(itertools.islice(_samples(seed, template, tokenizer), num_eval + num_train))
+        if dataset_name not in SOURCE_NAMES:
+            raise ValueError(f"synthetic source {dataset_name!r}: expected one of {', '.join(SOURCE_NAMES)}")
+        perfect = dataset_name == PERFECT_NAME
+        samples = list(itertools.islice(_samples(seed, template, tokenizer, perfect=perfect), num_eval + num_train))
         self.eval_samples = samples[:num_eval]
         self.train_samples = samples[num_eval:]
 
