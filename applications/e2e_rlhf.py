@@ -191,12 +191,13 @@ class Plan:
             return replace(self, step2_method="dpo").step_dir(2)
         return replace(self, step2_method="reward", algorithm=method).step_dir(3)
 
-    def ablation_command(self, method: str, updates: int) -> list[str]:
-        """Step 1's script from the step-1 model on step 2's share (``--data_share 2``) for ``updates`` steps."""
+    def ablation_command(self, method: str, schedule: dict[str, str]) -> list[str]:
+        """Step 1's script from the step-1 model on step 2's share (``--data_share 2``), with the policy step's
+        number of updates and learning-rate schedule (``schedule``: step-1 flag name -> value)."""
         base = replace(self, step2_method="reward").command(1)
         base[2] = str(self.ablation_dir(method))
-        return [*base, "--model_name_or_path", str(self.step_dir(1)), "--data_share", "2",
-                "--max_steps", str(updates)]
+        flags = [token for name, value in schedule.items() for token in (f"--{name}", value)]
+        return [*base, "--model_name_or_path", str(self.step_dir(1)), "--data_share", "2", *flags]
 
     def choice(self, step: int) -> ModelChoice:
         return self.reward if step == 2 and not self.dpo else self.actor
@@ -562,28 +563,46 @@ def run_step(plan: Plan, step: int) -> float:
                        plan.env(step))
 
 
-def policy_updates(plan: Plan, method: str) -> int:
-    """How many optimizer updates ``method`` gave the policy, from its ``metrics.json``."""
-    metrics_file = plan.policy_dir(method) / "metrics.json"
+# The policy step's flags whose values the ablation takes over (its flag -> step 1's), so both train alike.
+SCHEDULE_FLAGS = {"learning_rate": "learning_rate", "actor_learning_rate": "learning_rate",
+                  "lr_scheduler_type": "lr_scheduler_type", "num_warmup_steps": "num_warmup_steps"}
+
+
+def policy_schedule(plan: Plan, method: str) -> dict[str, str]:
+    """How ``method`` trained the policy, as step-1 flags: its number of optimizer updates (``metrics.json``) and,
+    from its saved flags, its learning rate and schedule. A fair ablation trains as long and as fast."""
+    from chatrlhf.training.config_file import ARGS_FILE
+
+    folder = plan.policy_dir(method)
     try:
-        metrics = json.loads(metrics_file.read_text())
+        metrics = json.loads((folder / "metrics.json").read_text())
     except (OSError, ValueError) as exc:
-        raise RunnerError(f"the ablation needs the {method} run's update count from {metrics_file}, which does "
-                          f"not read ({_first_line(exc)}); re-run that step, or pass --no-ablation") from exc
+        raise RunnerError(f"the ablation needs the {method} run's update count from {folder / 'metrics.json'}, "
+                          f"which does not read ({_first_line(exc)}); re-run that step, or pass --no-ablation") from exc
     updates = metrics.get("actor_updates") or metrics.get("steps") or 0
     if updates <= 0:
-        raise RunnerError(f"{metrics_file} records no optimizer update of the {method} policy; pass --no-ablation")
-    return int(updates)
+        raise RunnerError(f"{folder / 'metrics.json'} records no optimizer update of the {method} policy; pass "
+                          "--no-ablation")
+    schedule = {"max_steps": str(int(updates))}
+    try:
+        saved = json.loads((folder / ARGS_FILE).read_text())["args"]
+    except (OSError, ValueError, KeyError, TypeError):
+        saved = {}
+    for name, step1_name in SCHEDULE_FLAGS.items():
+        if saved.get(name) is not None:
+            schedule[step1_name] = str(saved[name])
+    return schedule
 
 
 def run_ablation(plan: Plan, method: str) -> float:
     """The likelihood-only ablation of ``method``: step 1 trained further on step 2's chosen answers."""
-    updates = policy_updates(plan, method)
+    schedule = policy_schedule(plan, method)
     env = plan.env(1)
     if env.get("MODEL"):
         env["MODEL"] = str(plan.step_dir(1))
-    label = f"ablation of {method} (step 1 + chosen answers, {updates} updates)"
-    return _run_script(plan, "ablation", label, plan.ablation_command(method, updates), plan.ablation_dir(method), env)
+    label = f"ablation of {method} (step 1 + chosen answers, {schedule['max_steps']} updates)"
+    return _run_script(plan, "ablation", label, plan.ablation_command(method, schedule), plan.ablation_dir(method),
+                       env)
 
 
 def _run_script(plan: Plan, step: int | str, label: str, command: list[str], folder: Path, env: dict) -> float:

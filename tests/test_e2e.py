@@ -26,6 +26,7 @@ mkdir -p "$OUTPUT"
 echo "step=STEP model=${MODEL-unset} args=$*" >> "$CALLS_FILE"
 echo "training step STEP" > "$OUTPUT/training.log"
 echo '{"steps": 5}' > "$OUTPUT/metrics.json"
+echo '{"args": {"learning_rate": 0.5, "lr_scheduler_type": "constant"}}' > "$OUTPUT/chatrlhf_args.json"
 """
 
 FAILING_SCRIPT = """#!/bin/bash
@@ -92,14 +93,16 @@ def test_step3_alone_gets_the_step1_and_step2_folders(fake_steps, tmp_path, monk
     ablation = out / "ablation-models" / "tiny-opt-ppo"
     assert calls_of(fake_steps) == [
         f"step=3 model=unset args={actor} {reward} 1  {out / 'step3-models' / 'tiny-opt'}",
-        f"step=1 model={actor} args={ablation} 1 --model_name_or_path {actor} --data_share 2 --max_steps 5",
+        f"step=1 model={actor} args={ablation} 1 --model_name_or_path {actor} --data_share 2 --max_steps 5 "
+        "--learning_rate 0.5 --lr_scheduler_type constant",
     ]
 
 
 def test_the_ablation_matches_the_policy_steps_updates_and_can_be_skipped(fake_steps, tmp_path, monkeypatch,
                                                                           capsys) -> None:
     """After DPO the ablation trains the step-1 model on step 2's share for as many updates as DPO made (its
-    metrics.json); --no-ablation skips it; a policy run without a readable update count is refused by name."""
+    metrics.json), at its learning rate and schedule (its saved flags); --no-ablation skips it; a policy run
+    without a readable update count is refused by name."""
     dpo_script = tmp_path / "dpo" / "training_scripts" / "tiny" / "single_gpu" / "run_tiny.sh"
     dpo_script.parent.mkdir(parents=True)
     dpo_script.write_text(RECORDING_SCRIPT.replace("${OUTPUT_ARG}", "$1").replace("STEP", "dpo")
@@ -111,7 +114,8 @@ def test_the_ablation_matches_the_policy_steps_updates_and_can_be_skipped(fake_s
                           "tiny-opt", "--seed", "3", "--no-report"]) == 0
     actor = out / "actor-models" / "tiny-opt"
     assert calls_of(fake_steps)[-1] == (f"step=1 model={actor} args={out / 'ablation-models' / 'tiny-opt-dpo'}  "
-                                        f"--seed 3 --model_name_or_path {actor} --data_share 2 --max_steps 42")
+                                        f"--seed 3 --model_name_or_path {actor} --data_share 2 --max_steps 42 "
+                                        "--learning_rate 0.5 --lr_scheduler_type constant")
     count = len(calls_of(fake_steps))
     assert e2e_rlhf.main(["--step", "2", "--step2-method", "dpo", "--output-dir", str(out), "--actor-model",
                           "tiny-opt", "--no-ablation", "--no-report"]) == 0
@@ -136,7 +140,7 @@ def test_a_verifier_algorithm_runs_steps_1_and_3_without_a_reward_model(fake_ste
         f"step=1 model=tiny-opt args={actor}  --seed 7",
         f"step=3v model=unset args={actor}  {rl} --seed 7 --algorithm rloo --reward_fn {tmp_path / 'mine.py'}:score",
         f"step=1 model={actor} args={out / 'ablation-models' / 'tiny-opt-rloo'}  --seed 7 --model_name_or_path "
-        f"{actor} --data_share 2 --max_steps 5",
+        f"{actor} --data_share 2 --max_steps 5 --learning_rate 0.5 --lr_scheduler_type constant",
     ]
 
 

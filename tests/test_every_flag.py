@@ -380,8 +380,8 @@ def e2e_run(argv: list[str], tmp: Path, monkeypatch, capsys) -> Any:
     monkeypatch.setattr(e2e_rlhf, "check_dpo_inputs", lambda plan: None)
     monkeypatch.setattr(e2e_rlhf, "run_step", lambda plan, step: outcome.commands.setdefault(step, plan.command(step))
                         and 0.0)
-    monkeypatch.setattr(e2e_rlhf, "run_ablation",
-                        lambda plan, method: setattr(outcome, "ablation", plan.ablation_command(method, 5)) or 0.0)
+    monkeypatch.setattr(e2e_rlhf, "run_ablation", lambda plan, method: setattr(
+        outcome, "ablation", plan.ablation_command(method, {"max_steps": "5"})) or 0.0)
     monkeypatch.setattr(e2e_report, "write_report", lambda inputs: setattr(outcome, "report", inputs) or tmp / "r.md")
     code = e2e_rlhf.main(argv)
     err = capsys.readouterr().err
