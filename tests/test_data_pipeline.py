@@ -71,6 +71,15 @@ def test_synthetic_partitions_are_disjoint_across_steps_and_splits():
     assert len(steps[1].train) == 1800 and len(steps[2].train) == 3600
 
 
+def test_data_share_trains_step1_on_another_steps_prompts_and_chosen_answers():
+    """``--data_share 2``: step 1's records are step 2's pairs, prompt and chosen answer (the ablation's data)."""
+    cfg = DataConfig(data_path=("synthetic/tasks",), data_split="4,4,2")
+    step2, shared = step_records(cfg, 2), step_records(replace(cfg, data_share=2), 1)
+    assert [(r.prompt, r.chosen) for r in shared.train] == [(r.prompt, r.chosen) for r in step2.train]
+    assert {r.prompt for r in shared.eval} == {r.prompt for r in step2.eval}
+    assert not {r.prompt for r in shared.train} & {r.prompt for r in step_records(cfg, 1).train}
+
+
 def test_blending_weights_and_sft_only(tmp_path):
     a = write_pairs(tmp_path / "a.jsonl", pairs(100, "alpha"))
     b = write_pairs(tmp_path / "b.jsonl", pairs(100, "beta"))
