@@ -28,7 +28,7 @@ deepspeed --num_gpus 1 --master_port "${MASTER_PORT:-29500}" "$MAIN" \
    --actor_learning_rate 1e-4 \
    --actor_weight_decay 0.0 \
    --num_train_epochs 4 \
-   --max_steps ${RL_STEPS:-80} \
+   --max_steps ${RL_STEPS:-100} \
    --lr_scheduler_type constant \
    --num_warmup_steps 0 \
    --temperature 1.0 \
