@@ -563,14 +563,18 @@ def run_step(plan: Plan, step: int) -> float:
                        plan.env(step))
 
 
-# The policy step's flags whose values the ablation takes over (its flag -> step 1's), so both train alike.
+# The policy step's flags whose values the ablation takes over (its flag -> step 1's), so both train alike: as many
+# updates of as many answers each, at the same learning-rate schedule.
 SCHEDULE_FLAGS = {"learning_rate": "learning_rate", "actor_learning_rate": "learning_rate",
-                  "lr_scheduler_type": "lr_scheduler_type", "num_warmup_steps": "num_warmup_steps"}
+                  "lr_scheduler_type": "lr_scheduler_type", "num_warmup_steps": "num_warmup_steps",
+                  "per_device_train_batch_size": "per_device_train_batch_size",
+                  "per_device_training_batch_size": "per_device_train_batch_size",
+                  "gradient_accumulation_steps": "gradient_accumulation_steps"}
 
 
 def policy_schedule(plan: Plan, method: str) -> dict[str, str]:
     """How ``method`` trained the policy, as step-1 flags: its number of optimizer updates (``metrics.json``) and,
-    from its saved flags, its learning rate and schedule. A fair ablation trains as long and as fast."""
+    from its saved flags, its batch size, learning rate and schedule. A fair ablation trains as long and as fast."""
     from chatrlhf.training.config_file import ARGS_FILE
 
     folder = plan.policy_dir(method)
