@@ -228,12 +228,19 @@ def _wrong_answer(task: str, args: Args, mistake: str, rng: random.Random) -> st
         orders = [p for p in itertools.permutations(right) if p != right]
         return _format(task, args, rng.choice(orders))
     text = _format(task, args, right)
-    if mistake == "repeated":
-        words = text.split(" ")
-        spot = rng.randrange(len(words) - 1)
-        # More words than the right answer has, so the loop can never spell it out.
-        repeats = len(words) - spot + rng.randint(1, 3)
-        return " ".join(words[: spot + 1] + [words[spot]] * repeats)
+    return _repeated(text, rng) if mistake == "repeated" else _truncated(text, rng)
+
+
+def _repeated(text: str, rng: random.Random) -> str:
+    """``text`` stuck repeating one of its words, more words than it has, so the loop never spells it out."""
+    words = text.split(" ")
+    spot = rng.randrange(len(words) - 1)
+    repeats = len(words) - spot + rng.randint(1, 3)
+    return " ".join(words[: spot + 1] + [words[spot]] * repeats)
+
+
+def _truncated(text: str, rng: random.Random) -> str:
+    """``text`` cut short, keeping at least a third of it."""
     return text[: rng.randint(len(text) // 3, len(text) - 2)].rstrip()
 
 
@@ -276,10 +283,8 @@ def _worse(task: str, args: Args, result: Any, rng: random.Random) -> str:
 def _degenerate(text: str, rng: random.Random) -> tuple[str, str]:
     """``text`` cut short or stuck repeating a word (never a well-formed answer), and which of the two."""
     if rng.random() < 0.5:
-        return text[: rng.randint(len(text) // 3, len(text) - 2)].rstrip(), "truncated"
-    words = text.split(" ")
-    spot = rng.randrange(len(words) - 1)
-    return " ".join(words[: spot + 1] + [words[spot]] * (len(words) - spot + rng.randint(1, 3))), "repeated"
+        return _truncated(text, rng), "truncated"
+    return _repeated(text, rng), "repeated"
 
 
 def _demonstrated(task: str, args: Args, right_pair: tuple[str, str, str], rng: random.Random) -> tuple[str, str, str]:
@@ -294,19 +299,11 @@ def _demonstrated(task: str, args: Args, right_pair: tuple[str, str, str], rng: 
         if rng.random() < SLIP_REJECTED_RATE:
             return right, _format(task, args, _slip(task, args, rng)), demonstrator.mistake
         return right, wrong, mistake
-    slipped = _format(task, args, _slip(task, args, rng))
+    slip = _slip(task, args, rng)
+    slipped = _format(task, args, slip)
     if rng.random() < DEGENERATE_RATE:
         return slipped, *_degenerate(slipped, rng)
-    return slipped, _worse(task, args, _slip_result(task, args, slipped), rng), demonstrator.mistake
-
-
-def _slip_result(task: str, args: Args, answer_text: str) -> Any:
-    """The result written in an answer built by ``_format`` (numbers as ints)."""
-    slots = _result_slots(task, args, answer_text)
-    assert slots is not None, answer_text
-    if task == "sort":
-        return tuple(int(v) for v in slots)
-    return int(slots[0]) if task in ("add", "count") else slots[0]
+    return slipped, _worse(task, args, slip, rng), demonstrator.mistake
 
 
 def _items(task: str, rng: random.Random, words: Sequence[str]) -> Iterator[Args]:
