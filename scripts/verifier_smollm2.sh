@@ -35,26 +35,7 @@ eval_prompts="${EVAL_PROMPTS:-100}"
 samples="${SAMPLES:-8}"
 
 common=(--data_path synthetic/tasks --data_split 4,4,2 --prompt_template model --seed "$seed")
-timings="$out/timings.tsv"
-touch "$timings"
-
-# timed NAME DONE COMMAND...: run it, its output to OUT/NAME.log and the terminal, and record its wall time;
-# kept from an earlier run when the file DONE exists.
-timed() {
-  local name="$1" done="$2"
-  shift 2
-  if [ -f "$done" ] && grep -q "^$name"$'\t' "$timings"; then
-    echo "== $name: kept from an earlier run ($done exists)"
-    return
-  fi
-  sed -i "/^$name\t/d" "$timings"
-  echo "== $name: $*"
-  local start end
-  start=$(date +%s)
-  "$@" 2>&1 | tee "$out/$name.log"
-  end=$(date +%s)
-  printf '%s\t%s\n' "$name" "$((end - start))" >>"$timings"
-}
+source "$(dirname "$0")/timed_steps.sh"
 
 # Step 1: the demonstrations of step 1's share, at a learning rate for a pretrained model.
 timed sft "$out/sft/metrics.json" "$chatrlhf" sft "${common[@]}" \

@@ -48,27 +48,7 @@ seed=1234
 # All three steps read the same file with the same split, so their shares never overlap (chatrlhf data
 # checks this) and every step's held-out set is its own share's eval part.
 common=(--data_path "$data" --data_split 2,4,4 --seed "$seed")
-timings="$out/timings.tsv"
-touch "$timings"
-
-# timed NAME DONE COMMAND...: run it with its output to OUT/NAME.log and the terminal, record its wall time.
-# If the file DONE exists the step finished in an earlier run: it is kept with its recorded time.
-timed() {
-  local name="$1" done="$2"
-  shift 2
-  if [ -f "$done" ] && grep -q "^$name"$'\t' "$timings"; then
-    echo "== $name: kept from an earlier run ($done exists)"
-    return
-  fi
-  sed -i "/^$name\t/d" "$timings"
-  echo "== $name: $*"
-  local start end
-  start=$(date +%s)
-  "$@" 2>&1 | tee "$out/$name.log"
-  end=$(date +%s)
-  printf '%s\t%s\n' "$name" "$((end - start))" >>"$timings"
-  echo "== $name took $((end - start)) s"
-}
+source "$(dirname "$0")/timed_steps.sh"
 
 # Step 1: SFT of SmolLM2 on the chosen answers of step 1's share. The transcripts already carry the HH
 # format (Human:/Assistant:), which the model learns here; it was instruction-tuned on ChatML. A small
