@@ -3,7 +3,7 @@
 # Usage: bash training_scripts/tiny/single_gpu/run_tiny.sh [OUTPUT] [ZERO_STAGE]   (MODEL=tiny-opt to switch family;
 #   MASTER_PORT=N to move the launcher off port 29500)
 # The 4,4,2 split gives step 1 twice the 2,4,4 share of samples: with 2,4,4 and more epochs the model memorised
-# rather than learnt the tasks (README: what the default run gives).
+# rather than learnt the tasks (docs/perfect_demonstrations.md, measured on the perfect set).
 OUTPUT=${1:-./output_step1_tiny}
 ZERO_STAGE=${2:-0}
 MODEL=${MODEL:-tiny-llama}

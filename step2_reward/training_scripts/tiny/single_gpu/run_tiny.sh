@@ -4,7 +4,7 @@
 #   MODEL=<step-1 output dir> starts from the SFT model (the end-to-end runner's CPU default) instead of the base
 #   preset; MODEL=tiny-opt switches family; MASTER_PORT=N moves the launcher off port 29500.
 # The next-token loss on the chosen rows (--lm_loss_coef) is what lifts pair accuracy here: without it the
-# model overfits the pairs with more epochs (README: what the default run gives).
+# model overfits the pairs with more epochs (docs/perfect_demonstrations.md, measured on the perfect set).
 OUTPUT=${1:-./output_step2_tiny}
 ZERO_STAGE=${2:-0}
 MODEL=${MODEL:-tiny-llama}

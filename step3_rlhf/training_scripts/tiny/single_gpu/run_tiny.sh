@@ -2,7 +2,7 @@
 # Step 3 (PPO) on the offline tiny preset and synthetic/tasks: runs on a laptop CPU in minutes.
 # Usage: bash training_scripts/tiny/single_gpu/run_tiny.sh ACTOR CRITIC [ACTOR_ZERO_STAGE] [CRITIC_ZERO_STAGE] [OUTPUT]
 # KL coefficient 0.2: looser ones raised the reward model's score further but began to trade away correct answers
-# on held-out prompts (README: what the default run gives).
+# on held-out prompts (docs/perfect_demonstrations.md, measured on the perfect set).
 ACTOR_MODEL_PATH=${1:?usage: run_tiny.sh ACTOR CRITIC [ACTOR_ZERO_STAGE] [CRITIC_ZERO_STAGE] [OUTPUT]}
 CRITIC_MODEL_PATH=${2:?usage: run_tiny.sh ACTOR CRITIC [ACTOR_ZERO_STAGE] [CRITIC_ZERO_STAGE] [OUTPUT]}
 ACTOR_ZERO_STAGE=${3:-0}
