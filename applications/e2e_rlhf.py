@@ -559,7 +559,7 @@ def _duration(seconds: float) -> str:
 
 def run_step(plan: Plan, step: int) -> float:
     """Run one step's script from its directory; returns its wall time or raises with the log tail."""
-    return _run_script(plan, step, f"step {step} ({plan.step_name(step)})", plan.command(step), plan.step_dir(step),
+    return _run_script(plan, step, f"step {step}", plan.step_name(step), plan.command(step), plan.step_dir(step),
                        plan.env(step))
 
 
@@ -604,25 +604,28 @@ def run_ablation(plan: Plan, method: str) -> float:
     env = plan.env(1)
     if env.get("MODEL"):
         env["MODEL"] = str(plan.step_dir(1))
-    label = f"ablation of {method} (step 1 + chosen answers, {schedule['max_steps']} updates)"
-    return _run_script(plan, "ablation", label, plan.ablation_command(method, schedule), plan.ablation_dir(method),
-                       env)
+    detail = f"step 1 + chosen answers, {schedule['max_steps']} updates"
+    return _run_script(plan, 1, f"ablation of {method}", detail, plan.ablation_command(method, schedule),
+                       plan.ablation_dir(method), env, record_as="ablation")
 
 
-def _run_script(plan: Plan, step: int | str, label: str, command: list[str], folder: Path, env: dict) -> float:
-    """Run a step's script from its code folder, timed; returns its wall time or raises with the log tail."""
-    code_dir = plan.code_dir(1 if step == "ablation" else step)
+def _run_script(plan: Plan, step: int, name: str, detail: str, command: list[str], folder: Path, env: dict,
+                record_as: int | str | None = None) -> float:
+    """Run a script of ``step`` (its code folder) into ``folder``, timed under ``name`` ("step 2", "ablation of
+    ppo") and recorded as ``record_as`` (default ``step``); returns its wall time or raises with the log tail."""
+    code_dir = plan.code_dir(step)
     folder.mkdir(parents=True, exist_ok=True)
-    print(f"---=== Running {label} ===---\n{shlex.join(command)}", flush=True)
+    print(f"---=== Running {name} ({detail}) ===---\n{shlex.join(command)}", flush=True)
     started = time.perf_counter()
     returncode = subprocess.run(command, cwd=code_dir, env=env).returncode
     elapsed = time.perf_counter() - started
-    record_timing(plan, step, folder, elapsed, "ok" if returncode == 0 else f"failed (exit code {returncode})")
+    status = "ok" if returncode == 0 else f"failed (exit code {returncode})"
+    record_timing(plan, step if record_as is None else record_as, folder, elapsed, status)
     if returncode == 0:
-        print(f"---=== Finished {label.split(' (')[0]} in {_duration(elapsed)} ===---", flush=True)
+        print(f"---=== Finished {name} in {_duration(elapsed)} ===---", flush=True)
         return elapsed
     log = folder / "training.log"
-    lines = [f"{label[0].upper()}{label[1:]} failed with exit code {returncode} after {_duration(elapsed)}.",
+    lines = [f"{name[0].upper()}{name[1:]} ({detail}) failed with exit code {returncode} after {_duration(elapsed)}.",
              f"Command (run in {code_dir}): {shlex.join(command)}"]
     tail = log_tail(log)
     if tail:
@@ -630,7 +633,7 @@ def _run_script(plan: Plan, step: int | str, label: str, command: list[str], fol
     else:
         lines.append(f"No log at {log}: the script failed before training started.")
     if looks_out_of_memory(log, returncode):
-        lines.append(oom_advice(plan, 1 if step == "ablation" else step))
+        lines.append(oom_advice(plan, step))
     raise RunnerError("\n".join(lines))
 
 
@@ -699,7 +702,7 @@ def ablation_dirs(plan: Plan) -> dict[str, Path]:
 
 def dpo_dir(plan: Plan) -> Path | None:
     """The DPO output of this actor in the output folder, whichever method this run used: they compare."""
-    folder = replace(plan, step2_method="dpo").step_dir(2)
+    folder = plan.policy_dir("dpo")
     return folder if folder.is_dir() else None
 
 
@@ -707,7 +710,7 @@ def rl_dirs(plan: Plan) -> dict[str, Path]:
     """Every step-3 output of this actor in the output folder, by algorithm: runs of several algorithms compare."""
     folders = {}
     for algorithm in ALGORITHMS:
-        folder = replace(plan, algorithm=algorithm).step_dir(3)
+        folder = plan.policy_dir(algorithm)
         if folder.is_dir():
             folders[algorithm] = folder
     return folders
