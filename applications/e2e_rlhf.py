@@ -2,7 +2,7 @@
 
 Takes DeepSpeed-Chat's runner flags (``--step``, ``--actor-model``, ``--reward-model``, the ZeRO stages,
 ``--output-dir``, ``--deployment-type``). Each step runs its ``training_scripts/<family>/<deployment>/run_<size>.sh``
-from the step's directory, which tees to ``training.log`` in the step's output folder:
+from the step's directory, which appends to ``training.log`` in the step's output folder:
 
     OUTPUT/actor-models/<actor>                 step 1 (SFT)
     OUTPUT/reward-models/<reward>               step 2 (reward model)
@@ -497,20 +497,34 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def log_tail(log: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
-    """The last lines of a log, with progress-bar redraws (carriage returns) reduced to their final state."""
+def log_size(log: Path) -> int:
+    """Bytes already in a log: the scripts append (``tee -a``), so a run's own lines start there."""
+    return log.stat().st_size if log.is_file() else 0
+
+
+def _log_text(log: Path, start: int) -> str:
+    """The log from byte ``start`` on (what one run appended), carriage returns kept."""
     if not log.is_file():
+        return ""
+    with open(log, "rb") as handle:
+        handle.seek(start)
+        return handle.read().decode("utf-8", errors="replace")
+
+
+def log_tail(log: Path, lines: int = LOG_TAIL_LINES, start: int = 0) -> list[str]:
+    """The last lines of a log from byte ``start``, with progress-bar redraws (carriage returns) reduced to their
+    final state."""
+    text = _log_text(log, start).rstrip("\n")
+    if not text:
         return []
-    with open(log, encoding="utf-8", errors="replace", newline="") as handle:  # keep the carriage returns
-        text = handle.read().rstrip("\n")
     return [line.rstrip("\r").rsplit("\r", 1)[-1] for line in text.split("\n")][-lines:]
 
 
-def looks_out_of_memory(log: Path, returncode: int) -> bool:
-    """An OOM message in the log, or the kernel's OOM killer (SIGKILL: 137, -9)."""
+def looks_out_of_memory(log: Path, returncode: int, start: int = 0) -> bool:
+    """An OOM message in the log from byte ``start``, or the kernel's OOM killer (SIGKILL: 137, -9)."""
     if returncode in (137, -9):
         return True
-    return log.is_file() and bool(_OOM.search(log.read_text(encoding="utf-8", errors="replace")))
+    return bool(_OOM.search(_log_text(log, start)))
 
 
 def oom_advice(plan: Plan, step: int) -> str:
@@ -616,6 +630,8 @@ def _run_script(plan: Plan, step: int, name: str, detail: str, command: list[str
     code_dir = plan.code_dir(step)
     folder.mkdir(parents=True, exist_ok=True)
     print(f"---=== Running {name} ({detail}) ===---\n{shlex.join(command)}", flush=True)
+    log = folder / "training.log"
+    earlier = log_size(log)
     started = time.perf_counter()
     returncode = subprocess.run(command, cwd=code_dir, env=env).returncode
     elapsed = time.perf_counter() - started
@@ -624,15 +640,14 @@ def _run_script(plan: Plan, step: int, name: str, detail: str, command: list[str
     if returncode == 0:
         print(f"---=== Finished {name} in {_duration(elapsed)} ===---", flush=True)
         return elapsed
-    log = folder / "training.log"
     lines = [f"{name[0].upper()}{name[1:]} ({detail}) failed with exit code {returncode} after {_duration(elapsed)}.",
              f"Command (run in {code_dir}): {shlex.join(command)}"]
-    tail = log_tail(log)
+    tail = log_tail(log, start=earlier)
     if tail:
-        lines += [f"Last {len(tail)} lines of {log}:", *(f"  | {line}" for line in tail)]
+        lines += [f"Last {len(tail)} lines of {log} (this run's):", *(f"  | {line}" for line in tail)]
     else:
-        lines.append(f"No log at {log}: the script failed before training started.")
-    if looks_out_of_memory(log, returncode):
+        lines.append(f"This run wrote nothing to {log}: the script failed before training started.")
+    if looks_out_of_memory(log, returncode, earlier):
         lines.append(oom_advice(plan, step))
     raise RunnerError("\n".join(lines))
 

@@ -28,7 +28,8 @@ class SFTRun(StepRun):
         check_data_flags(tuple(args.data_path), tuple(args.sft_only_data_path), args.data_split)
         check_length(f"--max_seq_len {args.max_seq_len}", args.max_seq_len, args.model_name_or_path)
         lora = cli_args.lora_settings(args)
-        output_dir = require_output_dir(args.output_dir, "step 1", args.overwrite_output_dir)
+        output_dir = require_output_dir(args.output_dir, "step 1", args.overwrite_output_dir,
+                                    resume=bool(args.resume or args.resume_from))
         return cls(
             step=1,
             data=cli_args.data_config(args),

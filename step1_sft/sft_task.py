@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from chatrlhf.training.metrics_log import report_empty_eval
 from chatrlhf.utils.model.lm_forward import causal_lm_loss
 
 
@@ -21,7 +22,10 @@ class SFTTask:
         return loss, {}
 
     def evaluate(self, engine, batches: list[dict]) -> dict[str, float]:
-        """Token-weighted mean loss over the held-out batches, and its perplexity."""
+        """Token-weighted mean loss over the held-out batches, and its perplexity; no metrics (and a notice) when
+        the held-out set is empty, which every rank sees alike (the sampler pads a non-empty set to each rank)."""
+        if not batches:
+            return report_empty_eval()
         total, count = 0.0, 0
         for batch in batches:
             loss, n = causal_lm_loss(

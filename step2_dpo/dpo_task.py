@@ -13,6 +13,7 @@ from torch import nn
 from chatrlhf.step2_dpo.losses import LossConfig, PairLoss, preference_loss
 from chatrlhf.step2_dpo.reference import LiveReference, pair_sums
 from chatrlhf.step2_reward.reward_task import ScoredPairs, pair_metrics
+from chatrlhf.training.metrics_log import report_empty_eval
 from chatrlhf.utils import device
 
 # pair_metrics' names for scores, as DPO's rewards.
@@ -85,7 +86,7 @@ class DPOTask:
         parts = device.all_gather_json(columns)
         columns = {key: sum((part[key] for part in parts), []) for key in columns}
         if not columns["loss"]:
-            return {}
+            return report_empty_eval()
         by_pair = pair_metrics(ScoredPairs(columns["chosen"], columns["rejected"], columns["task"],
                                            columns["mistake"]))
         metrics = {"loss": _mean(columns["loss"]), "chosen_logp": _mean(columns["chosen_logp"]),

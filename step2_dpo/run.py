@@ -75,7 +75,8 @@ class DPORun(StepRun):
                                       args.offload_reference_model)
         lora = cli_args.lora_settings(args)
         check_reference_flags(loss, reference, _adapters_off(lora.enabled and lora.only_optimize_lora, reference))
-        output_dir = require_output_dir(args.output_dir, STEP_NAME, args.overwrite_output_dir)
+        output_dir = require_output_dir(args.output_dir, STEP_NAME, args.overwrite_output_dir,
+                                    resume=bool(args.resume or args.resume_from))
         engine = cli_args.engine_settings(args, JOB_NAME)
         run = cls(
             step=2,

@@ -17,6 +17,7 @@ from chatrlhf.step2_reward.reward_model import (
     sequence_scores,
     tied_lm_logits,
 )
+from chatrlhf.training.metrics_log import report_empty_eval
 from chatrlhf.utils import device
 
 
@@ -154,8 +155,10 @@ class RewardTask:
         return loss, stats
 
     def evaluate(self, engine, batches: list[dict]) -> dict[str, float]:
-        """Metrics over all ranks' batches at once, so every rank reports the same keys and values."""
-        return pair_metrics(score_batches(engine.module, batches))
+        """Metrics over all ranks' batches at once, so every rank reports the same keys and values; none (and a
+        notice) when the held-out set is empty."""
+        scored = score_batches(engine.module, batches)
+        return pair_metrics(scored) if scored.chosen else report_empty_eval()
 
     def count_tokens(self, batch: dict) -> tuple[int, int]:
         return int(batch["attention_mask"].sum()), int(batch["input_ids"].shape[0])

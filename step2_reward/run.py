@@ -14,6 +14,7 @@ from chatrlhf.training.saving import save_hf_model
 from chatrlhf.training.step_runner import ModelSettings, StepRun
 from chatrlhf.training.validation import ConfigError, check_data_flags, check_length, check_model_path
 from chatrlhf.utils.data.collators import PairCollator
+from chatrlhf.utils.data.errors import DataError
 from chatrlhf.utils.data.tokenized import StepData
 
 JOB_NAME = "step2_model"
@@ -36,7 +37,8 @@ class RewardRun(StepRun):
         check_data_flags(tuple(args.data_path), (), args.data_split)
         check_length(f"--max_seq_len {args.max_seq_len}", args.max_seq_len, args.model_name_or_path)
         lora = cli_args.lora_settings(args)
-        output_dir = require_output_dir(args.output_dir, "step 2", args.overwrite_output_dir)
+        output_dir = require_output_dir(args.output_dir, "step 2", args.overwrite_output_dir,
+                                    resume=bool(args.resume or args.resume_from))
         engine = cli_args.engine_settings(args, JOB_NAME)
         if args.lm_loss_coef < 0:
             raise ConfigError(f"--lm_loss_coef {args.lm_loss_coef}: must be 0 (off) or positive")
@@ -68,7 +70,14 @@ class RewardRun(StepRun):
         return apply_lora(model, self.lora, trainable_modules=(HEAD_NAME,)) if self.lora.enabled else model
 
     def prepare_data(self, data: StepData, path: str, tokenizer) -> StepData:
-        """With ``--use_margin``, refuse sources without margins: their pairs would train with a margin of 0."""
+        """With ``--use_margin``, refuse sources without margins: their pairs would train with a margin of 0. Refuse
+        an empty held-out set before training, as the saved ``reward_stats.json`` is computed on it."""
+        if len(data.eval) == 0:
+            raise DataError(
+                "step 2 has no held-out pairs: the saved reward_stats.json (the score mean and std step 3 "
+                "normalises with) is computed on them, and the run would fail at its final save",
+                hint="Give --data_path a source with an eval split or more pairs (a source without one holds out "
+                "10% of its prompts), and see the data report above for what was dropped.")
         lacking = data.info.get("sources_without_margin", [])
         if self.use_margin and lacking:
             raise ConfigError(

@@ -49,6 +49,11 @@ class Pairs:
     def __len__(self) -> int:
         return len(self.prompts)
 
+    def subset(self, indices: list[int]) -> Pairs:
+        """The pairs at ``indices``, in that order."""
+        return Pairs(*([column[i] for i in indices] for column in (self.prompts, self.chosen, self.rejected,
+                                                                  self.tasks, self.mistakes)))
+
 
 def built_in_pairs(seed: int, template: str = "hh") -> Pairs:
     """The HH-style examples and the first held-out synthetic/tasks pair of each task (never trained on)."""
@@ -103,23 +108,39 @@ def _short(text: str, width: int = 70) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def report(pairs: Pairs, chosen: list[float], rejected: list[float]) -> dict[str, float]:
-    """Print each pair's scores, then the accuracy (per task and mistake kind when the pairs are labelled)."""
-    from chatrlhf.step2_reward.reward_task import ScoredPairs, pair_metrics
+def report(pairs: Pairs, chosen: list[float], rejected: list[float],
+           dropped: dict[str, int] | None = None) -> dict[str, float]:
+    """Print each pair's scores, then the accuracy (per task and mistake kind when the pairs are labelled).
 
+    ``dropped`` holds ``fit_pair``'s counts: the pairs left out (identical once cut to ``--max_seq_len``, so a tie
+    that must not count as wrong) and the kept pairs whose prompt or answers were cut. The returned metrics hold
+    ``dropped_pairs``, the number left out.
+    """
+    from chatrlhf.step2_reward.reward_task import ScoredPairs, pair_metrics
+    from chatrlhf.utils.data.tokenized import DROPPING_REASONS
+
+    dropped = dropped or {}
     for index in range(len(pairs)):
         verdict = "ok" if chosen[index] > rejected[index] else "WRONG"
         label = "/".join(x for x in (pairs.tasks[index], pairs.mistakes[index]) if x)
         print(f"==== pair {index + 1}{f' [{label}]' if label else ''}: {_short(pairs.prompts[index])!r}")
         print(f"  chosen   {chosen[index]:+.4f}  {_short(pairs.chosen[index])!r}")
         print(f"  rejected {rejected[index]:+.4f}  {_short(pairs.rejected[index])!r}  -> {verdict}")
+    left_out = sum(n for reason, n in dropped.items() if reason in DROPPING_REASONS)
+    for reason, count in sorted(dropped.items()):
+        kind = "pairs not scored" if reason in DROPPING_REASONS else "pairs scored"
+        print(f"{kind}: {reason}: {count}")
     metrics = pair_metrics(ScoredPairs(chosen, rejected, pairs.tasks, pairs.mistakes))
-    print(f"\naccuracy {metrics['accuracy']:.1%} on {len(pairs)} pairs; mean chosen {metrics['chosen_score']:.4f}, "
-          f"mean rejected {metrics['rejected_score']:.4f}, mean margin {metrics['margin']:.4f}")
+    if not metrics:
+        print(f"\nno pairs left to score ({left_out} dropped); raise --max_seq_len so the answers fit.")
+        return {"dropped_pairs": left_out}
+    print(f"\naccuracy {metrics['accuracy']:.1%} on {len(pairs)} pairs ({left_out} dropped); mean chosen "
+          f"{metrics['chosen_score']:.4f}, mean rejected {metrics['rejected_score']:.4f}, mean margin "
+          f"{metrics['margin']:.4f}")
     breakdown = [f"{k[4:]} {v:.0%}" for k, v in metrics.items() if k.startswith("acc_")]
     if breakdown:
         print("  " + ", ".join(breakdown))
-    return metrics
+    return {**metrics, "dropped_pairs": left_out}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data_path", nargs="*", default=["synthetic/tasks"],
                         help="The data a preset's tokenizer is built from (preset model names only).")
     parser.add_argument("--max_seq_len", type=int, default=512,
-                        help="Longest scored sequence in tokens (prompt and answer).")
+                        help="Longest scored sequence in tokens (prompt and answer); a longer prompt loses its "
+                        "oldest tokens first, as in step 2's data.")
     parser.add_argument("--batch_size", type=int, default=16, help="Sequences scored at once.")
     parser.add_argument("--seed", type=int, default=1234,
                         help="Picks the built-in synthetic pairs; keys preset tokenizers.")
@@ -166,9 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     data = DataConfig(data_path=tuple(args.data_path), seed=args.seed, max_seq_len=args.max_seq_len)
     scorer = RewardScorer.load(args.model_name_or_path, data, add_eot_token=args.add_eot_token,
                                batch_size=args.batch_size)
-    chosen = scorer.score(pairs.prompts, pairs.chosen)
-    rejected = scorer.score(pairs.prompts, pairs.rejected)
-    report(pairs, chosen, rejected)
+    encoded = scorer.encode_pairs(pairs.prompts, pairs.chosen, pairs.rejected)
+    report(pairs.subset(encoded.kept), scorer.score_ids(encoded.chosen), scorer.score_ids(encoded.rejected),
+           encoded.counts)
     return 0
 
 

@@ -14,6 +14,23 @@ DEFAULT_BATCH_SIZE = 16
 
 
 @dataclass
+class EncodedPairs:
+    """The pairs left to score (their indices and ids) and ``fit_pair``'s counts of what was dropped or cut."""
+
+    kept: list[int]
+    chosen: list[list[int]]
+    rejected: list[list[int]]
+    counts: dict[str, int]
+
+    @property
+    def dropped(self) -> int:
+        """Pairs left out (cut samples that were kept are counted in ``counts`` too, but not here)."""
+        from chatrlhf.utils.data.tokenized import DROPPING_REASONS
+
+        return sum(n for reason, n in self.counts.items() if reason in DROPPING_REASONS)
+
+
+@dataclass
 class RewardScorer:
     """A reward model in eval mode with its tokenizer; ``score`` turns texts into rewards."""
 
@@ -46,18 +63,39 @@ class RewardScorer:
         model.eval()
         return cls(model, tokenizer, data.max_seq_len, batch_size)
 
+    def _ids(self, texts: Sequence[str]) -> list[list[int]]:
+        return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
+
     def encode(self, prompts: Sequence[str], answers: Sequence[str]) -> list[list[int]]:
-        """prefix + prompt + answer + eos, cut to ``max_seq_len``: the ids step 2 trained on."""
-        from chatrlhf.utils.data.tokenized import prompt_prefix_ids
+        """prefix + prompt + answer + eos within ``max_seq_len``, a long prompt losing its oldest tokens first: the
+        ids step 2 trained on (``fit_answers``)."""
+        from chatrlhf.utils.data.tokenized import fit_answers, prompt_prefix_ids
 
         if len(prompts) != len(answers):
             raise ValueError(f"score() needs one answer per prompt; got {len(prompts)} prompts, {len(answers)} answers")
         prefix = prompt_prefix_ids(self.tokenizer)
-        prompt_ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-        answer_ids = self.tokenizer(list(answers), add_special_tokens=False)["input_ids"]
         eos = self.tokenizer.eos_token_id
-        tail = [eos] if eos is not None else []
-        return [(prefix + p + a + tail)[: self.max_seq_len] for p, a in zip(prompt_ids, answer_ids)]
+        return [fit_answers(p, [a], eos, self.max_seq_len, prefix).sequences[0]
+                for p, a in zip(self._ids(prompts), self._ids(answers))]
+
+    def encode_pairs(self, prompts: Sequence[str], chosen: Sequence[str], rejected: Sequence[str]) -> EncodedPairs:
+        """Each pair's ids as step 2 trains on them (``fit_pair``): the pairs step 2 would drop (the same ids on
+        both sides after the cut) are left out and counted, as a tie must not count as a wrong pair."""
+        from chatrlhf.utils.data.tokenized import fit_pair, prompt_prefix_ids
+
+        if not len(prompts) == len(chosen) == len(rejected):
+            raise ValueError(f"encode_pairs() needs one chosen and one rejected answer per prompt; got "
+                             f"{len(prompts)} prompts, {len(chosen)} chosen, {len(rejected)} rejected")
+        prefix = prompt_prefix_ids(self.tokenizer)
+        eos = self.tokenizer.eos_token_id
+        encoded = EncodedPairs([], [], [], {})
+        for index, (p, c, r) in enumerate(zip(self._ids(prompts), self._ids(chosen), self._ids(rejected))):
+            fitted = fit_pair(p, c, r, eos, self.max_seq_len, encoded.counts, prefix)
+            if fitted is not None:
+                encoded.kept.append(index)
+                encoded.chosen.append(fitted.sequences[0])
+                encoded.rejected.append(fitted.sequences[1])
+        return encoded
 
     def score_ids(self, sequences: Sequence[Sequence[int]]) -> list[float]:
         from chatrlhf.step2_reward.reward_model import sequence_scores, token_values

@@ -25,12 +25,13 @@ from chatrlhf.training import cli_args
 from chatrlhf.training.checkpoint import CheckpointManager
 from chatrlhf.training.config import EngineSettings, LoopSettings, LoraSettings, OptimSettings
 from chatrlhf.training.config_file import write_run_args
+from chatrlhf.training.disk import checkpoint_bytes, model_bytes, require_free_space
 from chatrlhf.training.loop import TrainResult, make_loader, resumable_epochs, training_session, write_metrics
 from chatrlhf.training.metrics_log import MetricsLogger, format_metrics, print_rank0
 from chatrlhf.training.model_card import ModelCard
-from chatrlhf.training.run_control import StopRequested
+from chatrlhf.training.run_control import StopRequested, save_or_keep, signals_held
 from chatrlhf.training.run_setup import require_output_dir, set_seed
-from chatrlhf.training.saving import save_hf_model
+from chatrlhf.training.saving import StagedModels, agree_saved, save_hf_model
 from chatrlhf.training.validation import ConfigError, check_data_flags, check_length, check_model_path
 from chatrlhf.utils import device
 from chatrlhf.utils.data.collators import PromptCollator
@@ -70,7 +71,8 @@ class PPORun:
     def from_args(cls, args: argparse.Namespace, given: frozenset[str] = frozenset()) -> PPORun:
         """The run the flags describe; ``given`` names the flags set on the command line (for the warning
         about critic flags under a critic-free algorithm)."""
-        output_dir = require_output_dir(args.output_dir, "step 3", args.overwrite_output_dir)
+        output_dir = require_output_dir(args.output_dir, "step 3", args.overwrite_output_dir,
+                                    resume=bool(args.resume or args.resume_from))
         dtype = args.dtype or device.default_dtype_name()
         hybrid = hybrid_engine_config(args.enable_hybrid_engine, args.max_answer_seq_len, args.inference_tp_size,
                                       args.release_inference_cache, not args.unpin_actor_parameters,
@@ -149,7 +151,8 @@ class PPORun:
                 output_dir=output_dir, num_train_epochs=args.num_train_epochs, max_steps=args.max_steps,
                 save_interval=args.save_interval, log_interval=args.log_interval, seed=args.seed,
                 save_total_limit=args.save_total_limit, resume=args.resume, resume_from=args.resume_from,
-                overwrite_output_dir=args.overwrite_output_dir, max_bad_steps=args.max_bad_steps),
+                overwrite_output_dir=args.overwrite_output_dir, resume_ignore_settings=args.resume_ignore_settings,
+                max_bad_steps=args.max_bad_steps),
             iteration=IterationSettings(
                 per_device_generation_batch_size=args.per_device_generation_batch_size,
                 per_device_training_batch_size=args.per_device_training_batch_size,
@@ -269,12 +272,24 @@ class PPORun:
             unsupervised=self._unsupervised(tokenizer), actor_zero_stage=self.actor.engine.zero_stage,
             fp32_loss=self.actor.engine.compute_fp32_loss,
         )
-        manager = CheckpointManager(self.loop.output_dir, self.loop.save_total_limit)
+        it = self.iteration
+        batches = {"data": os.path.basename(data.info["cache_dir"]), "seed": self.loop.seed,
+                   "generation batch size": it.per_device_generation_batch_size,
+                   "training batch size": it.per_device_training_batch_size,
+                   "generation batches": self.ppo.generation_batches,
+                   "gradient accumulation": it.gradient_accumulation_steps, "ranks": device.world_size()}
+        manager = CheckpointManager(self.loop.output_dir, self.loop.save_total_limit, batches,
+                                    self.loop.resume_ignore_settings)
         engines_by_tag = engines.trained()
+        if device.is_main_process():
+            trained = [engine.module for engine in engines_by_tag.values()]
+            need = sum(model_bytes(m) + (checkpoint_bytes(m) if self.loop.save_interval else 0) for m in trained)
+            require_free_space(self.loop.output_dir, need, "this run's models"
+                               + (" and checkpoints" if self.loop.save_interval else ""))
         point = manager.resume_point(self.loop)
         resumed = None
         if point:
-            resumed = CheckpointManager.load(point, engines_by_tag)
+            resumed = manager.load(point, engines_by_tag)
             trainer.load_state(resumed)
             print_rank0(f"resuming {self.algorithm.name.upper()} at iteration {trainer.steps} from {point}")
         evaluations = {"start": resumed["held_out_start"] if resumed else self.evaluate(trainer, data.eval)}
@@ -289,10 +304,15 @@ class PPORun:
             print_rank0(f"{stop}; resume with --resume")
             logger.close()
             raise SystemExit(stop.exit_code) from None
-        evaluations["end"] = self.evaluate(trainer, data.eval)
-        if record is not None:
-            write_run_args(self.loop.output_dir, record)
-        self.save(engines, tokenizer, role_cards(self, trainer.steps, trainer.history, evaluations, data.info))
+        with signals_held("the final evaluation and save"):
+            print_rank0(f"trained {trainer.steps} iterations; final evaluation and save")
+            evaluations["end"] = self.evaluate(trainer, data.eval)
+            if record is not None:
+                write_run_args(self.loop.output_dir, record)
+            cards = role_cards(self, trainer.steps, trainer.history, evaluations, data.info)
+            save_or_keep(lambda: self.save(engines, tokenizer, cards),
+                         lambda: manager.save(trainer.steps, engines_by_tag,
+                                              {**trainer.state(0, 0), "held_out_start": evaluations["start"]}))
         logger.close()
         summary = {"wall_time_s": time.perf_counter() - started, "iterations": trainer.steps,
                    "actor_updates": int(getattr(engines.actor, "global_steps", 0)), "eval_samples": EVAL_SAMPLES,
@@ -391,15 +411,27 @@ class PPORun:
         return result
 
     def save(self, engines, tokenizer, cards: dict[str, ModelCard]) -> None:
-        """The actor, its EMA and the critic, each in its own folder with its card."""
+        """The actor, its EMA and the critic, each in its own folder with its card, put in place together."""
         out = self.loop.output_dir
-        save_hf_model(engines.actor.module, tokenizer, os.path.join(out, "actor"),
-                      zero_stage=self.actor.engine.zero_stage, card=cards["actor"])
-        if engines.critic is not None:
-            save_hf_model(engines.critic.module, tokenizer, os.path.join(out, "critic"),
-                          zero_stage=self.critic.engine.zero_stage, card=cards["critic"])
-        if engines.ema is not None:
-            save_hf_model(engines.ema, tokenizer, os.path.join(out, "actor_ema"), card=cards["actor_ema"])
+        staged = StagedModels()
+        try:
+            save_hf_model(engines.actor.module, tokenizer, os.path.join(out, "actor"),
+                          zero_stage=self.actor.engine.zero_stage, card=cards["actor"], staged=staged)
+            if engines.critic is not None:
+                save_hf_model(engines.critic.module, tokenizer, os.path.join(out, "critic"),
+                              zero_stage=self.critic.engine.zero_stage, card=cards["critic"], staged=staged)
+            if engines.ema is not None:
+                save_hf_model(engines.ema, tokenizer, os.path.join(out, "actor_ema"), card=cards["actor_ema"],
+                              staged=staged)
+            error = None
+            if device.is_main_process():
+                try:
+                    staged.publish()
+                except OSError as exc:
+                    error = exc
+            agree_saved(error, f"the models to {out}")
+        finally:
+            staged.discard()
 
 
 def warn_unused_critic_flags(algorithm: str, given: frozenset[str], *, critic_names_reward_model: bool) -> None:

@@ -244,3 +244,98 @@ def test_prompt_only_file_feeds_step3_and_is_dropped_elsewhere(tmp_path):
     assert step_records(cfg, 1).train == []
     assert step_records(cfg, 1).reports[0].dropped["prompt-only row in an SFT source"] > 0
     assert step_records(cfg, 2).train == []
+
+
+def test_cache_key_holds_the_chat_template(tmp_path, tokenizer):
+    """--prompt_template model writes every prompt with the tokenizer's chat template: a changed template must not
+    be served the old prompts from the cache."""
+    import copy
+
+    cfg = DataConfig(data_path=(write_pairs(tmp_path / "p.jsonl", pairs(10)),), data_output_path=str(tmp_path / "c"))
+    one, two = copy.deepcopy(tokenizer), copy.deepcopy(tokenizer)
+    one.chat_template = "{% for m in messages %}<user>{{ m['content'] }}{% endfor %}<bot>"
+    two.chat_template = "{% for m in messages %}### {{ m['content'] }}{% endfor %}###"
+    assert cache_key(cfg, 2, one) != cache_key(cfg, 2, two)
+    assert cache_key(cfg, 2, one) == cache_key(cfg, 2, copy.deepcopy(one))
+
+
+def test_hub_dataset_is_keyed_and_loaded_by_its_revision(monkeypatch):
+    """A hub dataset's cache key holds the revision the hub serves, and the load reads that same revision."""
+    from chatrlhf.utils.data import hub_sources
+    from chatrlhf.utils.data.fingerprint import source_fingerprint
+
+    assert hub_sources.hub_revision("Dahoas/rm-static") is None  # offline (conftest): no network call
+    revision = {"Dahoas/rm-static": "aaaa"}
+    monkeypatch.setattr(hub_sources, "hub_revision", lambda repo: revision.get(repo))
+    before = source_fingerprint("Dahoas/rm-static", 1)
+    revision["Dahoas/rm-static"] = "bbbb"
+    assert source_fingerprint("Dahoas/rm-static", 1) != before
+    assert source_fingerprint("synthetic/tasks", 1) == source_fingerprint("synthetic/tasks", 1)
+    loads = []
+    monkeypatch.setattr(hub_sources, "load_hf_dataset", lambda name, **kw: loads.append((name, kw)) or {})
+    hub_sources.DahoasRmStatic("", 1, 0, "Dahoas/rm-static")._load()
+    assert loads == [("Dahoas/rm-static", {"config": None, "revision": "bbbb"})]
+
+
+def long_prompt_pairs(n: int) -> list[dict]:
+    """Pairs whose prompt alone is longer than 24 tokens, with short answers that differ."""
+    return [{"prompt": "\n\nHuman: " + " ".join(f"q {i}" for _ in range(20)) + "?\n\nAssistant:",
+             "chosen": f" yes {i}", "rejected": f" no {i}"} for i in range(n)]
+
+
+def test_step2_cuts_a_long_prompt_from_the_left_and_keeps_the_answers(tmp_path, tokenizer):
+    from chatrlhf.utils.data.tokenized import ANSWER_END_CUT, IDENTICAL_PAIR, PROMPT_START_CUT
+
+    long_answer = " yes 1 no 2 yes 3 no 4 yes 5 no 6 yes 7 no 8 yes 9 no 10 yes 11"
+    rows = long_prompt_pairs(12) + [{"prompt": "\n\nHuman: q 0?\n\nAssistant:", "chosen": long_answer + " yes",
+                                     "rejected": long_answer + " no"}]
+    path = write_pairs(tmp_path / "long.jsonl", rows)
+    cfg = DataConfig(data_path=(path,), data_split="0,1,0", eval_fraction=0.0,
+                     data_output_path=str(tmp_path / "c"), max_seq_len=24)
+    data = build_step_data(cfg, 2, tokenizer)
+    eos = tokenizer.eos_token_id
+    assert len(data.train) == 12
+    for row in data.train:
+        good, bad = row["chosen_ids"], row["rejected_ids"]
+        assert len(good) <= 24 and len(bad) <= 24 and good[-1] == eos and bad[-1] == eos
+        assert good != bad and good[: row["prompt_len"]] == bad[: row["prompt_len"]]
+        answer = tokenizer.decode(good[row["prompt_len"]:-1])
+        assert answer.strip().startswith("yes"), answer
+        assert tokenizer.decode(good[: row["prompt_len"]]).endswith("Assistant:")
+    assert data.info["dropped_by_length"]["train"] == {PROMPT_START_CUT: 12, IDENTICAL_PAIR: 1}
+    assert ANSWER_END_CUT not in data.info["dropped_by_length"]["train"]
+
+
+def test_short_samples_are_unchanged_and_cut_answers_are_counted(tmp_path, tokenizer):
+    from chatrlhf.utils.data.tokenized import ANSWER_END_CUT
+
+    path = write_pairs(tmp_path / "p.jsonl", pairs(30))
+    roomy = DataConfig(data_path=(path,), data_split="1,1,0", data_output_path=str(tmp_path / "c"), max_seq_len=64)
+    for step in (1, 2):
+        data = build_step_data(roomy, step, tokenizer)
+        assert data.info["dropped_by_length"] == {"train": {}, "eval": {}}
+    row = build_step_data(roomy, 2, tokenizer).train[0]
+    prompt = tokenizer(next(r["prompt"] for r in pairs(30)
+                            if tokenizer(r["prompt"] + r["chosen"], add_special_tokens=False)["input_ids"]
+                            == row["chosen_ids"][:-1]), add_special_tokens=False)["input_ids"]
+    assert row["prompt_len"] == len(prompt)
+    tight = replace(roomy, max_seq_len=15)
+    step1 = build_step_data(tight, 1, tokenizer)
+    cut = sum(ids[-1] != tokenizer.eos_token_id for ids in step1.train["input_ids"])
+    assert cut > 0 and step1.info["dropped_by_length"]["train"][ANSWER_END_CUT] == cut
+
+
+def test_strict_data_refuses_length_drops_and_partition_drops(tmp_path, tokenizer):
+    path = write_pairs(tmp_path / "long.jsonl", long_prompt_pairs(12))
+    cfg = DataConfig(data_path=(path,), data_split="0,1,0", eval_fraction=0.0,
+                     data_output_path=str(tmp_path / "c"), max_seq_len=24, strict_data=True)
+    with pytest.raises(DataError, match=r"--strict_data: step 2 .*start of prompt, cut by --max_seq_len.*: 12.*"
+                                        r"Raise --max_seq_len"):
+        build_step_data(cfg, 2, tokenizer)
+    assert build_step_data(replace(cfg, max_seq_len=128), 2, tokenizer).info["num_train"] == 12
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"\n\nHuman: q{i}?\n\nAssistant:"}) + "\n" for i in range(4)))
+    mixed = DataConfig(data_path=(write_pairs(tmp_path / "p.jsonl", pairs(10)), str(prompts)), data_split="1,0,0",
+                       strict_data=True)
+    with pytest.raises(DataError, match=r"prompt-only row in an SFT source: 4.*give step 1 rows with a response"):
+        step_records(mixed, 1)

@@ -179,6 +179,37 @@ def test_a_failing_step_shows_its_log_tail_and_stops_the_run(tmp_path, monkeypat
     assert timing["status"] == "failed (exit code 3)"
 
 
+APPENDING_FAILING_SCRIPT = """#!/bin/bash
+OUTPUT=$1
+mkdir -p "$OUTPUT"
+echo "resumed at step 3" >> "$OUTPUT/training.log"
+echo "ValueError: bad flag" >> "$OUTPUT/training.log"
+exit 3
+"""
+PACKAGE = Path(e2e_rlhf.__file__).resolve().parents[1]
+
+def test_training_scripts_append_to_the_log_so_a_resumed_run_keeps_the_earlier_one() -> None:
+    scripts = sorted(PACKAGE.glob("step*/training_scripts/**/run_*.sh"))
+    assert len(scripts) > 30
+    for script in scripts:
+        text = script.read_text()
+        assert 'tee -a "$OUTPUT/training.log"' in text and 'tee "$OUTPUT' not in text, script
+
+
+def test_a_failing_step_shows_only_its_own_part_of_an_appended_log(tmp_path, monkeypatch, capsys) -> None:
+    """The earlier run's lines (here an out-of-memory error) stay in the log, but the failure names this run's."""
+    monkeypatch.setattr(e2e_rlhf, "STEP_DIRS", make_scripts(tmp_path / "pkg", {1: APPENDING_FAILING_SCRIPT}))
+    out = tmp_path / "out"
+    log = out / "actor-models" / "tiny-opt" / "training.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("earlier run line\ntorch.OutOfMemoryError: CUDA out of memory.\n")
+    assert e2e_rlhf.main(["--step", "1", "--output-dir", str(out), "--actor-model", "tiny-opt"]) == 1
+    err = capsys.readouterr().err
+    assert "| resumed at step 3" in err and "| ValueError: bad flag" in err
+    assert "earlier run line" not in err and "out of memory" not in err
+    assert log.read_text().startswith("earlier run line\n")
+
+
 def test_an_out_of_memory_error_gives_the_settings_to_change(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("LAST_LINE", "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
     monkeypatch.setattr(e2e_rlhf, "STEP_DIRS", make_scripts(tmp_path / "pkg", {2: FAILING_SCRIPT}))

@@ -143,7 +143,7 @@ def test_incomplete_checkpoint_is_skipped_and_refused(tmp_path):
     (tmp_path / "checkpoints" / "step-4").mkdir()
     assert manager.latest() == str(good)
     with pytest.raises(CheckpointError, match="not a complete checkpoint"):
-        CheckpointManager.load(str(tmp_path / "checkpoints" / "step-4"), {"model": object()})
+        manager.load(str(tmp_path / "checkpoints" / "step-4"), {"model": object()})
 
 
 TIMING_KEYS = {"clock", "generation_s", "scoring_s", "training_s", "generated_tokens_per_s"}
@@ -255,7 +255,8 @@ def test_two_ranks_under_zero2_resume_bit_exact_after_sigkill(step, tmp_path, sf
     """Two ranks, ZeRO-2 (each rank holds its own optimizer shard in the checkpoint), the whole process tree
     killed after a checkpoint: the resumed run ends with the weights and losses of the uninterrupted one."""
     if step == "step1_sft":
-        args = ["--data_output_path", data_cache, "--model_name_or_path", sft_model, "--zero_stage", "2", *STEP1]
+        args = ["--data_output_path", data_cache, "--model_name_or_path", sft_model, "--zero_stage", "2", *STEP1,
+                "--dropout", "0.1"]
         marker, resumed, weights = "step {}: checkpoint written", "resuming at step", ("model.safetensors",)
     else:
         args = ["--actor_model_name_or_path", sft_model, "--critic_model_name_or_path", sft_model,
@@ -285,3 +286,88 @@ def test_two_ranks_under_zero2_resume_bit_exact_after_sigkill(step, tmp_path, sf
 
 def strip_timing(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in h.items() if k not in TIMING_KEYS} for h in history]
+
+
+def test_a_finished_run_is_never_clobbered(tmp_path, sft_model, data_cache, subprocess_env):
+    """Re-running without --resume refuses, and so does resuming under another batch size; the earlier run's
+    checkpoints stay byte for byte."""
+    out = tmp_path / "run"
+    finish(start(out, data_cache, subprocess_env, "--model_name_or_path", sft_model))
+
+    def snapshot() -> dict[str, bytes]:
+        return {str(p.relative_to(out)): p.read_bytes() for p in (out / "checkpoints").rglob("*") if p.is_file()}
+
+    before = snapshot()
+    again = start(out, data_cache, subprocess_env, "--model_name_or_path", sft_model)
+    output, _ = again.communicate(timeout=600)
+    assert again.returncode == 2, output[-2000:]
+    assert "pass --resume to continue it, or --overwrite_output_dir" in output
+    changed = start(out, data_cache, subprocess_env, "--model_name_or_path", sft_model, "--resume",
+                    "--per_device_train_batch_size", "8")
+    output, _ = changed.communicate(timeout=600)
+    assert changed.returncode == 2, output[-2000:]
+    assert "batch size: 4 -> 8" in output
+    assert snapshot() == before
+
+
+def test_sigterm_during_step3_final_evaluation_still_saves(tmp_path, sft_model, data_cache, subprocess_env):
+    """A scheduler's SIGTERM while the final evaluation runs lets the evaluation and the save finish."""
+    out = tmp_path / "ppo"
+    command = [sys.executable, str(ROOT / "step3_rlhf" / "main.py"), "--output_dir", str(out),
+               "--actor_model_name_or_path", sft_model, "--critic_model_name_or_path", sft_model,
+               "--per_device_generation_batch_size", "4", "--per_device_training_batch_size", "4",
+               "--max_prompt_seq_len", "48", "--max_answer_seq_len", "8", "--max_steps", "1", "--eval_prompts", "64",
+               "--data_output_path", data_cache, "--seed", "5"]
+    process = subprocess.Popen(command, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    wait_for(process, "final evaluation and save")
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output[-3000:]
+    assert "SIGTERM arrived during the final evaluation and save; it was let finish" in output
+    for part in ("actor", "critic"):
+        assert (out / part / "model.safetensors").is_file()
+
+
+NAN_ON_RANK_1 = """
+import os, sys
+import torch
+from chatrlhf.step1_sft import sft_task
+from chatrlhf.step1_sft.main import main
+
+real_loss, calls = sft_task.SFTTask.loss, [0]
+
+def loss(self, engine, batch):
+    value, stats = real_loss(self, engine, batch)
+    calls[0] += 1
+    bad = int(os.environ["RANK"]) == 1 and calls[0] >= int(os.environ["NAN_FROM"])
+    return (value * float("nan") if bad and calls[0] < int(os.environ["NAN_UNTIL"]) else value), stats
+
+sft_task.SFTTask.loss = loss
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.multiprocess
+def test_a_nan_on_one_rank_is_skipped_by_both(tmp_path, sft_model, data_cache, subprocess_env):
+    """A non-finite loss on rank 1 alone: both ranks skip that batch (no hang, no lone step); a run of them past
+    --max_bad_steps stops both ranks with the reason."""
+    script = tmp_path / "nan_on_rank_1.py"
+    script.write_text(NAN_ON_RANK_1)
+    args = ["--data_output_path", data_cache, "--model_name_or_path", sft_model, *STEP1, "--max_bad_steps", "3"]
+    from chatrlhf.utils.device import free_port
+
+    def two_ranks(out: Path, nan_from: int, nan_until: int) -> subprocess.Popen:
+        env = {**subprocess_env, "NAN_FROM": str(nan_from), "NAN_UNTIL": str(nan_until)}
+        command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port",
+                   str(free_port()), str(script), "--output_dir", str(out), *args]
+        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+
+    output = finish(two_ranks(tmp_path / "once", 3, 4))
+    assert "step 3: non-finite loss, batch skipped (1 so far)" in output
+    assert json.loads((tmp_path / "once" / "metrics.json").read_text())["steps"] == 8
+    stopped = two_ranks(tmp_path / "always", 3, 10**6)
+    output, _ = stopped.communicate(timeout=600)
+    assert stopped.returncode != 0
+    assert "non-finite on some rank for 3 batches in a row" in output

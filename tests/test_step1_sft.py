@@ -104,3 +104,10 @@ def test_redirected_output_has_metric_lines_and_no_bar_frames(tmp_path, cache_ro
     out, err = capfd.readouterr()
     assert "\r" not in out + err
     assert sum(line.startswith("[train]") for line in out.splitlines()) == 3
+
+
+def test_an_empty_eval_set_says_so_instead_of_a_loss_of_zero(capsys):
+    from chatrlhf.step1_sft.sft_task import SFTTask
+
+    assert SFTTask().evaluate(None, []) == {}
+    assert "held-out set is empty" in capsys.readouterr().out

@@ -371,3 +371,11 @@ def test_logp_accuracy_counts_ties_half():
     from chatrlhf.step2_dpo.dpo_task import logp_accuracy
 
     assert logp_accuracy([-1.0, -2.0, -3.0, -4.0], [-2.0, -1.0, -3.0, -5.0]) == (1 + 0 + 0.5 + 1) / 4
+
+
+def test_an_empty_eval_set_says_so_instead_of_reporting_metrics(capsys):
+    from chatrlhf.step2_dpo.dpo_task import DPOTask
+    from chatrlhf.step2_dpo.losses import LossConfig
+
+    assert DPOTask(LossConfig()).evaluate(None, []) == {}
+    assert "held-out set is empty" in capsys.readouterr().out

@@ -214,3 +214,58 @@ def test_rw_eval_scores_a_pairs_file_and_the_built_ins(reward_dir, tmp_path, cap
     assert batched == pytest.approx(scorer.score(prompts, answers), abs=1e-5)
     tokenizer = AutoTokenizer.from_pretrained(reward_dir)
     assert scorer.encode(prompts, answers)[0][-1] == tokenizer.eos_token_id
+
+
+def test_rw_eval_cuts_long_prompts_from_the_left_and_drops_identical_pairs(reward_dir, tmp_path, capsys):
+    """Prompts longer than --max_seq_len lose their oldest tokens, so both answers are scored (not two copies of
+    the prompt's start); a pair identical after the cut is reported as dropped, not scored as a wrong pair."""
+    from chatrlhf.step2_reward.rw_eval import main as rw_eval_main
+    from chatrlhf.step2_reward.scoring import RewardScorer
+    from chatrlhf.utils.data.config import DataConfig
+
+    history = "".join(f"\n\nHuman: Tell me about item {i}.\n\nAssistant: Item {i} is fine." for i in range(20))
+    long_prompt = history + "\n\nHuman: What is 2 plus 2?\n\nAssistant:"
+    repeated = " 2 plus 2 is 4." * 20
+    rows = [{"prompt": long_prompt, "chosen": " 2 plus 2 is 4.", "rejected": " 2 plus 2 is 5."},
+            {"prompt": long_prompt, "chosen": " cat reversed is tac.", "rejected": " cat cat cat cat"},
+            {"prompt": "\n\nHuman: Say it again.\n\nAssistant:", "chosen": repeated + " yes",
+             "rejected": repeated + " no"}]
+    pairs = tmp_path / "long.jsonl"
+    pairs.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    scorer = RewardScorer.load(reward_dir, DataConfig(max_seq_len=48))
+    tokenizer = scorer.tokenizer
+    assert len(tokenizer(long_prompt, add_special_tokens=False)["input_ids"]) > 48
+    encoded = scorer.encode_pairs(*([r[key] for r in rows] for key in ("prompt", "chosen", "rejected")))
+    assert encoded.kept == [0, 1] and encoded.dropped == 1
+    for chosen, rejected, row in zip(encoded.chosen, encoded.rejected, rows):
+        assert chosen != rejected and len(chosen) <= 48 and chosen[-1] == tokenizer.eos_token_id
+        assert tokenizer.decode(chosen, skip_special_tokens=True).endswith("Assistant:" + row["chosen"])
+        assert tokenizer.decode(rejected, skip_special_tokens=True).endswith("Assistant:" + row["rejected"])
+    assert all(c != r for c, r in zip(scorer.score_ids(encoded.chosen), scorer.score_ids(encoded.rejected)))
+
+    assert rw_eval_main(["--model_name_or_path", reward_dir, "--pairs_file", str(pairs), "--max_seq_len", "48"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("==== pair") == 2 and "on 2 pairs (1 dropped)" in out
+    assert "pairs not scored: identical after truncation: 1" in out
+    assert "pairs scored: start of prompt, cut by --max_seq_len (pair kept): 2" in out
+
+
+def test_an_empty_eval_set_says_so_instead_of_reporting_metrics(capsys):
+    from types import SimpleNamespace
+
+    import datasets
+
+    from chatrlhf.step2_reward.reward_task import RewardTask
+    from chatrlhf.step2_reward.run import RewardRun
+    from chatrlhf.utils.data.errors import DataError
+    from chatrlhf.utils.data.tokenized import FEATURES, StepData
+
+    assert RewardTask().evaluate(SimpleNamespace(module=None), []) == {}
+    assert "held-out set is empty" in capsys.readouterr().out
+    train = datasets.Dataset.from_dict({"chosen_ids": [[1, 2]], "rejected_ids": [[1, 3]], "prompt_len": [1],
+                                        "margin": [0.0], "task": [""], "mistake": [""]}, FEATURES[2])
+    empty = train.select([])
+    run = SimpleNamespace(use_margin=False)
+    with pytest.raises(DataError, match="step 2 has no held-out pairs.*reward_stats.json"):
+        RewardRun.prepare_data(run, StepData(train, empty), "", None)
+    assert RewardRun.prepare_data(run, StepData(train, train), "", None).eval is train

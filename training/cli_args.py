@@ -36,7 +36,9 @@ def add_data_args(parser: argparse.ArgumentParser, *, sft_only: bool = True) -> 
     group.add_argument("--margin_column", default=None,
                        help="Column holding a pair's margin, read by step 2's --use_margin (unset: 'margin').")
     group.add_argument("--skip_bad_records", action="store_true", help="Skip and count broken records.")
-    group.add_argument("--strict_data", action="store_true", help="Fail on unusable records instead of dropping.")
+    group.add_argument("--strict_data", action="store_true",
+                       help="Fail instead of dropping: unusable records, records dropped while splitting between "
+                            "steps, and samples cut or dropped to fit the length limits.")
     group.add_argument("--allow_cross_step_duplicates", action="store_true",
                        help="Split each source on its own, as DeepSpeed-Chat does: a prompt found in two sources may "
                             "then land in two steps' partitions (unset: the first source holding it decides).")
@@ -155,8 +157,12 @@ def add_reliability_args(group) -> None:
                        help="Keep only the newest K checkpoints (0: keep all).")
     group.add_argument("--resume", action="store_true", help="Continue from the newest complete checkpoint.")
     group.add_argument("--resume_from", type=str, default=None, help="Continue from this checkpoint folder.")
+    group.add_argument("--resume_ignore_settings", action="store_true",
+                       help="Resume even though the data, seed, batch sizes, accumulation or number of ranks differ "
+                            "from the checkpoint's (the resumed run then draws other batches).")
     group.add_argument("--overwrite_output_dir", action="store_true",
-                       help="Allow an --output_dir that holds files from something other than this step.")
+                       help="Start afresh in an --output_dir that holds another job's files or this step's "
+                            "checkpoints (the earlier checkpoints are deleted at the start).")
     group.add_argument("--max_bad_steps", type=int, default=10,
                        help="Stop after this many non-finite losses in a row.")
 
@@ -255,5 +261,6 @@ def loop_settings(args: argparse.Namespace, output_dir: str) -> LoopSettings:
         resume=args.resume,
         resume_from=args.resume_from,
         overwrite_output_dir=args.overwrite_output_dir,
+        resume_ignore_settings=args.resume_ignore_settings,
         max_bad_steps=args.max_bad_steps,
     )

@@ -67,4 +67,5 @@ class LoopSettings:
     resume: bool = False
     resume_from: str | None = None
     overwrite_output_dir: bool = False
+    resume_ignore_settings: bool = False
     max_bad_steps: int = 10

@@ -63,6 +63,18 @@ class MetricsLogger:
             self.writer.close()
 
 
+EMPTY_EVAL_NOTICE = (
+    "eval: the held-out set is empty, so no eval metrics are reported (not a loss of 0). Give a source an eval "
+    "split or more records (a source without one holds out 10% of its prompts), and see the data report above for "
+    "what was dropped.")
+
+
+def report_empty_eval() -> dict[str, float]:
+    """Say that there was nothing to evaluate, and return no metrics: an average over no samples is not 0."""
+    print_rank0(EMPTY_EVAL_NOTICE)
+    return {}
+
+
 def format_metrics(values: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
 

@@ -1,15 +1,20 @@
 """Stopping a run cleanly: SIGTERM and Ctrl-C finish the current step, write a checkpoint, and exit.
 
-Also the health guard: non-finite losses are skipped and counted, and too many in a row stop the run.
+Also the health guard: non-finite losses are skipped and counted, and too many in a row stop the run. The
+skip is one decision of all ranks: a rank that skipped while the others entered the gradient all-reduce
+would hang the run or mix its gradients with nothing.
 """
 from __future__ import annotations
 
 import math
 import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 
+from chatrlhf.training.metrics_log import print_rank0
 from chatrlhf.utils import device
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -63,17 +68,59 @@ class LossGuard:
     total: int = 0
 
     def check(self, loss: torch.Tensor, step: int) -> bool:
+        """Whether every rank's loss is finite (collective: every rank calls it for every micro-batch)."""
         value = float(loss.detach())
-        if math.isfinite(value):
+        if device.all_ranks(math.isfinite(value)):
             self.in_a_row = 0
             return True
         self.in_a_row += 1
         self.total += 1
         if self.in_a_row >= self.max_bad_steps:
             raise TrainingHealthError(
-                f"the loss was {value} for {self.in_a_row} batches in a row (last at step {step + 1}); the run "
-                "stopped. Likely causes: a learning rate too high for this model, fp16 overflow (try bf16 or "
-                "fp32, or a lower --learning_rate), or corrupt data. The last checkpoint and the previous model "
-                "are untouched; resume with --resume after changing the settings."
+                f"the loss was non-finite on some rank for {self.in_a_row} batches in a row (last at step "
+                f"{step + 1}; {value} on this rank); the run stopped. Likely causes: a learning rate too high for "
+                "this model, fp16 overflow (try bf16 or fp32, or a lower --learning_rate), or corrupt data. The "
+                "last checkpoint and the previous model are untouched; resume with --resume after changing the "
+                "settings."
             )
         return False
+
+
+class FinalSaveError(RuntimeError):
+    """The trained model could not be saved; the message says where its state was kept instead."""
+
+
+@contextmanager
+def signals_held(what: str) -> Iterator[StopSignals]:
+    """Remember stop signals instead of dying while ``what`` runs (the final evaluation and save): a scheduler's
+    SIGTERM then lets the save finish rather than losing the run mid-write. A second signal still interrupts."""
+    signals = StopSignals()
+    signals.install()
+    try:
+        yield signals
+    finally:
+        signals.uninstall()
+        if signals.received:
+            print_rank0(f"{signal.Signals(signals.received).name} arrived during {what}; it was let finish")
+
+
+def save_or_keep(save: Callable[[], None], keep: Callable[[], str]) -> None:
+    """Run the final ``save``; if it fails, ``keep`` writes the trained state as a checkpoint and the error names it.
+
+    Collective, like both callables: every rank sees the same failure (``saving.agree_saved``).
+    """
+    try:
+        save()
+    except Exception as exc:
+        try:
+            kept = keep()
+        except Exception as second:
+            raise FinalSaveError(
+                f"saving the trained model failed ({exc}), and writing its state as a checkpoint failed too "
+                f"({second}); the trained weights are lost. Free disk space (or fix the cause) before running again."
+            ) from exc
+        raise FinalSaveError(
+            f"saving the trained model failed ({exc}). The trained state is kept in the checkpoint {kept}: fix the "
+            "cause (e.g. free disk space) and run the same command with --resume, which saves it without training "
+            "further."
+        ) from exc

@@ -1,9 +1,11 @@
 """Saving a trained model as a standard Hugging Face directory, atomically.
 
 The weights are gathered first under ZeRO-3 and LoRA adapters are merged in; the directory is
-written under a temporary name and renamed into place, so a crash mid-save never leaves a
-half-written model where a good one was. The model card and, on request, the LoRA adapter alone
-are written in the same folder, so they always describe the weights beside them.
+written under a temporary name, flushed to disk and renamed into place, so a crash mid-save never
+leaves a half-written model where a good one was. The model card and, on request, the LoRA adapter
+alone are written in the same folder, so they always describe the weights beside them. Several models
+of one run (step 3's actor, critic and EMA) are staged first and put in place together
+(``StagedModels``), so a failure leaves all of them old or all new.
 """
 from __future__ import annotations
 
@@ -12,10 +14,12 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from chatrlhf.training.disk import fsync_dir, fsync_tree, model_bytes, require_free_space
 from chatrlhf.training.lora import merged_state_dict
 from chatrlhf.training.lora_adapter import ADAPTER_DIR, save_adapter
 from chatrlhf.training.model_card import ModelCard, write_card
@@ -85,20 +89,64 @@ def replace_dir(staging: str, target: str) -> None:
     shutil.rmtree(backup, ignore_errors=True)
 
 
-def atomic_dir(target: str, write: Callable[[str], None]) -> None:
-    """Run ``write(folder)`` on a temporary folder beside ``target`` and rename it into place."""
+class SaveError(OSError):
+    """A model save that failed on some rank; the models already in place are untouched."""
+
+
+def _staging_dir(target: str) -> str:
     parent = os.path.dirname(os.path.abspath(target))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-", dir=parent)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(staging, 0o777 & ~umask)
+    return staging
+
+
+def atomic_dir(target: str, write: Callable[[str], None]) -> None:
+    """Run ``write(folder)`` on a temporary folder beside ``target``, flush it and rename it into place."""
+    staging = _staging_dir(target)
     try:
         write(staging)
+        fsync_tree(staging)
         replace_dir(staging, target)
+        fsync_dir(os.path.dirname(os.path.abspath(target)))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+@dataclass
+class StagedModels:
+    """Model folders written under temporary names, put in place together by ``publish`` (main process only)."""
+
+    staged: list[tuple[str, str]] = field(default_factory=list)
+
+    def stage(self, target: str, write: Callable[[str], None]) -> None:
+        staging = _staging_dir(target)
+        self.staged.append((staging, target))
+        write(staging)
+        fsync_tree(staging)
+
+    def publish(self) -> None:
+        for staging, target in self.staged:
+            replace_dir(staging, target)
+            fsync_dir(os.path.dirname(os.path.abspath(target)))
+        self.staged.clear()
+
+    def discard(self) -> None:
+        for staging, _ in self.staged:
+            shutil.rmtree(staging, ignore_errors=True)
+        self.staged.clear()
+
+
+def agree_saved(error: BaseException | None, what: str) -> None:
+    """Raise on every rank when the main process's save failed, so no rank waits at a barrier for it."""
+    if device.all_ranks(error is None):
+        return
+    if error is None:
+        raise SaveError(f"saving {what} failed on rank 0")
+    raise SaveError(f"saving {what} failed ({type(error).__name__}: {error})") from error
 
 
 def save_hf_model(
@@ -110,12 +158,16 @@ def save_hf_model(
     extra_json: dict[str, dict] | None = None,
     card: ModelCard | None = None,
     adapter: bool = False,
+    staged: StagedModels | None = None,
 ) -> None:
     """Write ``model`` (the engine's module) as a Hugging Face directory that ``from_pretrained`` loads.
 
     ``card`` becomes its ``README.md``; with ``adapter`` the LoRA adapter alone also goes to ``adapter/``.
+    With ``staged`` the folder is only staged; ``staged.publish()`` puts it in place with the others.
+    Collective: a failure on the main process raises ``SaveError`` on every rank.
     """
     state = gathered_state_dict(model, zero_stage)
+    error = None
     if device.is_main_process():
         hf_model = base_model(model)
         merged = merged_state_dict(model, state)
@@ -132,5 +184,12 @@ def save_hf_model(
             if card is not None:
                 write_card(card, folder, output_dir)
 
-        atomic_dir(output_dir, write)
-    device.barrier()
+        try:
+            require_free_space(output_dir, model_bytes(model), f"saving the model to {output_dir}")
+            if staged is None:
+                atomic_dir(output_dir, write)
+            else:
+                staged.stage(output_dir, write)
+        except Exception as exc:  # noqa: BLE001 - passed to every rank by agree_saved
+            error = exc
+    agree_saved(error, f"the model to {output_dir}")

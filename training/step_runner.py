@@ -9,15 +9,16 @@ from typing import ClassVar
 from chatrlhf.training.checkpoint import CheckpointManager
 from chatrlhf.training.config import EngineSettings, LoopSettings, LoraSettings, OptimSettings
 from chatrlhf.training.config_file import write_run_args
+from chatrlhf.training.disk import checkpoint_bytes, model_bytes, require_free_space
 from chatrlhf.training.engine import init_train_engine
 from chatrlhf.training.loop import Trainer, TrainResult, make_loader, total_optimizer_steps, write_metrics
 from chatrlhf.training.metrics_log import MetricsLogger, print_rank0
 from chatrlhf.training.model_card import ModelCard, eval_results, tokens_seen
-from chatrlhf.training.run_control import StopRequested
+from chatrlhf.training.run_control import StopRequested, save_or_keep, signals_held
 from chatrlhf.training.run_setup import set_seed
 from chatrlhf.utils import device
 from chatrlhf.utils.data.config import DataConfig
-from chatrlhf.utils.data.tokenized import StepData, build_step_data, sample_lengths
+from chatrlhf.utils.data.tokenized import CUT_REASONS, StepData, build_step_data, sample_lengths
 from chatrlhf.utils.model.resolve import resolve_model
 
 
@@ -132,15 +133,23 @@ class StepRun:
             data.eval, self.loop.per_device_eval_batch_size, collate, shuffle=False, seed=self.loop.seed
         )
         steps = total_optimizer_steps(len(train_loader), self.engine.gradient_accumulation_steps, self.loop)
+        if device.is_main_process():
+            need = model_bytes(model) + (checkpoint_bytes(model) if self.loop.save_interval else 0)
+            require_free_space(self.loop.output_dir, need, "this run's model" + (
+                " and checkpoints" if self.loop.save_interval else ""))
         engine = init_train_engine(model, self.engine, self.optim, self.lora, steps)
         logger = MetricsLogger(self.engine.enable_tensorboard, self.engine.tensorboard_path, self.engine.job_name)
         # ZeRO-3 leaves each rank an empty placeholder per parameter; ds_numel keeps the full size.
         num_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
         trainer = Trainer(engine, self.task(), train_loader, eval_loader, self.loop, logger, num_params)
-        manager = CheckpointManager(self.loop.output_dir, self.loop.save_total_limit)
+        batches = {"data": os.path.basename(data.info["cache_dir"]), "seed": self.loop.seed,
+                   "batch size": self.engine.micro_batch_size, "group by length": self.loop.group_by_length,
+                   "gradient accumulation": self.engine.gradient_accumulation_steps, "ranks": device.world_size()}
+        manager = CheckpointManager(self.loop.output_dir, self.loop.save_total_limit, batches,
+                                    self.loop.resume_ignore_settings)
         point = manager.resume_point(self.loop)
         if point:
-            trainer.resume(CheckpointManager.load(point, {"model": engine}))
+            trainer.resume(manager.load(point, {"model": engine}))
             print_rank0(f"restored {point}")
 
         def checkpoint(step: int, state: dict) -> None:
@@ -153,9 +162,11 @@ class StepRun:
             print_rank0(f"{stop}; resume with --resume")
             logger.close()
             raise SystemExit(stop.exit_code) from None
-        if record is not None:
-            write_run_args(self.loop.output_dir, record)
-        self.save(engine, tokenizer, data, self.model_card(result, data))
+        with signals_held("the final save"):
+            if record is not None:
+                write_run_args(self.loop.output_dir, record)
+            save_or_keep(lambda: self.save(engine, tokenizer, data, self.model_card(result, data)),
+                         lambda: manager.save(result.steps, {"model": engine}, trainer.state(0, 0)))
         logger.close()
         elapsed = time.perf_counter() - started
         summary = {"wall_time_s": elapsed, "data": data.info, **self.info}
@@ -173,4 +184,4 @@ class StepRun:
             print_rank0(f"  dropped: {line}")
         for split, reasons in info.get("dropped_by_length", {}).items():
             for reason, count in reasons.items():
-                print_rank0(f"  dropped ({split}): {reason}: {count}")
+                print_rank0(f"  {'cut' if reason in CUT_REASONS else 'dropped'} ({split}): {reason}: {count}")

@@ -63,18 +63,20 @@ def check_length(flag_text: str, total: int, model: str) -> None:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     from chatrlhf.training.checkpoint import CheckpointError
-    from chatrlhf.training.run_control import TrainingHealthError
+    from chatrlhf.training.disk import DiskSpaceError
+    from chatrlhf.training.run_control import FinalSaveError, TrainingHealthError
     from chatrlhf.training.run_setup import OutputDirError
     from chatrlhf.utils.model.loading import ModelLoadError
     from chatrlhf.utils.model.smollm2 import MissingSmolLM2Error
 
     return (DataError, ConfigError, OutputDirError, CheckpointError, TrainingHealthError, MissingSmolLM2Error,
-            ModelLoadError)
+            ModelLoadError, DiskSpaceError, FinalSaveError)
 
 
 def run_cli(prog: str, body: Callable[[], int]) -> int:
     """Run a command; a user error is printed as ``prog: error: ...`` (no traceback) with exit code 2."""
     from chatrlhf.training.metrics_log import quiet_library_bars
+    from chatrlhf.training.run_setup import release_locks
 
     quiet_library_bars()
     try:
@@ -82,3 +84,5 @@ def run_cli(prog: str, body: Callable[[], int]) -> int:
     except user_errors() as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        release_locks()

@@ -41,7 +41,8 @@ def path_fingerprint(path: str) -> str:
 
 
 def source_fingerprint(name: str, seed: int) -> str:
-    """Local paths by content; hub names and the synthetic set by name and seed."""
+    """Local paths by content; the synthetic set by name, seed and generator; hub datasets by name, seed and the
+    revision the hub serves now (``hub_sources.hub_revision``: absent offline, where the cached copy is read)."""
     if os.path.exists(name):
         return hash_text("path", path_fingerprint(name))
     if name == "local/jsonfile" and os.path.isdir("data"):
@@ -53,7 +54,13 @@ def source_fingerprint(name: str, seed: int) -> str:
         demonstrators = [] if name == synthetic.PERFECT_NAME else sorted(synthetic.DEMONSTRATORS.items())
         return hash_text("synthetic", name, seed, generator, synthetic.load_words(), repr(demonstrators),
                          synthetic.SLIP_REJECTED_RATE)
-    return hash_text("named", name, seed)
+    from chatrlhf.utils.data.hub_sources import hub_repository, hub_revision
+
+    repo = hub_repository(name)
+    revision = hub_revision(repo) if repo else None
+    if revision is None:
+        return hash_text("named", name, seed)
+    return hash_text("named", name, seed, revision)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

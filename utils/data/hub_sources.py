@@ -8,9 +8,11 @@ Nothing is read until the samples are asked for, so a wrong path fails fast with
 """
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -19,6 +21,45 @@ from chatrlhf.utils.data.options import SourceOptions, UnusableSample
 from chatrlhf.utils.data.raw_datasets import PromptRawDataset, Sample, load_hf_dataset
 
 TIED_SCORES = "tied preference scores"
+
+
+OFFLINE_VALUES = ("1", "on", "yes", "true")
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode() or any(
+        os.environ.get(name, "").lower() in OFFLINE_VALUES for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+@functools.cache
+def hub_revision(repo: str) -> str | None:
+    """The commit of hub dataset ``repo`` that a load reads now, asked of the hub once per process.
+
+    The data cache is keyed by it and the load pins it, so a dataset updated on the hub is tokenised again
+    rather than served stale. None offline or when the hub cannot be asked: the key then holds the name alone
+    (a warning says so), and the load reads the locally cached copy.
+    """
+    if _offline():
+        return None
+    from huggingface_hub import HfApi
+
+    try:
+        return HfApi().dataset_info(repo, timeout=10).sha
+    except Exception as exc:  # any failure (network, auth, a renamed repository) leaves the name-only key
+        warnings.warn(f"cannot ask the hub for {repo}'s current revision ({type(exc).__name__}: {exc}); its data "
+                      "cache is keyed by name alone, so delete --data_output_path if the dataset changed.",
+                      stacklevel=2)
+        return None
+
+
+def hub_repository(name: str) -> str | None:
+    """The hub repository a ``--data_path`` name loads from, or None when it names no hub source (or a local copy)."""
+    source = find_hub_source(name)
+    if source is None or name != source.dataset_name or os.path.exists(name):
+        return None
+    return getattr(source, "hub_repo", None) or source.dataset_name
 
 
 def _wrap_question(text: str) -> str:
@@ -76,7 +117,8 @@ class HubSource(PromptRawDataset):
 
         try:
             if self.from_hub:
-                loaded = load_hf_dataset(self.hub_repo or self.dataset_name, config=self.hub_config)
+                repo = self.hub_repo or self.dataset_name
+                loaded = load_hf_dataset(repo, config=self.hub_config, revision=hub_revision(repo))
             elif self.local_files and glob.glob(os.path.join(self.location, self.local_files["train"])):
                 data_files = {
                     split: os.path.join(self.location, pattern)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from chatrlhf.utils.data.config import DataConfig
+from chatrlhf.utils.data.errors import DataError
 from chatrlhf.utils.data.records import DropReport, Record
 from chatrlhf.utils.data.sources import open_source, to_records
 from chatrlhf.utils.data.splitting import parse_data_split, parse_source_spec, split_indices, weighted_take
@@ -169,9 +170,35 @@ def step_records(
         result.eval.extend(evals)
         result.counts[src.name] = (len(train), len(evals))
         result.reports.append(src.report)
+    if cfg.strict_data:
+        refuse_drops(step, result.reports)
     rng = np.random.RandomState(cfg.seed)
     result.train = [result.train[i] for i in rng.permutation(len(result.train))]
     return result
+
+
+# What to change for each drop the partitioning makes (the sources' own drops raise as they are found).
+DROP_HINTS = {
+    "eval prompt also in train": "remove the eval records whose prompt is also in the source's train split",
+    "prompt-only row in a pair source": "give step 2 pair rows only (prompt-only rows feed step 3)",
+    "prompt-only row in an SFT source": "give step 1 rows with a response (prompt-only rows feed step 3)",
+    "prompt in a later step's partition of another source": (
+        "pass --allow_cross_step_duplicates, or remove the shared prompts from the --sft_only_data_path source"),
+}
+
+
+def refuse_drops(step: int, reports: list[DropReport]) -> None:
+    """``--strict_data``: any record the step would drop is an error naming each reason, its count and the fix."""
+    found = [(report.source, reason, n) for report in reports for reason, n in sorted(report.dropped.items()) if n]
+    if not found:
+        return
+    what = "; ".join(f"{source}: {reason}: {n}" for source, reason, n in found)
+    fixes = sorted({DROP_HINTS[reason] for _, reason, _ in found if reason in DROP_HINTS})
+    if fixes:
+        hint = "To keep them, " + "; ".join(fixes) + "; or drop --strict_data to drop and count them."
+    else:
+        hint = "Fix the records, or drop --strict_data to drop and count them."
+    raise DataError(f"--strict_data: step {step} would drop records ({what})", hint=hint)
 
 
 def _pairs_only(records: list[Record], report: DropReport) -> list[Record]:

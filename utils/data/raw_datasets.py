@@ -59,11 +59,13 @@ class PromptRawDataset:
         return {}
 
 
-def load_hf_dataset(name_or_path: str, *, config: str | None = None, split: str | None = None):
+def load_hf_dataset(name_or_path: str, *, config: str | None = None, split: str | None = None,
+                    revision: str | None = None):
     """Load a dataset from the hub name, a ``save_to_disk`` directory, or a folder of its files.
 
     A ``save_to_disk`` directory is recognised by its ``dataset_dict.json``/``dataset_info.json`` +
     ``state.json``; any other existing path goes through ``datasets.load_dataset`` like a hub name.
+    ``revision`` pins a hub dataset's commit (None: the newest, or the cached one offline).
     """
     import datasets
 
@@ -73,4 +75,6 @@ def load_hf_dataset(name_or_path: str, *, config: str | None = None, split: str 
     ):
         loaded = datasets.load_from_disk(name_or_path)
         return loaded[split] if split and isinstance(loaded, datasets.DatasetDict) else loaded
+    if revision:
+        return datasets.load_dataset(name_or_path, config, split=split, revision=revision)
     return datasets.load_dataset(name_or_path, config, split=split)

@@ -26,7 +26,9 @@ from chatrlhf.utils.data.splitting import parse_source_spec
 # 2: step-2 pairs carry their prompt length (DPO masks the prompt out of the log-probs).
 # 3: local pair files' margin columns fill step 2's margins; the info names the sources without margins.
 # 4: a prompt in two sources goes to the partition the first source gives it (--allow_cross_step_duplicates).
-CACHE_VERSION = 4
+# 5: step 2 cuts a long prompt's oldest tokens instead of the answers; the key holds the chat template; cut
+#    answers and prompts are counted.
+CACHE_VERSION = 5
 TOKENIZE_BATCH = 512
 
 
@@ -62,10 +64,80 @@ def _encode(tokenizer, texts: list[str], num_proc: int | None) -> list[list[int]
     return list(encoded["ids"])
 
 
-def _join(prompt: list[int], response: list[int], eos: int | None, max_len: int) -> list[int]:
-    """prompt + response + eos, with the response cut (and the eos dropped) when over ``max_len``."""
+# What ``dropped_by_length`` counts (printed as "dropped (split): <reason>: <count>"). The last two name the tokens
+# cut from a sample that is kept; the others whole samples.
+PROMPT_TOO_LONG = "prompt longer than --max_seq_len"
+IDENTICAL_PAIR = "identical after truncation"
+ANSWER_END_CUT = "end of answer, cut by --max_seq_len (sample kept)"
+PROMPT_START_CUT = "start of prompt, cut by --max_seq_len (pair kept)"
+DROPPING_REASONS = (PROMPT_TOO_LONG, IDENTICAL_PAIR)
+CUT_REASONS = (ANSWER_END_CUT, PROMPT_START_CUT)
+# Left-truncation keeps at least this share of --max_seq_len of a long prompt, so a long answer cannot push the
+# whole question out of the sequence.
+PROMPT_FLOOR_DIVISOR = 4
+
+
+def count(dropped: dict[str, int], reason: str) -> None:
+    """One more sample under ``reason``, so nothing is dropped or cut without being reported."""
+    dropped[reason] = dropped.get(reason, 0) + 1
+
+
+def _join(prompt: list[int], response: list[int], eos: int | None, max_len: int) -> tuple[list[int], bool]:
+    """prompt + response + eos, with the response cut (and the eos dropped) when over ``max_len``; and whether
+    the response lost its end."""
     tail = response + ([eos] if eos is not None else [])
-    return (prompt + tail)[:max_len]
+    return (prompt + tail)[:max_len], len(prompt) + len(tail) > max_len
+
+
+@dataclass(frozen=True)
+class FittedAnswers:
+    """One prompt with its answers, each ``prompt + answer + eos`` within ``--max_seq_len``."""
+
+    prompt: list[int]
+    sequences: list[list[int]]
+    prompt_cut: bool
+    answer_cut: bool
+
+
+def fit_answers(prompt: list[int], answers: list[list[int]], eos: int | None, max_len: int,
+                prefix: list[int] | None = None) -> FittedAnswers:
+    """``prefix`` + prompt + each answer + eos in ``max_len`` tokens, cutting the prompt first.
+
+    What a reward model compares is the answers, so when the longest one does not fit, the prompt loses its
+    oldest tokens (a conversation's earliest turns; the prefix stays in front). It keeps at least
+    ``max_len // PROMPT_FLOOR_DIVISOR`` of them (or all it has), and only then are the answers cut at the end.
+    """
+    prefix = list(prefix or [])
+    tails = [answer + ([eos] if eos is not None else []) for answer in answers]
+    longest = max((len(tail) for tail in tails), default=0)
+    floor = min(len(prompt), max(1, max_len // PROMPT_FLOOR_DIVISOR))
+    keep = min(len(prompt), max(floor, max_len - len(prefix) - longest))
+    kept = prefix + prompt[len(prompt) - keep:]
+    room = max(max_len - len(kept), 0)
+    return FittedAnswers(kept, [kept + tail[:room] for tail in tails], keep < len(prompt),
+                         any(len(tail) > room for tail in tails))
+
+
+def fit_pair(prompt: list[int], chosen: list[int], rejected: list[int], eos: int | None, max_len: int,
+             dropped: dict[str, int], prefix: list[int] | None = None) -> FittedAnswers | None:
+    """A chosen/rejected pair as step 2 trains on it and ``rw_eval`` scores it (see ``fit_answers``), or None
+    when it is dropped; drops and cuts are counted in ``dropped``.
+
+    A pair whose two sequences are still the same token ids after the cut is dropped: its scores are equal,
+    so scoring it would count a tie as a wrong pair and train on nothing.
+    """
+    fitted = fit_answers(prompt, [chosen, rejected], eos, max_len, prefix)
+    if len(fitted.prompt) >= max_len:
+        count(dropped, PROMPT_TOO_LONG)
+        return None
+    if fitted.sequences[0] == fitted.sequences[1]:
+        count(dropped, IDENTICAL_PAIR)
+        return None
+    if fitted.prompt_cut:
+        count(dropped, PROMPT_START_CUT)
+    if fitted.answer_cut:
+        count(dropped, ANSWER_END_CUT)
+    return fitted
 
 
 def _meta_columns(records: list[Record]) -> dict[str, list]:
@@ -83,9 +155,12 @@ def _build_step1(records: list[Record], tokenizer, cfg: DataConfig, dropped: dic
     for prompt, response in zip(prompts, responses):
         prompt = prefix + prompt
         if len(prompt) >= cfg.max_seq_len:
-            dropped["prompt longer than --max_seq_len"] = dropped.get("prompt longer than --max_seq_len", 0) + 1
+            count(dropped, PROMPT_TOO_LONG)
             continue
-        out["input_ids"].append(_join(prompt, response, tokenizer.eos_token_id, cfg.max_seq_len))
+        ids, cut = _join(prompt, response, tokenizer.eos_token_id, cfg.max_seq_len)
+        if cut:
+            count(dropped, ANSWER_END_CUT)
+        out["input_ids"].append(ids)
         out["prompt_len"].append(len(prompt))
     return out
 
@@ -100,17 +175,12 @@ def _build_step2(records: list[Record], tokenizer, cfg: DataConfig, dropped: dic
                             "mistake": []}
     eos = tokenizer.eos_token_id
     for i, (prompt, good, bad) in enumerate(zip(prompts, chosen, rejected)):
-        prompt = prefix + prompt
-        if len(prompt) >= cfg.max_seq_len:
-            dropped["prompt longer than --max_seq_len"] = dropped.get("prompt longer than --max_seq_len", 0) + 1
+        fitted = fit_pair(prompt, good, bad, eos, cfg.max_seq_len, dropped, prefix)
+        if fitted is None:
             continue
-        good_ids, bad_ids = _join(prompt, good, eos, cfg.max_seq_len), _join(prompt, bad, eos, cfg.max_seq_len)
-        if good_ids == bad_ids:
-            dropped["identical after truncation"] = dropped.get("identical after truncation", 0) + 1
-            continue
-        out["chosen_ids"].append(good_ids)
-        out["rejected_ids"].append(bad_ids)
-        out["prompt_len"].append(len(prompt))
+        out["chosen_ids"].append(fitted.sequences[0])
+        out["rejected_ids"].append(fitted.sequences[1])
+        out["prompt_len"].append(len(fitted.prompt))
         out["margin"].append(float(records[i].meta.get("margin", 0.0)))
         out["task"].append(meta["task"][i])
         out["mistake"].append(meta["mistake"][i])
@@ -125,9 +195,7 @@ def _build_step3(records: list[Record], tokenizer, cfg: DataConfig, dropped: dic
     for i, ids in enumerate(prompts):
         ids = prefix + ids
         if len(ids) > cfg.max_prompt_seq_len:
-            dropped["prompt longer than --max_prompt_seq_len"] = (
-                dropped.get("prompt longer than --max_prompt_seq_len", 0) + 1
-            )
+            count(dropped, "prompt longer than --max_prompt_seq_len")
             continue
         out["prompt_ids"].append(ids)
         out["prompt"].append(records[i].prompt)
@@ -163,7 +231,22 @@ def cache_key(cfg: DataConfig, step: int, tokenizer) -> str:
         settings.pop("max_prompt_seq_len")
     else:
         settings.pop("max_seq_len")
-    return hash_text(CACHE_VERSION, step, sources, sft_only, settings, tokenizer_fingerprint(tokenizer))
+    # The chat template is not part of the vocabulary, but --prompt_template model writes every prompt with it.
+    chat_template = getattr(tokenizer, "chat_template", None)
+    return hash_text(CACHE_VERSION, step, sources, sft_only, settings, tokenizer_fingerprint(tokenizer),
+                     chat_template)
+
+
+def _refuse_length_drops(step: int, dropped: dict[str, dict[str, int]]) -> None:
+    """``--strict_data``: what the length limits would drop or cut is an error, with the counts and the flag."""
+    found = [f"{split}: {reason}: {n}" for split, reasons in dropped.items() for reason, n in reasons.items() if n]
+    if not found:
+        return
+    flag = "--max_prompt_seq_len" if step == 3 else "--max_seq_len"
+    raise DataError(
+        f"--strict_data: step {step} would drop or cut samples to fit {flag} ({'; '.join(found)})",
+        hint=f"Raise {flag} so every sample fits, or drop --strict_data to drop and count them.",
+    )
 
 
 def _build(cfg: DataConfig, step: int, tokenizer, records: StepRecords | None) -> StepData:
@@ -172,6 +255,8 @@ def _build(cfg: DataConfig, step: int, tokenizer, records: StepRecords | None) -
     dropped_eval: dict[str, int] = {}
     train = datasets.Dataset.from_dict(BUILDERS[step](records.train, tokenizer, cfg, dropped_train), FEATURES[step])
     evals = datasets.Dataset.from_dict(BUILDERS[step](records.eval, tokenizer, cfg, dropped_eval), FEATURES[step])
+    if cfg.strict_data:
+        _refuse_length_drops(step, {"train": dropped_train, "eval": dropped_eval})
     if len(train) == 0:
         reasons = ", ".join(f"{k}: {v}" for k, v in dropped_train.items()) or "the sources gave no records"
         raise DataError(
@@ -199,7 +284,10 @@ def _save(data: StepData, target: str) -> None:
     parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".building-", dir=parent)
-    datasets.DatasetDict({"train": data.train, "eval": data.eval}).save_to_disk(staging)
+    # An empty split is left out: ``datasets`` writes it with no shard and cannot load it back; ``_load`` makes it
+    # again from the train split's features.
+    splits = {name: split for name, split in (("train", data.train), ("eval", data.eval)) if len(split)}
+    datasets.DatasetDict(splits).save_to_disk(staging)
     with open(os.path.join(staging, "chatrlhf_info.json"), "w") as handle:
         json.dump(data.info, handle, indent=1)
     try:
@@ -212,7 +300,10 @@ def _load(target: str) -> StepData:
     loaded = datasets.load_from_disk(target)
     with open(os.path.join(target, "chatrlhf_info.json")) as handle:
         info = json.load(handle)
-    return StepData(loaded["train"], loaded["eval"], info)
+    train = loaded["train"]
+    evals = loaded["eval"] if "eval" in loaded else datasets.Dataset.from_dict(
+        {name: [] for name in train.features}, features=train.features)
+    return StepData(train, evals, info)
 
 
 def build_step_data(cfg: DataConfig, step: int, tokenizer, *, records: StepRecords | None = None) -> StepData:

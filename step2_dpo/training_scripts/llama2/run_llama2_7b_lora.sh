@@ -31,5 +31,5 @@ deepspeed "$MAIN" \
    --enable_tensorboard \
    --tensorboard_path "$OUTPUT" \
    --output_dir "$OUTPUT" \
-   "${@:4}" 2>&1 | tee "$OUTPUT/training.log"
+   "${@:4}" 2>&1 | tee -a "$OUTPUT/training.log"
 exit "${PIPESTATUS[0]}"

@@ -28,5 +28,5 @@ deepspeed --num_gpus 1 "$MAIN" \
    --tensorboard_path "$OUTPUT" \
    --deepspeed \
    --output_dir "$OUTPUT" \
-   "${@:3}" 2>&1 | tee "$OUTPUT/training.log"
+   "${@:3}" 2>&1 | tee -a "$OUTPUT/training.log"
 exit "${PIPESTATUS[0]}"

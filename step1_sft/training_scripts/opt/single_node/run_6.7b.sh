@@ -24,5 +24,5 @@ deepspeed "$MAIN" \
    --tensorboard_path "$OUTPUT" \
    --deepspeed \
    --output_dir "$OUTPUT" \
-   "${@:3}" 2>&1 | tee "$OUTPUT/training.log"
+   "${@:3}" 2>&1 | tee -a "$OUTPUT/training.log"
 exit "${PIPESTATUS[0]}"

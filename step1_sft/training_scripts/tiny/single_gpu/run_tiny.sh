@@ -28,5 +28,5 @@ deepspeed --num_gpus 1 --master_port "${MASTER_PORT:-29500}" "$MAIN" \
    --enable_tensorboard \
    --tensorboard_path "$OUTPUT" \
    --output_dir "$OUTPUT" \
-   "${@:3}" 2>&1 | tee "$OUTPUT/training.log"
+   "${@:3}" 2>&1 | tee -a "$OUTPUT/training.log"
 exit "${PIPESTATUS[0]}"

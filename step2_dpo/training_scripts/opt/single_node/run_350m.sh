@@ -28,5 +28,5 @@ deepspeed "$MAIN" \
    --tensorboard_path "$OUTPUT" \
    --deepspeed \
    --output_dir "$OUTPUT" \
-   "${@:4}" 2>&1 | tee "$OUTPUT/training.log"
+   "${@:4}" 2>&1 | tee -a "$OUTPUT/training.log"
 exit "${PIPESTATUS[0]}"

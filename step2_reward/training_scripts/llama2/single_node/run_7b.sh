@@ -27,5 +27,5 @@ deepspeed "$MAIN" \
    --enable_tensorboard \
    --tensorboard_path "$OUTPUT" \
    --output_dir "$OUTPUT" \
-   "${@:3}" 2>&1 | tee "$OUTPUT/training.log"
+   "${@:3}" 2>&1 | tee -a "$OUTPUT/training.log"
 exit "${PIPESTATUS[0]}"

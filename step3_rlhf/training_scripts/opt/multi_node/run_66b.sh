@@ -39,5 +39,5 @@ deepspeed --hostfile "${HOSTFILE:-/job/hostfile}" "$MAIN" \
    --tensorboard_path "$OUTPUT" \
    --deepspeed \
    --output_dir "$OUTPUT" \
-   "${@:6}" 2>&1 | tee "$OUTPUT/training.log"
+   "${@:6}" 2>&1 | tee -a "$OUTPUT/training.log"
 exit "${PIPESTATUS[0]}"

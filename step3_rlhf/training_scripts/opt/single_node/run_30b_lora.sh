@@ -40,5 +40,5 @@ deepspeed "$MAIN" \
    --tensorboard_path "$OUTPUT" \
    --deepspeed \
    --output_dir "$OUTPUT" \
-   "${@:6}" 2>&1 | tee "$OUTPUT/training.log"
+   "${@:6}" 2>&1 | tee -a "$OUTPUT/training.log"
 exit "${PIPESTATUS[0]}"
