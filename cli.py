@@ -8,7 +8,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("chatrlhf.step1_sft.main", "Step 1: supervised fine-tuning"),
     "reward": ("chatrlhf.step2_reward.main", "Step 2: reward model training"),
     "dpo": ("chatrlhf.step2_dpo.main", "Step 2 alternative: DPO (and IPO, SimPO, ORPO, ...) of the SFT model"),
-    "ppo": ("chatrlhf.step3_rlhf.main", "Step 3: PPO RLHF"),
+    "ppo": ("chatrlhf.step3_rlhf.main", "Step 3: online RL (PPO, GRPO, RLOO, REINFORCE++)"),
     "e2e": ("chatrlhf.applications.e2e_rlhf", "Run steps 1-3 end to end and write a report"),
     "chat": ("chatrlhf.applications.chat", "Chat with a model in the terminal"),
     "compare": ("chatrlhf.applications.compare", "Compare models on held-out prompts"),

@@ -3,8 +3,9 @@ the policy-gradient algorithm, and where the reward comes from."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from chatrlhf.step3_rlhf.health import HealthLimits
 from chatrlhf.training.validation import ConfigError
 
 ALGORITHMS = ("ppo", "grpo", "rloo", "reinforce_pp")
@@ -153,6 +154,7 @@ class IterationSettings:
     print_answers_interval: int = 1
     enable_test_mode: bool = False
     test_stop_step: int = 0
+    health: HealthLimits = field(default_factory=HealthLimits)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Step 3: PPO RLHF with an actor, a frozen reference, a critic and a frozen reward model, on DeepSpeed.
+"""Step 3: online RL (PPO with an actor, a frozen reference, a critic and a reward model; GRPO, RLOO, REINFORCE++).
 
 Runs as ``deepspeed step3_rlhf/main.py ...``, ``python step3_rlhf/main.py ...`` or ``chatrlhf ppo ...``
 and accepts DeepSpeed-Chat's step-3 flags with the same meaning. ``--algorithm grpo|rloo|reinforce_pp``
@@ -123,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--enable_test_mode", action="store_true",
         help="Stop after --test_stop_step iterations (DeepSpeed-Chat's test mode).")
     add("--test_stop_step", type=int, default=0, help="With --enable_test_mode: the iteration to stop after.")
+    add("--stop_kl_above", type=float, default=0.0,
+        help="Write a checkpoint and stop when an iteration's mean KL to the reference (nats an answer) passes "
+             "this (0: only warn, above 20).")
+    add("--stop_empty_share_above", type=float, default=1.0,
+        help="Write a checkpoint and stop when more than this share of an iteration's answers is empty (1: only "
+             "warn, at half).")
     group = parser.add_argument_group("PPO hyper-parameters (DeepSpeed-Chat's values as defaults)")
     group.add_argument("--kl_ctl", type=float, default=0.1,
                        help="Weight of the KL to the reference (the starting value when --target_kl is set).")

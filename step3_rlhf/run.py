@@ -18,18 +18,19 @@ from chatrlhf.step3_rlhf.config import (
     UnsupervisedData,
 )
 from chatrlhf.step3_rlhf.engines import build_engines, hybrid_engine_config
-from chatrlhf.step3_rlhf.reward_functions import RewardFunction, absolute_spec
+from chatrlhf.step3_rlhf.health import HealthLimits, rollout_problems
+from chatrlhf.step3_rlhf.reward_functions import RewardFunction, RewardFunctionError, absolute_spec
 from chatrlhf.step3_rlhf.roles import FrozenRole, TrainedRole
 from chatrlhf.step3_rlhf.trainer import IterationStats, PPOTrainer
 from chatrlhf.training import cli_args
-from chatrlhf.training.checkpoint import CheckpointManager
+from chatrlhf.training.checkpoint import CheckpointManager, restore_rng, rng_state
 from chatrlhf.training.config import EngineSettings, LoopSettings, LoraSettings, OptimSettings
 from chatrlhf.training.config_file import write_run_args
 from chatrlhf.training.disk import checkpoint_bytes, model_bytes, require_free_space
 from chatrlhf.training.loop import TrainResult, make_loader, resumable_epochs, training_session, write_metrics
 from chatrlhf.training.metrics_log import MetricsLogger, format_metrics, print_rank0
 from chatrlhf.training.model_card import ModelCard
-from chatrlhf.training.run_control import StopRequested, save_or_keep, signals_held
+from chatrlhf.training.run_control import StopRequested, TrainingHealthError, save_or_keep, signals_held
 from chatrlhf.training.run_setup import require_output_dir, set_seed
 from chatrlhf.training.saving import StagedModels, agree_saved, save_hf_model
 from chatrlhf.training.validation import ConfigError, check_data_flags, check_length, check_model_path
@@ -158,7 +159,8 @@ class PPORun:
                 per_device_training_batch_size=args.per_device_training_batch_size,
                 gradient_accumulation_steps=args.gradient_accumulation_steps, enable_ema=args.enable_ema,
                 print_answers=args.print_answers, print_answers_interval=args.print_answers_interval,
-                enable_test_mode=args.enable_test_mode, test_stop_step=args.test_stop_step),
+                enable_test_mode=args.enable_test_mode, test_stop_step=args.test_stop_step,
+                health=HealthLimits(args.stop_kl_above, args.stop_empty_share_above)),
             enable_tensorboard=args.enable_tensorboard,
             tensorboard_path=args.tensorboard_path,
             rewards=rewards,
@@ -349,7 +351,9 @@ class PPORun:
             buffer, stats = [], IterationStats()
             for epoch, batches in resumable_epochs(loader, self.loop.num_train_epochs, resumed):
                 for index, batch in batches:
-                    buffer.append(trainer.make_experience(batch, stats))
+                    if not buffer:
+                        start = (epoch, index, rng_state())
+                    buffer.append(self._experience(trainer, batch, stats, checkpoint, start))
                     if len(buffer) < self.ppo.generation_batches:
                         continue
                     metrics = trainer.iteration(buffer, stats)
@@ -358,12 +362,44 @@ class PPORun:
                     trainer.log(metrics)
                     if settings.print_answers and trainer.steps % settings.print_answers_interval == 0:
                         trainer.show_answers(buffer[0])
+                    answers = sum(len(e.scores) for e in buffer)
                     buffer, stats = [], IterationStats()
+                    self._check_health(trainer, metrics, answers, checkpoint, epoch, index + 1)
                     step_end(trainer.steps, lambda: trainer.state(epoch, index + 1))  # noqa: B023 - called now
                     if trainer.steps >= iterations or (
                         settings.enable_test_mode and trainer.steps >= settings.test_stop_step
                     ):
                         return
+
+    @staticmethod
+    def _experience(trainer: PPOTrainer, batch: dict, stats: IterationStats, checkpoint,
+                    start: tuple[int, int, dict]):
+        """One batch's rollouts; if the reward function raises on any rank, every rank writes the checkpoint of the
+        last finished iteration (with the random states it began this one with) before the run stops."""
+        error = None
+        try:
+            experience = trainer.make_experience(batch, stats)
+        except RewardFunctionError as exc:
+            error = exc
+        if device.all_ranks(error is None):
+            return experience
+        kept = ""
+        if trainer.steps > 0:
+            epoch, next_batch, rng = start
+            restore_rng(rng)
+            checkpoint(trainer.steps, trainer.state(epoch, next_batch))
+            kept = f"; iteration {trainer.steps}'s checkpoint was written: fix the function and resume with --resume"
+        raise RewardFunctionError(f"{error or 'the reward function failed on another rank'}{kept}")
+
+    def _check_health(self, trainer: PPOTrainer, metrics: dict[str, float], answers: int, checkpoint, epoch: int,
+                      next_batch: int) -> None:
+        warnings, stops = rollout_problems(metrics, answers, self.iteration.health)
+        for line in warnings:
+            print_rank0(f"warning: iteration {trainer.steps}: {line}")
+        if stops:
+            checkpoint(trainer.steps, trainer.state(epoch, next_batch))
+            raise TrainingHealthError(f"step 3 stopped at iteration {trainer.steps}: {'; '.join(stops)}. Its "
+                                      "checkpoint was written; resume with --resume after changing the settings.")
 
     @torch.no_grad()
     def evaluate(self, trainer: PPOTrainer, eval_set) -> dict[str, float]:

@@ -122,6 +122,7 @@ def reliability_rows() -> list[Row]:
         R("--save_total_limit", "2", at("loop.save_total_limit")),  # training/checkpoint.py
         R("--resume", None, at("loop.resume")),
         R("--resume_from", "{tmp}/ckpt", at("loop.resume_from")),
+        R("--resume_ignore_settings", None, at("loop.resume_ignore_settings")),  # CheckpointManager.load
         # A folder another job wrote: refused without the flag (training/run_setup.require_output_dir).
         R("--overwrite_output_dir", None, refusal, "--output_dir", "{tmp}/taken"),
         R("--max_bad_steps", "3", at("loop.max_bad_steps")),  # training/run_control.LossGuard
@@ -273,6 +274,8 @@ TABLE: dict[str, list[Row]] = {
         R("--print_answers_interval", "2", at("iteration.print_answers_interval")),
         R("--enable_test_mode", None, at("iteration.enable_test_mode")),
         R("--test_stop_step", "3", at("iteration.test_stop_step")),
+        R("--stop_kl_above", "5", at("iteration.health.stop_kl_above")),  # step3_rlhf/health.py
+        R("--stop_empty_share_above", "0.5", at("iteration.health.stop_empty_share_above")),
         R("--kl_ctl", "0.2", at("ppo.kl_ctl")),
         R("--clip_reward_value", "2.0", at("ppo.clip_reward_value")),
         R("--cliprange", "0.1", at("ppo.cliprange")),

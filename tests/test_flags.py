@@ -354,3 +354,26 @@ def test_mixed_precision_lora_quantizes_the_actors_frozen_weights(tmp_path):
     assert zero["zero_hpz_partition_size"] == 1  # two ranks on a one-device node: hpZ within the node
     assert "zero_quantized_nontrainable_weights" not in train_ds_config(plain.actor.engine, 2)["zero_optimization"]
     assert not quantized.critic.engine.quantized_nontrainable_weights
+
+
+def test_the_launchers_own_local_rank_gets_no_notice(monkeypatch):
+    """DeepSpeed's launcher adds --local_rank=N with LOCAL_RANK=N: no advice to drop a flag the user never wrote."""
+    from chatrlhf.step1_sft.main import build_parser
+    from chatrlhf.training.compat_flags import notify_inert_flags
+
+    parser = build_parser()
+    args = parser.parse_args(["--local_rank=1"])
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert notify_inert_flags(parser, args, ("local_rank",)) == []
+    monkeypatch.delenv("LOCAL_RANK")
+    assert notify_inert_flags(parser, args, ("local_rank",)) == [
+        "--local_rank 1: no effect here; each process reads its rank from the launcher's LOCAL_RANK environment "
+        "variable; drop the flag"]
+
+
+def test_a_data_error_ends_its_sentence_before_the_hint():
+    from chatrlhf.utils.data.errors import DataError
+
+    assert str(DataError("--data_path x.json: no such file or folder", hint="Check the path.")) == (
+        "--data_path x.json: no such file or folder. Check the path.")
+    assert str(DataError("cut off.", hint="Retry.")) == "cut off. Retry."

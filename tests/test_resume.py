@@ -43,7 +43,7 @@ def comparable(history: list[dict]) -> list[tuple]:
     return [(h["step"], h["loss"], h["lr"], h["window_tokens"]) for h in history]
 
 
-@pytest.mark.parametrize("step", ["step1_sft", "step2_reward"])
+@pytest.mark.parametrize("step", ["step1_sft", "step2_reward", "step2_dpo"])
 def test_sigkill_then_resume_is_bit_exact(step, tmp_path, sft_model, data_cache, subprocess_env):
     uninterrupted = tmp_path / "whole"
     finish(start(uninterrupted, data_cache, subprocess_env, step=step))
@@ -186,11 +186,12 @@ def test_ppo_sigkill_then_resume_is_bit_exact(tmp_path, sft_model, data_cache, s
     assert second["held_out"] == first["held_out"] and second["kl_coef"] == first["kl_coef"]
 
 
-def test_grpo_sigkill_then_resume_is_bit_exact(tmp_path, sft_model, data_cache, subprocess_env):
+@pytest.mark.parametrize("algorithm", ["grpo", "reinforce_pp"])
+def test_critic_free_sigkill_then_resume_is_bit_exact(algorithm, tmp_path, sft_model, data_cache, subprocess_env):
     """Critic-free step 3 resumes exactly too: its checkpoints hold the actor alone (no critic, no reward model)."""
     reward_file = tmp_path / "shaped.py"
     reward_file.write_text("def score(prompt, response):\n    return len(set(response)) / 10\n")
-    args = ["--algorithm", "grpo", "--num_samples_per_prompt", "2", "--reward_fn", f"{reward_file}:score",
+    args = ["--algorithm", algorithm, "--num_samples_per_prompt", "2", "--reward_fn", f"{reward_file}:score",
             "--actor_model_name_or_path", sft_model, "--per_device_generation_batch_size", "2",
             "--per_device_training_batch_size", "2", "--gradient_accumulation_steps", "2", "--max_prompt_seq_len", "48",
             "--max_answer_seq_len", "6", "--max_steps", "4", "--eval_prompts", "2", "--save_interval", "2",
@@ -209,7 +210,7 @@ def test_grpo_sigkill_then_resume_is_bit_exact(tmp_path, sft_model, data_cache, 
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
     assert json.loads((killed / "checkpoints" / "step-2" / "complete.json").read_text())["engines"] == ["actor"]
-    assert "resuming GRPO at iteration 2" in finish(grpo(killed, "--resume"))
+    assert f"resuming {algorithm.upper()} at iteration 2" in finish(grpo(killed, "--resume"))
     expected = load_file(whole / "actor" / "model.safetensors")
     actual = load_file(killed / "actor" / "model.safetensors")
     assert all(expected[k].equal(actual[k]) for k in expected)
@@ -371,3 +372,66 @@ def test_a_nan_on_one_rank_is_skipped_by_both(tmp_path, sft_model, data_cache, s
     output, _ = stopped.communicate(timeout=600)
     assert stopped.returncode != 0
     assert "non-finite on some rank for 3 batches in a row" in output
+
+
+FAILING_REWARD = """
+import os
+
+calls = [0]
+
+
+def score(prompt, response):
+    calls[0] += 1
+    if os.environ.get("FAIL_AT_CALL") and calls[0] >= int(os.environ["FAIL_AT_CALL"]):
+        raise ValueError("the grader is down")
+    return len(set(response)) / 10
+"""
+
+
+def test_a_failing_reward_function_leaves_a_checkpoint_that_resumes_exactly(tmp_path, sft_model, data_cache,
+                                                                            subprocess_env):
+    """The function raises in iteration 3: the run stops naming iteration 2's checkpoint (no --save_interval), and
+    resuming from it ends where an uninterrupted run ends."""
+    reward_file = tmp_path / "grader.py"
+    reward_file.write_text(FAILING_REWARD)
+    args = ["--algorithm", "rloo", "--num_samples_per_prompt", "2", "--reward_fn", f"{reward_file}:score",
+            "--actor_model_name_or_path", sft_model, "--per_device_generation_batch_size", "2",
+            "--per_device_training_batch_size", "2", "--max_prompt_seq_len", "48", "--max_answer_seq_len", "6",
+            "--max_steps", "4", "--eval_prompts", "2", "--actor_learning_rate", "1e-3", "--seed", "5",
+            "--data_output_path", data_cache]
+
+    def rloo(out: Path, env: dict, *extra: str) -> subprocess.Popen:
+        command = [sys.executable, str(ROOT / "step3_rlhf" / "main.py"), "--output_dir", str(out), *args, *extra]
+        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    whole, failed = tmp_path / "whole", tmp_path / "failed"
+    finish(rloo(whole, subprocess_env))
+    # Held-out scoring at the start makes 10 calls (2 prompts greedy, 8 sampled answers); each iteration 4 more.
+    process = rloo(failed, {**subprocess_env, "FAIL_AT_CALL": str(10 + 2 * 4 + 1)})
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 2, output[-3000:]
+    assert "the grader is down" in output and "iteration 2's checkpoint was written" in output
+    assert "resuming RLOO at iteration 2" in finish(rloo(failed, subprocess_env, "--resume"))
+    expected = load_file(whole / "actor" / "model.safetensors")
+    actual = load_file(failed / "actor" / "model.safetensors")
+    assert all(expected[k].equal(actual[k]) for k in expected)
+    first = json.loads((whole / "metrics.json").read_text())
+    second = json.loads((failed / "metrics.json").read_text())
+    assert strip_timing(second["history"]) == strip_timing(first["history"])
+
+
+def test_empty_answers_past_the_limit_stop_with_a_checkpoint(tmp_path, sft_model, data_cache, subprocess_env):
+    """One-token answers count as empty: --stop_empty_share_above 0.5 stops at iteration 1, with its checkpoint."""
+    out = tmp_path / "empty"
+    command = [sys.executable, str(ROOT / "step3_rlhf" / "main.py"), "--output_dir", str(out),
+               "--algorithm", "reinforce_pp", "--reward_fn", "synthetic_tasks", "--actor_model_name_or_path",
+               sft_model, "--per_device_generation_batch_size", "2", "--per_device_training_batch_size", "2",
+               "--max_prompt_seq_len", "48", "--max_answer_seq_len", "1", "--max_steps", "4", "--eval_prompts", "2",
+               "--seed", "5", "--data_output_path", data_cache, "--stop_empty_share_above", "0.5"]
+    process = subprocess.Popen(command, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 2, output[-3000:]
+    assert "warning: iteration 1: 100% of the answers are empty" in output
+    assert "step 3 stopped at iteration 1: 100% of the answers were empty, above --stop_empty_share_above 0.5" in output
+    assert (out / "checkpoints" / "step-1" / "complete.json").is_file()

@@ -189,3 +189,17 @@ def test_a_final_save_that_fails_keeps_the_trained_state(tmp_path, sft_model, da
     assert main([*args[:1], str(whole), *args[2:]]) == 0
     expected, actual = load_file(whole / "model.safetensors"), load_file(out / "model.safetensors")
     assert all(expected[k].equal(actual[k]) for k in expected)
+
+
+def test_rollout_health_warns_and_stops_at_its_limits():
+    from chatrlhf.step3_rlhf.health import HealthLimits, rollout_problems
+
+    calm = {"kl_to_ref": 0.5, "empty_answers": 1.0}
+    assert rollout_problems(calm, 8, HealthLimits()) == ([], [])
+    assert rollout_problems(calm, 8, HealthLimits(stop_kl_above=2.0)) == ([], [])
+    warnings, stops = rollout_problems({"kl_to_ref": 25.0, "empty_answers": 4.0}, 8, HealthLimits())
+    assert len(warnings) == 2 and stops == []
+    _, stops = rollout_problems({"kl_to_ref": 3.0, "empty_answers": 6.0}, 8,
+                                HealthLimits(stop_kl_above=2.0, stop_empty_share_above=0.7))
+    assert stops == ["the KL to the reference, 3.000 nats an answer, passed --stop_kl_above 2.0",
+                     "75% of the answers were empty, above --stop_empty_share_above 0.7"]

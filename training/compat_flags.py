@@ -6,6 +6,7 @@ instead, so nobody believes a setting took hold that did not.
 from __future__ import annotations
 
 import argparse
+import os
 
 from chatrlhf.training.metrics_log import print_rank0
 
@@ -45,10 +46,16 @@ def notify_inert_flags(parser: argparse.ArgumentParser, args: argparse.Namespace
     lines = []
     for name in names:
         value = getattr(args, name)
-        if value == parser.get_default(name):
+        if value == parser.get_default(name) or _from_launcher(name, value):
             continue
         shown = f"--{name}" if isinstance(value, bool) else f"--{name} {value}"
         lines.append(f"{shown}: no effect here; {INERT_FLAGS[name]}")
     for line in lines:
         print_rank0(line)
     return lines
+
+
+def _from_launcher(name: str, value: object) -> bool:
+    """DeepSpeed's launcher adds ``--local_rank=N`` to every rank's command line and sets ``LOCAL_RANK=N``: that
+    one the user never wrote, so there is nothing for them to drop."""
+    return name == "local_rank" and os.environ.get("LOCAL_RANK") == str(value)

@@ -6,10 +6,10 @@ class DataError(ValueError):
     """A problem in a data source that stops the run (a broken record, an unreadable file, a bad flag)."""
 
     def __init__(self, message: str, *, where: str = "", hint: str = "") -> None:
-        parts = [f"{where}: {message}" if where else message]
+        text = f"{where}: {message}" if where else message
         if hint:
-            parts.append(hint)
-        super().__init__(" ".join(parts))
+            text = f"{text}{'' if text.endswith(('.', '!', '?', ':')) else '.'} {hint}"
+        super().__init__(text)
         self.where = where
         self.hint = hint
 
