@@ -255,7 +255,7 @@ def dpo_rows(trl: SimpleNamespace, batch: PairBatch) -> list[Row]:
     ipo = LossConfig(loss_type="ipo", beta=BETA)
     rows.append(Row("dpo ipo", compare(lambda x: ours_pairs(ipo, batch, x), lambda x: dpo_trainer("ipo", 0.0, x),
                                        batch.logits),
-                    "TRL divides IPO's log-ratios by the answer length; ours sums them (README: ipo 'summed')"))
+                    "TRL divides IPO's log-ratios by the answer length; ours sums them (docs/algorithms.md)"))
     rows.append(Row("dpo ipo, our loss on length-averaged log-ratios (loss only)",
                     compare(lambda x: ours_pairs(ipo, batch, x, average_ratios=True)[:1],
                             lambda x: dpo_trainer("ipo", 0.0, x)[:1], batch.logits)))

@@ -5,7 +5,7 @@
 # wrap the questions in the model's own chat template (--prompt_template model), so the saved models answer
 # prompts built by `tokenizer.apply_chat_template` and need no other format.
 #
-# The default synthetic/tasks data has imperfect demonstrators (README: the default data): step 1 learns their
+# The default synthetic/tasks data has imperfect demonstrators (docs/data.md): step 1 learns their
 # slips with the skills, and the checker's reward is what can take the model past them.
 #
 # Usage: bash scripts/verifier_smollm2.sh OUT [SEED]

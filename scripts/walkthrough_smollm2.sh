@@ -77,7 +77,7 @@ timed step2_reward "$out/step2/metrics.json" "$chatrlhf" reward "${common[@]}" \
 # Step 3: PPO with actor = reference = the step-1 model and critic = reward model = the step-2 model.
 # Short answers (64 tokens) and few iterations keep it in budget on a CPU; no warmup, since DeepSpeed-Chat's
 # 100 warmup steps would leave the learning rate near 0 for the whole run. At least 8 answer tokens: without
-# the floor PPO learnt to end answers at once, which this reward model did not punish (see the README).
+# the floor PPO learnt to end answers at once, which this reward model did not punish (see docs/smollm2.md).
 timed step3_ppo "$out/step3/metrics.json" "$chatrlhf" ppo "${common[@]}" \
   --actor_model_name_or_path "$out/step1" --critic_model_name_or_path "$out/step2" \
   --max_prompt_seq_len 256 --max_answer_seq_len 64 --min_answer_seq_len 8 \

@@ -72,18 +72,18 @@ class RewardRun(StepRun):
     def prepare_data(self, data: StepData, path: str, tokenizer) -> StepData:
         """With ``--use_margin``, refuse sources without margins: their pairs would train with a margin of 0. Refuse
         an empty held-out set before training, as the saved ``reward_stats.json`` is computed on it."""
-        if len(data.eval) == 0:
-            raise DataError(
-                "step 2 has no held-out pairs: the saved reward_stats.json (the score mean and std step 3 "
-                "normalises with) is computed on them, and the run would fail at its final save",
-                hint="Give --data_path a source with an eval split or more pairs (a source without one holds out "
-                "10% of its prompts), and see the data report above for what was dropped.")
         lacking = data.info.get("sources_without_margin", [])
         if self.use_margin and lacking:
             raise ConfigError(
                 f"--use_margin needs each pair's margin, but --data_path {', '.join(lacking)} supplies none; give "
                 "local pair files (json, jsonl, csv or parquet) with a numeric 'margin' column (or name the column "
                 "with --margin_column), or drop --use_margin")
+        if len(data.eval) == 0:
+            raise DataError(
+                "step 2 has no held-out pairs: the saved reward_stats.json (the score mean and std step 3 "
+                "normalises with) is computed on them, and the run would fail at its final save",
+                hint="Give --data_path a source with an eval split or more pairs (a source without one holds out "
+                "10% of its prompts), and see the data report above for what was dropped.")
         return data
 
     def collator(self, tokenizer) -> PairCollator:
