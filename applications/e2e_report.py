@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chatrlhf.step3_rlhf import algorithms
+
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
 STEP_NAMES = {1: "SFT", 2: "reward model", 3: "PPO"}
@@ -67,8 +69,10 @@ def step1_data_paths(step1_dir: Path) -> list[str]:
         return []
 
 
-def algorithm_name(algorithm: str) -> str:
-    return {"reinforce_pp": "REINFORCE++"}.get(algorithm, algorithm.upper())
+def algorithm_name(method: str) -> str:
+    """A step-3 algorithm's display name (REINFORCE++), or another method's name in capitals (DPO)."""
+    known = algorithms.REGISTRY.get(method)
+    return known.display_name if known is not None else method.upper()
 
 
 def read_metrics(folder: Path) -> dict | None:
@@ -315,7 +319,7 @@ class ReportWriter:
 
     def step3(self) -> list[str]:
         """One section per step-3 run of the actor (one per algorithm), with its curves."""
-        runs = self.inputs.rl_dirs or {"ppo": self.inputs.step_dirs[3]}
+        runs = self.inputs.rl_dirs or {algorithms.DEFAULT: self.inputs.step_dirs[3]}
         return [line for algorithm, folder in runs.items() for line in self._rl_run(algorithm, folder)]
 
     def _rl_run(self, algorithm: str, folder: Path) -> list[str]:
@@ -367,7 +371,7 @@ class ReportWriter:
 
     def comparison(self) -> list[str]:
         """Base, step-1 and step-3 models on the same held-out prompts, scored by checker and reward model."""
-        from chatrlhf.applications.comparison import ComparisonSettings, compare_models
+        from chatrlhf.utils.comparison import ComparisonSettings, compare_models
         from chatrlhf.utils.data.config import DataConfig
         from chatrlhf.utils.model.generation import GenerationSettings
 

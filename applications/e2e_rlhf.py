@@ -43,6 +43,8 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from chatrlhf.step3_rlhf import algorithms
+
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 STEP_DIRS = {1: PACKAGE_ROOT / "step1_sft", 2: PACKAGE_ROOT / "step2_reward", 3: PACKAGE_ROOT / "step3_rlhf"}
 DPO_DIR = PACKAGE_ROOT / "step2_dpo"
@@ -50,7 +52,6 @@ DPO_OUTPUT_KIND = "dpo-models"
 ABLATION_OUTPUT_KIND = "ablation-models"
 STEP2_METHODS = ("reward", "dpo")
 STEP_NAMES = {1: "SFT", 2: "reward model", 3: "RL"}
-ALGORITHMS = ("ppo", "grpo", "rloo", "reinforce_pp")
 OUTPUT_KINDS = {1: "actor-models", 2: "reward-models", 3: "step3-models"}
 DEPLOYMENTS = ("single_gpu", "single_node", "multi_node")
 GPU_DEFAULTS = ("1.3b", "350m")
@@ -140,7 +141,7 @@ class Plan:
     output_dir: Path
     deployment: str
     extra_args: dict[int, list[str]]
-    algorithm: str = "ppo"
+    algorithm: str = algorithms.DEFAULT
     reward_fn: str | None = None
     seed: int | None = None
     step2_method: str = "reward"
@@ -163,13 +164,13 @@ class Plan:
     @property
     def verifier_only(self) -> bool:
         """Step 3 trains on the reward function alone: no critic, no reward model, no step 2 needed."""
-        return self.reward_fn is not None and self.algorithm != "ppo"
+        return self.reward_fn is not None and not algorithms.REGISTRY[self.algorithm].uses_critic
 
     def step_dir(self, step: int) -> Path:
         if self.runs_dpo(step):
             return self.output_dir / DPO_OUTPUT_KIND / self.actor.label
         label = self.reward.label if step == 2 else self.actor.label
-        if step == 3 and self.algorithm != "ppo":
+        if step == 3 and self.algorithm != algorithms.DEFAULT:
             label = f"{label}-{self.algorithm}"
         return self.output_dir / OUTPUT_KINDS[step] / label
 
@@ -251,7 +252,7 @@ class Plan:
         else:
             args = [str(self.step_dir(step)), self.actor_zero_stage if step == 1 else self.reward_zero_stage]
         own = ["--seed", str(self.seed)] if self.seed is not None else []
-        if step == 3 and self.algorithm != "ppo":
+        if step == 3 and self.algorithm != algorithms.DEFAULT:
             own += ["--algorithm", self.algorithm]
         if step == 3 and self.reward_fn is not None:
             own += ["--reward_fn", self.reward_fn]
@@ -316,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Step 2 trains a reward model for step 3 (reward), or replaces steps 2 and 3 by DPO of "
                              "the step-1 model on the step-2 pairs into dpo-models/ (dpo; --step then defaults to "
                              "1 2).")
-    parser.add_argument("--step3-algorithm", default=None, choices=ALGORITHMS,
+    parser.add_argument("--step3-algorithm", default=None, choices=algorithms.names(),
                         help="Step 3's algorithm: PPO with a critic, or critic-free GRPO, RLOO or REINFORCE++ "
                              "(unset: ppo).")
     parser.add_argument("--reward-fn", default=None, metavar="NAME|FILE.py:FUNCTION",
@@ -353,11 +354,11 @@ def make_plan(args: argparse.Namespace) -> Plan:
     except ValueError as exc:
         raise RunnerError(f"--stepN-args: {exc}") from exc
     reward_fn = _caller_path(args.reward_fn) if args.reward_fn else None
-    algorithm = args.step3_algorithm or "ppo"
+    algorithm = args.step3_algorithm or algorithms.DEFAULT
     dpo = args.step2_method == "dpo"
     if dpo:
         check_dpo_flags(args)
-    verifier_only = reward_fn is not None and algorithm != "ppo"
+    verifier_only = reward_fn is not None and not algorithms.REGISTRY[algorithm].uses_critic
     requested = args.step or ((1, 2) if dpo else (1, 3) if verifier_only else (1, 2, 3))
     steps = () if args.report_only else tuple(sorted(set(requested)))
     plan = Plan(steps, actor, reward, args.actor_zero_stage, args.reward_zero_stage,
@@ -708,7 +709,7 @@ def make_report(plan: Plan, args: argparse.Namespace) -> Path:
 def ablation_dirs(plan: Plan) -> dict[str, Path]:
     """Every likelihood-only ablation of this actor in the output folder, by the method whose updates it matches."""
     folders = {}
-    for method in ("dpo", *ALGORITHMS):
+    for method in ("dpo", *algorithms.names()):
         folder = plan.ablation_dir(method)
         if (folder / "config.json").is_file():
             folders[method] = folder
@@ -724,7 +725,7 @@ def dpo_dir(plan: Plan) -> Path | None:
 def rl_dirs(plan: Plan) -> dict[str, Path]:
     """Every step-3 output of this actor in the output folder, by algorithm: runs of several algorithms compare."""
     folders = {}
-    for algorithm in ALGORITHMS:
+    for algorithm in algorithms.names():
         folder = plan.policy_dir(algorithm)
         if folder.is_dir():
             folders[algorithm] = folder

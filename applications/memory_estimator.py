@@ -24,7 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from chatrlhf.step3_rlhf.config import ALGORITHMS, AlgorithmConfig
+from chatrlhf.step3_rlhf import algorithms
+from chatrlhf.step3_rlhf.config import AlgorithmConfig
 from chatrlhf.utils.activation_memory import (
     Attention,
     TrainingActivations,
@@ -48,7 +49,6 @@ Device = Literal["cuda", "cpu"]
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 GIB = 2**30
 STEP_NAMES = {1: "SFT", 2: "reward model", 3: "PPO"}
-ALGORITHM_NAMES = {"ppo": "PPO", "grpo": "GRPO", "rloo": "RLOO", "reinforce_pp": "REINFORCE++"}
 # What a training process holds before any model: Python, torch, transformers, DeepSpeed and its process group,
 # the tokenizer, the data set and TensorBoard. Measured on the project's 2-core CPU machine (torch 2.13 CPU,
 # transformers 5.23, deepspeed 0.19.8) as the peak RSS of a step-1 run of a 2.6-thousand-parameter model
@@ -103,7 +103,7 @@ class RunSettings:
     critic: ModelSpec = field(default_factory=lambda: KNOWN_MODELS["opt-350m"])
     offload_reference_model: bool = False
     offload_reward_model: bool = False
-    algorithm: str = "ppo"
+    algorithm: str = algorithms.DEFAULT
     """Step 3's algorithm (``chatrlhf ppo --algorithm``): only ppo loads and trains a critic."""
     num_samples_per_prompt: int = 1
     """Step 3: completions per prompt; a rollout holds ``generation_batch_size`` prompts x this many."""
@@ -134,7 +134,7 @@ class RunSettings:
         }
         if self.step != 3:
             step3_only = {
-                f"--algorithm {self.algorithm}": self.algorithm != "ppo",
+                f"--algorithm {self.algorithm}": self.algorithm != algorithms.DEFAULT,
                 f"--num_samples_per_prompt {self.num_samples_per_prompt}": self.num_samples_per_prompt != 1,
                 "--reward_model_name_or_path": self.reward_model is not None,
                 "--reward_fn": self.reward_fn,
@@ -534,7 +534,7 @@ def render_report(report: MemoryReport) -> str:
     if run.uses_critic and run.critic_lora != run.lora_dim:
         lora += f" (critic: {f'r={run.critic_lora}' if run.critic_lora else 'none'})"
     checkpointing = "gradient checkpointing" if run.gradient_checkpointing else "no gradient checkpointing"
-    step_name = STEP_NAMES[run.step] if run.step < 3 else ALGORITHM_NAMES[run.algorithm] + (
+    step_name = STEP_NAMES[run.step] if run.step < 3 else run.algorithm_config.definition.display_name + (
         "" if run.uses_critic else ", critic-free")
     lines = [
         f"chatrlhf memory: step {run.step} ({step_name}) of {model.name} on {hardware}",
@@ -654,11 +654,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="Print DeepSpeed-Chat's published step-3 runs (OPT-1.3B on one 48 GB GPU up to OPT-66B on 64 A100s) "
              "with this estimate per GPU beside what DeepSpeed-Chat states for each, and exit (other flags unused).")
     step3 = parser.add_argument_group("step 3 algorithm and rewards (the flags of chatrlhf ppo)")
+    with_critic = ", ".join(name for name, algorithm in algorithms.REGISTRY.items() if algorithm.uses_critic)
+    critic_free = ", ".join(name for name, algorithm in algorithms.REGISTRY.items() if not algorithm.uses_critic)
     step3.add_argument(
-        "--algorithm", choices=ALGORITHMS, default="ppo",
-        help="ppo: actor + reference + critic + reward model. grpo, rloo, reinforce_pp: critic-free, no "
-             "critic weights, gradients, optimizer states or activations are counted; the DeepSpeed-Chat rule of "
-             "thumb is then GB / 3 for the actor instead of GB / 6 for actor + critic.")
+        "--algorithm", choices=algorithms.names(), default=algorithms.DEFAULT,
+        help=f"{with_critic}: actor + reference + critic + reward model. {critic_free}: critic-free, no critic "
+             "weights, gradients, optimizer states or activations are counted; the DeepSpeed-Chat rule of thumb is "
+             "then GB / 3 for the actor instead of GB / 6 for actor + critic.")
     step3.add_argument(
         "--critic_lora_dim", type=int, default=None,
         help="The critic's LoRA rank, as chatrlhf ppo --critic_lora_dim (0: none); unset: --lora_dim, which then "

@@ -9,18 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from chatrlhf.applications.comparison import (
-    BUILT_IN_PROMPTS,
-    ComparisonSettings,
-    add_generation_args,
-    compare_models,
-    generation_settings,
-    read_prompts,
-    write_markdown,
-)
 from chatrlhf.training.cli_parser import new_parser
+from chatrlhf.training.generation_flags import add_generation_args, generation_settings
+from chatrlhf.utils.comparison import ComparisonSettings, compare_models, write_markdown
 from chatrlhf.utils.data.config import DataConfig
 from chatrlhf.utils.data.errors import DataError
+from chatrlhf.utils.data.prompt_files import BUILT_IN_PROMPTS, read_prompts
 
 
 def build_parser() -> argparse.ArgumentParser:

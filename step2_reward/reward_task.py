@@ -4,41 +4,17 @@ The collator stacks the chosen rows over the rejected rows, so one forward pass 
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from chatrlhf.step2_reward.reward_model import (
-    RewardStats,
-    backbone_hidden,
-    score_head,
-    sequence_scores,
-    tied_lm_logits,
-)
+from chatrlhf.step2_reward.tied_lm_head import tied_lm_logits
 from chatrlhf.training.metrics_log import report_empty_eval
+from chatrlhf.training.pair_metrics import ScoredPairs, pair_metrics, pairwise_loss
 from chatrlhf.utils import device
-
-
-def pairwise_loss(
-    chosen: torch.Tensor,
-    rejected: torch.Tensor,
-    margin: torch.Tensor | None = None,
-    center_coef: float = 0.0,
-) -> torch.Tensor:
-    """-log sigmoid(r_c - r_r - margin), averaged, plus ``center_coef * mean((r_c + r_r)^2)``.
-
-    The centring term pins the scores' offset, which the ranking loss leaves free, so step 3 sees
-    rewards near zero; the margin asks for a larger gap where the data says the preference is strong.
-    """
-    diff = chosen - rejected
-    if margin is not None:
-        diff = diff - margin.to(diff.dtype)
-    loss = -F.logsigmoid(diff).mean()
-    if center_coef:
-        loss = loss + center_coef * ((chosen + rejected) ** 2).mean()
-    return loss
+from chatrlhf.utils.model.reward_model import backbone_hidden, score_head, sequence_scores
+from chatrlhf.utils.model.reward_stats import RewardStats
 
 
 def pair_forward(model, batch: dict, *, fp32: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -66,16 +42,6 @@ def chosen_lm_loss(model, hidden: torch.Tensor, batch: dict) -> torch.Tensor:
     return F.cross_entropy(logits.float(), targets[keep])
 
 
-@dataclass
-class ScoredPairs:
-    """Every held-out pair's scores and labels, gathered from all ranks."""
-
-    chosen: list[float]
-    rejected: list[float]
-    tasks: list[str]
-    mistakes: list[str]
-
-
 def score_batches(model, batches, *, fp32: bool = True) -> ScoredPairs:
     """Score ``batches`` without gradients and gather the results of every rank (all ranks must call this)."""
     chosen: list[float] = []
@@ -91,30 +57,6 @@ def score_batches(model, batches, *, fp32: bool = True) -> ScoredPairs:
             mistakes += batch.get("mistake") or [""] * len(good)
     parts = device.all_gather_json([chosen, rejected, tasks, mistakes])
     return ScoredPairs(*(sum((part[i] for part in parts), []) for i in range(4)))
-
-
-def pair_metrics(scored: ScoredPairs) -> dict[str, float]:
-    """Accuracy, mean scores and margin, loss, and accuracy per task and per mistake kind when labelled."""
-    if not scored.chosen:
-        return {}
-    chosen = torch.tensor(scored.chosen, dtype=torch.float64)
-    rejected = torch.tensor(scored.rejected, dtype=torch.float64)
-    correct = (chosen > rejected).tolist()
-    metrics = {
-        "accuracy": sum(correct) / len(correct),
-        "chosen_score": float(chosen.mean()),
-        "rejected_score": float(rejected.mean()),
-        "margin": float((chosen - rejected).mean()),
-        "loss": float(pairwise_loss(chosen, rejected)),
-    }
-    for prefix, labels in (("task", scored.tasks), ("mistake", scored.mistakes)):
-        groups: dict[str, list[bool]] = defaultdict(list)
-        for label, ok in zip(labels, correct):
-            if label:
-                groups[label].append(ok)
-        for label in sorted(groups):
-            metrics[f"acc_{prefix}_{label}"] = sum(groups[label]) / len(groups[label])
-    return metrics
 
 
 def reward_stats(engine, loader) -> RewardStats:

@@ -62,7 +62,8 @@ class RewardRun(StepRun):
         )
 
     def build_model(self, path: str, tokenizer):
-        from chatrlhf.step2_reward.reward_model import HEAD_NAME, check_tied_embeddings, load_reward_model
+        from chatrlhf.step2_reward.tied_lm_head import check_tied_embeddings
+        from chatrlhf.utils.model.reward_model import HEAD_NAME, load_reward_model
 
         model = load_reward_model(path, tokenizer, self.model_options(), seed=self.loop.seed)
         if self.lm_loss_coef:
@@ -110,8 +111,8 @@ class RewardRun(StepRun):
 
     def save(self, engine, tokenizer, data: StepData, card: ModelCard) -> None:
         """The model with ``reward_stats.json``: mean and std of its scores on the held-out pairs."""
-        from chatrlhf.step2_reward.reward_model import REWARD_STATS_FILE
         from chatrlhf.step2_reward.reward_task import reward_stats
+        from chatrlhf.utils.model.reward_stats import REWARD_STATS_FILE
 
         loader = make_loader(
             data.eval, self.loop.per_device_eval_batch_size, self.collator(tokenizer), shuffle=False,

@@ -116,7 +116,7 @@ def report(pairs: Pairs, chosen: list[float], rejected: list[float],
     that must not count as wrong) and the kept pairs whose prompt or answers were cut. The returned metrics hold
     ``dropped_pairs``, the number left out.
     """
-    from chatrlhf.step2_reward.reward_task import ScoredPairs, pair_metrics
+    from chatrlhf.training.pair_metrics import ScoredPairs, pair_metrics
     from chatrlhf.utils.data.tokenized import DROPPING_REASONS
 
     dropped = dropped or {}
@@ -173,9 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from chatrlhf.step2_reward.scoring import RewardScorer
     from chatrlhf.training.compat_flags import notify_inert_flags
     from chatrlhf.utils.data.config import DataConfig
+    from chatrlhf.utils.model.reward_scoring import RewardScorer
 
     notify_inert_flags(parser, args, ("num_padding_at_beginning",))
 

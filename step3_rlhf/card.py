@@ -9,13 +9,6 @@ from chatrlhf.training.model_card import ModelCard, eval_results, last_values
 if TYPE_CHECKING:
     from chatrlhf.step3_rlhf.run import PPORun
 
-ALGORITHM_NAMES = {"ppo": "PPO", "grpo": "GRPO", "rloo": "RLOO", "reinforce_pp": "REINFORCE++"}
-ADVANTAGES = {
-    "ppo": "GAE advantages from the critic's values",
-    "grpo": "each answer's reward against the mean of the answers to its prompt",
-    "rloo": "each answer's reward against the mean of the other answers to its prompt",
-    "reinforce_pp": "rewards normalised over the batch, with no critic",
-}
 HELD_OUT = {"mean_reward": "held-out mean reward (greedy)", "accuracy_overall": "checker accuracy (greedy)",
             "sampled_mean_reward": "held-out mean reward (sampled)",
             "sampled_accuracy_overall": "checker accuracy (sampled)"}
@@ -37,12 +30,13 @@ def reward_source(run: PPORun) -> str:
 
 def method(run: PPORun) -> str:
     algorithm = run.algorithm
+    definition = algorithm.definition
     kl = "a loss term" if algorithm.kl_in_loss else "a penalty in the reward"
     samples = algorithm.num_samples_per_prompt
     each = f" ({samples} answers each)" if samples > 1 else ""
-    return (f"Step 3, RLHF with {ALGORITHM_NAMES[algorithm.name]}: the actor answers training prompts{each}, the "
+    return (f"Step 3, RLHF with {definition.display_name}: the actor answers training prompts{each}, the "
             f"reward ({reward_source(run)}) scores them, and a clipped policy-gradient loss (cliprange "
-            f"{run.ppo.cliprange}) with {ADVANTAGES[algorithm.name]} raises the reward, with the KL to the frozen "
+            f"{run.ppo.cliprange}) with {definition.advantages_text} raises the reward, with the KL to the frozen "
             f"starting model (coefficient {run.ppo.kl_ctl}, estimator {run.ppo.kl_estimator}) as {kl}.")
 
 
@@ -50,7 +44,7 @@ def settings(run: PPORun) -> dict[str, object]:
     actor, critic, gen = run.actor, run.critic, run.generation
     lora = actor.lora
     return {
-        "algorithm": ALGORITHM_NAMES[run.algorithm.name],
+        "algorithm": run.algorithm.definition.display_name,
         "reward": reward_source(run),
         "actor learning rate": actor.optim.learning_rate,
         "critic learning rate": critic.optim.learning_rate if critic is not None else None,

@@ -5,12 +5,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from chatrlhf.step3_rlhf import algorithms
+from chatrlhf.step3_rlhf.algorithms import Algorithm
 from chatrlhf.step3_rlhf.health import HealthLimits
 from chatrlhf.training.validation import ConfigError
 
-ALGORITHMS = ("ppo", "grpo", "rloo", "reinforce_pp")
-# Algorithms whose advantages compare the samples of one prompt with each other.
-GROUP_ALGORITHMS = ("grpo", "rloo")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 KL_MODES = ("reward", "loss")
 SCALE_REWARDS = ("group", "none")
@@ -61,13 +60,14 @@ class PPOConfig:
 
 @dataclass(frozen=True)
 class AlgorithmConfig:
-    """Which policy-gradient estimator step 3 runs and how the actor's loss is built.
+    """Which policy-gradient estimator step 3 runs (a name in ``algorithms.REGISTRY``) and how the actor's loss
+    is built.
 
-    ``kl_mode`` None means the algorithm's own choice: GRPO puts the KL to the reference into the loss,
-    the others into the reward.
+    ``kl_mode`` None means the algorithm's own choice (``Algorithm.kl_in_loss_by_default``): GRPO puts the KL to
+    the reference into the loss, the others into the reward.
     """
 
-    name: str = "ppo"
+    name: str = algorithms.DEFAULT
     num_samples_per_prompt: int = 1
     scale_rewards: str = "group"
     kl_mode: str | None = None
@@ -75,7 +75,7 @@ class AlgorithmConfig:
     loss_aggregation: str = "token_mean"
 
     def __post_init__(self) -> None:
-        for flag, value, choices in (("--algorithm", self.name, ALGORITHMS),
+        for flag, value, choices in (("--algorithm", self.name, algorithms.names()),
                                      ("--scale_rewards", self.scale_rewards, SCALE_REWARDS),
                                      ("--loss_aggregation", self.loss_aggregation, LOSS_AGGREGATIONS)):
             if value not in choices:
@@ -84,22 +84,28 @@ class AlgorithmConfig:
             raise ConfigError(f"--kl_mode {self.kl_mode!r} is not one of {', '.join(KL_MODES)}")
         if self.num_samples_per_prompt < 1:
             raise ConfigError(f"--num_samples_per_prompt {self.num_samples_per_prompt} must be 1 or more")
-        if self.name in GROUP_ALGORITHMS and self.num_samples_per_prompt < 2:
+        if self.definition.compares_answers and self.num_samples_per_prompt < 2:
             raise ConfigError(
                 f"--algorithm {self.name} compares the answers to one prompt with each other: it needs "
                 f"--num_samples_per_prompt 2 or more (got {self.num_samples_per_prompt}); 4 to 16 is usual")
-        if self.scale_rewards != "group" and self.name != "grpo":
-            raise ConfigError(f"--scale_rewards applies to --algorithm grpo only (got --algorithm {self.name})")
+        if self.scale_rewards != "group" and not self.definition.accepts_scale_rewards:
+            takers = " or ".join(a.name for a in algorithms.REGISTRY.values() if a.accepts_scale_rewards)
+            raise ConfigError(f"--scale_rewards applies to --algorithm {takers} only (got --algorithm {self.name})")
         if not math.isfinite(self.entropy_coef):
             raise ConfigError(f"--entropy_coef {self.entropy_coef} is not a finite number")
 
     @property
+    def definition(self) -> Algorithm:
+        """The registered algorithm: its critic, defaults and advantages."""
+        return algorithms.REGISTRY[self.name]
+
+    @property
     def uses_critic(self) -> bool:
-        return self.name == "ppo"
+        return self.definition.uses_critic
 
     @property
     def kl_in_loss(self) -> bool:
-        return self.kl_mode == "loss" if self.kl_mode is not None else self.name == "grpo"
+        return self.kl_mode == "loss" if self.kl_mode is not None else self.definition.kl_in_loss_by_default
 
     @property
     def default_kl_estimator(self) -> str:

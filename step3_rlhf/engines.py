@@ -94,8 +94,8 @@ def build_engines(
     measure nothing. The critic is loaded before the reward model, as always, so a run draws the same
     random numbers.
     """
-    from chatrlhf.step2_reward.reward_model import load_reward_model
     from chatrlhf.utils.model.loading import load_causal_lm
+    from chatrlhf.utils.model.reward_model import load_reward_model
 
     def role_options(role: TrainedRole | FrozenRole) -> ModelOptions:
         return replace(options, dropout=role.dropout, dtype=role.dtype)

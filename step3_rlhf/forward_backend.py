@@ -48,13 +48,13 @@ class ForwardBackend(Protocol):
 
 
 def _values_at(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    from chatrlhf.step2_reward.reward_model import token_values
+    from chatrlhf.utils.model.reward_model import token_values
 
     return token_values(model, ids, mask)
 
 
 def _sequence_scores(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    from chatrlhf.step2_reward.reward_model import sequence_scores
+    from chatrlhf.utils.model.reward_model import sequence_scores
 
     return sequence_scores(_values_at(model, ids, mask), mask).float()
 
@@ -132,7 +132,7 @@ class CpuFastForward:
             return grouped(forward, rollout.sequences, rollout.attention_mask, rollout.prompt_width)
 
     def values(self, critic, rollout) -> torch.Tensor:
-        from chatrlhf.step2_reward.reward_model import score_head
+        from chatrlhf.utils.model.reward_model import score_head
 
         with onednn_linears(critic):
             packed = self._packed(critic, rollout)
@@ -146,7 +146,7 @@ class CpuFastForward:
             return grouped(forward, rollout.sequences, rollout.attention_mask, rollout.prompt_width)[0]
 
     def scores(self, reward, rollout) -> torch.Tensor:
-        from chatrlhf.step2_reward.reward_model import score_head
+        from chatrlhf.utils.model.reward_model import score_head
 
         with onednn_linears(reward):
             packed = self._packed(reward, rollout)

@@ -169,15 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_algorithm_args(parser: argparse.ArgumentParser) -> None:
     """The policy-gradient algorithm and the reward sources (defaults: DeepSpeed-Chat's PPO and reward model)."""
-    from chatrlhf.step3_rlhf.config import ALGORITHMS, KL_MODES, LOSS_AGGREGATIONS, SCALE_REWARDS, SYNTHETIC_TASKS_FN
+    from chatrlhf.step3_rlhf import algorithms
+    from chatrlhf.step3_rlhf.config import KL_MODES, LOSS_AGGREGATIONS, SCALE_REWARDS, SYNTHETIC_TASKS_FN
 
     group = parser.add_argument_group("algorithm and rewards")
     add = group.add_argument
-    add("--algorithm", choices=ALGORITHMS, default="ppo",
-        help="ppo: a critic and GAE (DeepSpeed-Chat). Critic-free, no critic loaded: grpo (advantage = reward "
-             "minus its prompt group's mean, over the group's std), rloo (reward minus the mean of the prompt's "
-             "other samples), reinforce_pp (REINFORCE++: discounted returns of KL-penalised token rewards, "
-             "normalised over the global batch).")
+    add("--algorithm", choices=algorithms.names(), default=algorithms.DEFAULT,
+        help=" ".join(f"{algorithm.name}{'' if algorithm.uses_critic else ' (no critic loaded)'}: {algorithm.summary}"
+                      for algorithm in algorithms.REGISTRY.values()))
     add("--num_samples_per_prompt", type=int, default=1,
         help="Answers sampled per prompt (grpo and rloo need 2 or more). A rollout holds "
              "--per_device_generation_batch_size prompts x this many answers.")

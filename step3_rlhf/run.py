@@ -221,8 +221,8 @@ class PPORun:
 
     def run(self, record: dict | None = None) -> dict:
         """Train and save; ``record`` (``config_file.run_record``) is saved in the output folder as the flags."""
-        from chatrlhf.step2_reward.reward_model import load_reward_stats
         from chatrlhf.utils.model.loading import load_tokenizer
+        from chatrlhf.utils.model.reward_stats import load_reward_stats
 
         started = time.perf_counter()
         device.init_distributed()

@@ -8,7 +8,8 @@ from functools import partial
 
 import torch
 
-from chatrlhf.step3_rlhf import advantages as critic_free
+from chatrlhf.step3_rlhf import algorithms
+from chatrlhf.step3_rlhf.advantages import flat_group_fraction
 from chatrlhf.step3_rlhf.config import AlgorithmConfig, GenerationConfig, IterationSettings, PPOConfig, RewardConfig
 from chatrlhf.step3_rlhf.engines import PPOEngines, update_ema
 from chatrlhf.step3_rlhf.experience import Experience, micro_batches, repeat_prompts
@@ -207,32 +208,14 @@ class PPOTrainer:
         exp.advantages, exp.returns = gae(rewards, values, mask, self.ppo.gamma, self.ppo.lam)
 
     def _critic_free_advantages(self, batches: list[Experience]) -> None:
-        """GRPO / RLOO advantages from the rewards of each prompt's group, REINFORCE++ advantages from the
-        discounted returns normalised over the global batch; the KL is in the reward unless ``kl_in_loss``."""
-        masks = [exp.answer_mask.to(exp.ref_logprobs.dtype) for exp in batches]
-        kl_coef = self._kl_reward_coef
-        name = self.algorithm.name
-        if name == "reinforce_pp":
-            returns = []
-            for exp, mask in zip(batches, masks):
-                # With the KL in the loss the old log-probs may not be known yet; a zero coefficient ignores them.
-                logprobs = exp.old_logprobs if kl_coef else exp.ref_logprobs
-                rewards, _ = token_rewards(logprobs, exp.ref_logprobs, exp.rewards_in, mask, kl_coef=kl_coef,
-                                           clip_reward_value=self.ppo.clip_reward_value,
-                                           estimator=self.ppo.kl_estimator)
-                returns.append(critic_free.discounted_returns(rewards, mask, self.ppo.gamma))
-            for exp, advantages in zip(batches, critic_free.whiten_across_ranks(returns, masks)):
-                exp.advantages = advantages
-            return
-        rewards = torch.cat([critic_free.sequence_rewards(exp.rewards_in, exp.kl if kl_coef else None, kl_coef,
-                                                          self.ppo.clip_reward_value) for exp in batches])
-        group = self.algorithm.num_samples_per_prompt
-        if name == "grpo":
-            advantages = critic_free.grpo_advantages(rewards, group, self.algorithm.scale_rewards == "group")
-        else:
-            advantages = critic_free.rloo_advantages(rewards, group)
-        for exp, mask, part in zip(batches, masks, advantages.split([len(exp) for exp in batches])):
-            exp.advantages = critic_free.broadcast(part, mask)
+        """The algorithm's advantages over the whole batch; the KL is in the reward unless ``kl_in_loss``."""
+        settings = algorithms.AdvantageSettings(
+            kl_coef=self._kl_reward_coef, clip_reward_value=self.ppo.clip_reward_value,
+            kl_estimator=self.ppo.kl_estimator, gamma=self.ppo.gamma,
+            samples_per_prompt=self.algorithm.num_samples_per_prompt,
+            scale_rewards=self.algorithm.scale_rewards == "group")
+        for exp, advantages in zip(batches, self.algorithm.definition.advantages(batches, settings)):
+            exp.advantages = advantages
 
     def _forward(self, exp: Experience) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Actor answer log-probs and entropy, and critic values (None without a critic), at the answer positions.
@@ -349,8 +332,8 @@ class PPOTrainer:
             empty_answers=float((lengths <= 1).sum()),
             kl_coef=self.kl.value,
         )
-        if self.algorithm.name in ("grpo", "rloo"):
-            metrics["flat_groups"] = critic_free.flat_group_fraction(scores, self.algorithm.num_samples_per_prompt)
+        if self.algorithm.definition.compares_answers:
+            metrics["flat_groups"] = flat_group_fraction(scores, self.algorithm.num_samples_per_prompt)
         self.kl.update(metrics["kl_to_ref"], len(scores))
         return metrics
 
@@ -365,7 +348,7 @@ class PPOTrainer:
         return state
 
     def load_state(self, state: dict) -> None:
-        saved = state.get("algorithm", "ppo")
+        saved = state.get("algorithm", algorithms.DEFAULT)
         if saved != self.algorithm.name:
             raise CheckpointError(f"the checkpoint was written by --algorithm {saved}; resume with --algorithm "
                                   f"{saved}, or start a new run in another --output_dir")

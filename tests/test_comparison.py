@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from chatrlhf.applications import comparison
-from chatrlhf.applications.comparison import ComparisonSettings, compare_models
+from chatrlhf.utils import comparison
+from chatrlhf.utils.comparison import ComparisonSettings, compare_models
 from chatrlhf.utils.data.synthetic_tasks import answer, demonstrations, held_out_prompts, score
 
 CHATML_JINJA = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

@@ -250,10 +250,10 @@ def test_packed_rows_give_each_rows_padded_outputs_and_gradients(build):
 
 def test_packed_answers_give_what_length_groups_give():
     """Log-probs, entropy and reward scores from packed rows equal those of the length-grouped padded passes."""
-    from chatrlhf.step2_reward.reward_model import score_head, sequence_scores, token_values
     from chatrlhf.step3_rlhf.length_groups import grouped
     from chatrlhf.step3_rlhf.packed_answers import PackedAnswers
     from chatrlhf.utils.model.lm_forward import answer_logits, token_logprobs_and_entropy
+    from chatrlhf.utils.model.reward_model import score_head, sequence_scores, token_values
 
     actor, reward = llama(), llama(LlamaForSequenceClassification, num_labels=1)
     ids, mask, width = rollout_batch()

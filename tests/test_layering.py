@@ -1,4 +1,9 @@
-"""The package's layering: ``utils`` is the bottom layer and never imports ``training``, a step or an application."""
+"""The package's layering, checked on every non-test module's imports (top level or inside a function):
+
+``utils`` is the bottom layer and imports no other; ``training`` builds on ``utils`` alone; a step builds on
+``utils`` and ``training`` and never on another step, so what two steps share moves down; ``applications`` (and
+the top-level ``cli``) may import anything.
+"""
 from __future__ import annotations
 
 import ast
@@ -7,25 +12,85 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1]
-UPPER_LAYERS = ("chatrlhf.training", "chatrlhf.step1_sft", "chatrlhf.step2_reward", "chatrlhf.step2_dpo",
-                "chatrlhf.step3_rlhf", "chatrlhf.applications")
+STEPS = ("step1_sft", "step2_reward", "step2_dpo", "step3_rlhf")
+LAYERS = ("utils", "training", *STEPS, "applications")
+TOP = "applications"  # the layer of the top-level modules (``cli``) too: nothing imports them
+ALLOWED = {"utils": {"utils"}, "training": {"utils", "training"},
+           **{step: {"utils", "training", step} for step in STEPS}, TOP: set(LAYERS)}
 
 
-def imported_modules(path: Path) -> set[str]:
-    """Every module a file imports, at top level or inside a function."""
+def layer_of(module: str) -> str | None:
+    """The layer of a dotted ``chatrlhf`` module; None for a module outside the package."""
+    parts = module.split(".")
+    if parts[0] != "chatrlhf" or len(parts) == 1:
+        return None
+    return parts[1] if parts[1] in LAYERS else TOP
+
+
+def imported_modules(source: str, module: str) -> set[str]:
+    """Every module ``source`` (the text of dotted ``module``) imports: absolute, relative or as a package name
+    (``from chatrlhf import step2_reward``)."""
+    package = module.split(".")[:-1]
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join([*package[: len(package) - node.level + 1], node.module or ""]).rstrip(".") \
+                if node.level else node.module or ""
+            names.add(base)
+            if base == "chatrlhf":
+                names.update(f"{base}.{alias.name}" for alias in node.names)
     return names
 
 
-@pytest.mark.parametrize("path", sorted((PACKAGE / "utils").rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
-def test_utils_imports_no_upper_layer(path):
-    upward = sorted(name for name in imported_modules(path) if name.startswith(UPPER_LAYERS))
-    assert not upward, f"{path.relative_to(PACKAGE)} imports {upward}; utils must not depend on training/steps/apps"
+def offending_imports(source: str, module: str) -> list[str]:
+    """The imports of ``source`` that reach a layer its own layer may not import."""
+    allowed = ALLOWED[layer_of(module)]
+    return sorted(name for name in imported_modules(source, module)
+                  if (layer := layer_of(name)) is not None and layer not in allowed)
+
+
+def package_modules() -> list[Path]:
+    return sorted(path for path in PACKAGE.rglob("*.py")
+                  if path.relative_to(PACKAGE).parts[0] in (*LAYERS, "cli.py", "__init__.py"))
+
+
+def dotted(path: Path) -> str:
+    return ".".join(("chatrlhf", *path.relative_to(PACKAGE).with_suffix("").parts))
+
+
+@pytest.mark.parametrize("path", package_modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_respect_the_layers(path):
+    offenders = offending_imports(path.read_text(encoding="utf-8"), dotted(path))
+    assert not offenders, (f"{path.relative_to(PACKAGE)} imports {offenders}; move what both sides need down to "
+                           "utils/ or training/")
+
+
+def test_every_layer_is_checked():
+    checked = {path.relative_to(PACKAGE).parts[0] for path in package_modules()}
+    assert set(LAYERS) <= checked
+
+
+@pytest.mark.parametrize(("module", "source", "expected"), [
+    ("chatrlhf.utils.x", "from chatrlhf.training.validation import ConfigError", ["chatrlhf.training.validation"]),
+    ("chatrlhf.utils.x", "def f():\n    import chatrlhf.applications.chat", ["chatrlhf.applications.chat"]),
+    ("chatrlhf.utils.data.x", "from ...step3_rlhf import run", ["chatrlhf.step3_rlhf"]),
+    ("chatrlhf.step2_dpo.x", "from .. import step2_reward, utils", ["chatrlhf.step2_reward"]),
+    ("chatrlhf.training.x", "from chatrlhf.step1_sft.run import SFTRun", ["chatrlhf.step1_sft.run"]),
+    ("chatrlhf.training.x", "from chatrlhf import cli", ["chatrlhf.cli"]),
+    ("chatrlhf.step3_rlhf.x", "from chatrlhf import step2_reward", ["chatrlhf.step2_reward"]),
+    ("chatrlhf.step2_dpo.x", "from chatrlhf.step2_reward.reward_task import pair_metrics",
+     ["chatrlhf.step2_reward.reward_task"]),
+    ("chatrlhf.step1_sft.x", "from chatrlhf.applications.compare import main", ["chatrlhf.applications.compare"]),
+    ("chatrlhf.step3_rlhf.x", "from .trainer import PPOTrainer\nfrom chatrlhf.utils import device", []),
+    ("chatrlhf.training.x", "from chatrlhf.utils.device import local_device\nimport torch", []),
+    ("chatrlhf.applications.x", "from chatrlhf.step3_rlhf.config import ALGORITHMS", []),
+    ("chatrlhf.cli", "from chatrlhf.step1_sft.main import main", []),
+])
+def test_the_check_catches_what_crosses_a_boundary(module, source, expected):
+    """The check itself: a synthetic upward or sideways import is reported, an allowed one is not."""
+    assert offending_imports(source, module) == expected
 
 
 COLLECTIVES = {"all_reduce", "all_gather", "all_gather_object", "all_gather_into_tensor", "broadcast",
@@ -47,7 +112,6 @@ def collective_calls(path: Path) -> list[int]:
 def test_collectives_run_only_in_utils_device():
     """NCCL moves only GPU tensors: every collective goes through ``utils/device.py``, which puts its tensors on
     ``local_device()``, so a CPU tensor handed to a collective elsewhere cannot break a multi-GPU run."""
-    files = [path for layer in ("utils", *(name.split(".")[1] for name in UPPER_LAYERS))
-             for path in (PACKAGE / layer).rglob("*.py")]
+    files = [path for layer in LAYERS for path in (PACKAGE / layer).rglob("*.py")]
     found = {str(path.relative_to(PACKAGE)): lines for path in files if (lines := collective_calls(path))}
     assert set(found) == {"utils/device.py"}, found

@@ -69,11 +69,11 @@ def test_reward_adapter_carries_the_trained_head(tmp_path):
     """A LoRA reward model trains its head whole: the adapter holds it as peft's ``modules_to_save``."""
     from peft import PeftModel
 
-    from chatrlhf.step2_reward.reward_model import HEAD_NAME, load_reward_model, token_values
     from chatrlhf.training.config import LoraSettings
     from chatrlhf.training.lora import apply_lora
     from chatrlhf.training.saving import save_hf_model
     from chatrlhf.utils.model.loading import ModelOptions, load_tokenizer
+    from chatrlhf.utils.model.reward_model import HEAD_NAME, load_reward_model, token_values
 
     path = resolve_model("tiny-opt", DataConfig())
     tokenizer = load_tokenizer(path, ModelOptions())

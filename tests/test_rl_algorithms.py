@@ -1,4 +1,5 @@
-"""Step 3's critic-free algorithms (GRPO, RLOO, REINFORCE++), the loss options, and reward functions."""
+"""Step 3's critic-free algorithms (GRPO, RLOO, REINFORCE++), the algorithm registry, the loss options, and reward
+functions."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from chatrlhf.step3_rlhf import algorithms
 from chatrlhf.step3_rlhf.advantages import (
     GROUP_STD_EPS,
     broadcast,
@@ -19,6 +21,7 @@ from chatrlhf.step3_rlhf.advantages import (
     sequence_rewards,
     whiten_across_ranks,
 )
+from chatrlhf.step3_rlhf.algorithms import AdvantageSettings, Algorithm
 from chatrlhf.step3_rlhf.config import AlgorithmConfig, PPOConfig, RewardConfig
 from chatrlhf.step3_rlhf.experience import Experience, repeat_prompts
 from chatrlhf.step3_rlhf.kl_control import KLController
@@ -351,3 +354,51 @@ def test_log_probs_are_those_of_the_sampling_temperature():
     (hot,) = tempered(head, 2.0)(logits, tokens)
     assert hot.item() == pytest.approx(torch.log_softmax(logits[0, 0] / 2.0, -1)[0].item())
     assert hot.item() < head(logits, tokens)[0].item()
+
+
+# ----- the registry: an algorithm is one object
+class Toy(Algorithm):
+    """Each answer's advantage is its reward minus 0.5, on every token of the answer; no critic."""
+
+    def advantages(self, batches: list[Experience], settings: AdvantageSettings) -> list[torch.Tensor]:
+        return [broadcast(exp.rewards_in - 0.5, exp.answer_mask.to(exp.ref_logprobs.dtype)) for exp in batches]
+
+
+TOY = Toy(name="toy", display_name="Toy", advantages_text="each answer's reward minus 0.5",
+          summary="a test's algorithm.")
+
+
+@pytest.fixture
+def toy_algorithm():
+    """The toy, registered for one test: the registry is restored even when the test fails."""
+    algorithms.register(TOY)
+    yield TOY
+    del algorithms.REGISTRY[TOY.name]
+
+
+def test_the_registry_names_every_algorithm_once():
+    assert algorithms.names() == ("ppo", "grpo", "rloo", "reinforce_pp")
+    assert [a.name for a in algorithms.REGISTRY.values() if a.uses_critic] == [algorithms.DEFAULT]
+    with pytest.raises(ValueError, match="'grpo' is already registered"):
+        algorithms.register(algorithms.REGISTRY["grpo"])
+    with pytest.raises(TypeError, match="GAE advantages come from the critic's values"):
+        algorithms.REGISTRY["ppo"].advantages([], AdvantageSettings(0.1, 5.0, "k1", 1.0, 1, True))
+
+
+def test_a_toy_algorithm_defined_here_trains_through_step_3(toy_algorithm, sft_model, tmp_path, data_cache):
+    from chatrlhf.training.model_card import CARD_FILE
+
+    help_text = build_parser().format_help()
+    assert "toy (no critic loaded): a test's algorithm." in " ".join(help_text.split())
+    out = tmp_path / "toy"
+    assert ppo_main(["--algorithm", "toy", "--reward_fn", "synthetic_tasks",
+                     "--actor_model_name_or_path", sft_model, "--output_dir", str(out),
+                     "--per_device_generation_batch_size", "2", "--per_device_training_batch_size", "2",
+                     "--max_prompt_seq_len", "48", "--max_answer_seq_len", "6", "--max_steps", "1",
+                     "--eval_prompts", "0", "--num_warmup_steps", "0", "--actor_learning_rate", "1e-3",
+                     "--data_output_path", data_cache]) == 0
+    assert (out / "actor" / "model.safetensors").is_file() and not (out / "critic").exists()
+    card = (out / "actor" / CARD_FILE).read_text()
+    assert "RLHF with Toy" in card and "each answer's reward minus 0.5" in card
+    (step,) = _history(out)
+    assert "flat_groups" not in step and "critic_loss" not in step

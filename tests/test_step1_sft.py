@@ -78,8 +78,8 @@ def test_prompt_eval_compares_models(sft_model, tmp_path, capsys):
 
 
 def test_prompts_file_formats(tmp_path):
-    from chatrlhf.step1_sft.prompt_eval import read_prompts
     from chatrlhf.utils.data.errors import DataError
+    from chatrlhf.utils.data.prompt_files import read_prompts
 
     plain = tmp_path / "p.txt"
     plain.write_text("Hello there\n\nHow are you?\n")

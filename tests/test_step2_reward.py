@@ -11,16 +11,11 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Llam
 
 from chatrlhf.step2_reward.main import build_parser
 from chatrlhf.step2_reward.main import main as reward_main
-from chatrlhf.step2_reward.reward_model import (
-    REWARD_STATS_FILE,
-    load_reward_model,
-    load_reward_stats,
-    sequence_scores,
-    token_values,
-)
-from chatrlhf.step2_reward.reward_task import ScoredPairs, pair_metrics, pairwise_loss
+from chatrlhf.training.pair_metrics import ScoredPairs, pair_metrics, pairwise_loss
 from chatrlhf.utils.data.collators import pad_sequences
 from chatrlhf.utils.model.loading import ModelOptions, load_tokenizer
+from chatrlhf.utils.model.reward_model import load_reward_model, sequence_scores, token_values
+from chatrlhf.utils.model.reward_stats import REWARD_STATS_FILE, load_reward_stats
 
 DS_CHAT_STEP2 = (
     "--data_path Dahoas/rm-static Dahoas/full-hh-rlhf --data_split 2,4,4 --model_name_or_path facebook/opt-350m "
@@ -171,8 +166,8 @@ def test_training_run_saves_model_stats_and_metrics(reward_dir):
 def test_lm_loss_is_the_causal_lm_loss_of_the_chosen_rows(sft_model, tokenizer):
     from transformers import AutoModelForCausalLM
 
-    from chatrlhf.step2_reward.reward_model import check_tied_embeddings
     from chatrlhf.step2_reward.reward_task import chosen_lm_loss, pair_forward
+    from chatrlhf.step2_reward.tied_lm_head import check_tied_embeddings
 
     reward = load_reward_model(sft_model, tokenizer, ModelOptions()).eval()
     ids, mask = pad_sequences(SEQUENCES[:2] + SEQUENCES[1:], tokenizer.pad_token_id)
@@ -193,7 +188,7 @@ def test_lm_loss_is_the_causal_lm_loss_of_the_chosen_rows(sft_model, tokenizer):
 
 def test_rw_eval_scores_a_pairs_file_and_the_built_ins(reward_dir, tmp_path, capsys):
     from chatrlhf.step2_reward.rw_eval import main as rw_eval_main
-    from chatrlhf.step2_reward.scoring import RewardScorer
+    from chatrlhf.utils.model.reward_scoring import RewardScorer
 
     rows = [{"prompt": "\n\nHuman: What is 2 plus 2?\n\nAssistant:", "chosen": " 2 plus 2 is 4.",
              "rejected": " 2 plus 2 is 5."},
@@ -220,8 +215,8 @@ def test_rw_eval_cuts_long_prompts_from_the_left_and_drops_identical_pairs(rewar
     """Prompts longer than --max_seq_len lose their oldest tokens, so both answers are scored (not two copies of
     the prompt's start); a pair identical after the cut is reported as dropped, not scored as a wrong pair."""
     from chatrlhf.step2_reward.rw_eval import main as rw_eval_main
-    from chatrlhf.step2_reward.scoring import RewardScorer
     from chatrlhf.utils.data.config import DataConfig
+    from chatrlhf.utils.model.reward_scoring import RewardScorer
 
     history = "".join(f"\n\nHuman: Tell me about item {i}.\n\nAssistant: Item {i} is fine." for i in range(20))
     long_prompt = history + "\n\nHuman: What is 2 plus 2?\n\nAssistant:"

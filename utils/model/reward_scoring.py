@@ -1,4 +1,5 @@
-"""Scoring prompt/answer pairs with a trained reward model, tokenised exactly as step 2's data is."""
+"""Scoring prompt/answer pairs with a trained reward model, tokenised exactly as step 2's data is; step 2's
+``rw_eval`` and the model comparisons share it."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -50,10 +51,10 @@ class RewardScorer:
         batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> RewardScorer:
         """The reward model at ``path`` (a step-2 output; a preset needs the data its tokenizer was trained on)."""
-        from chatrlhf.step2_reward.reward_model import load_reward_model
         from chatrlhf.utils.device import local_device
         from chatrlhf.utils.model.loading import ModelOptions, load_tokenizer
         from chatrlhf.utils.model.resolve import resolve_model
+        from chatrlhf.utils.model.reward_model import load_reward_model
 
         data = data_config or DataConfig()
         resolved = resolve_model(path, data)
@@ -98,7 +99,7 @@ class RewardScorer:
         return encoded
 
     def score_ids(self, sequences: Sequence[Sequence[int]]) -> list[float]:
-        from chatrlhf.step2_reward.reward_model import sequence_scores, token_values
+        from chatrlhf.utils.model.reward_model import sequence_scores, token_values
 
         target = next(self.model.parameters()).device
         scores: list[float] = []

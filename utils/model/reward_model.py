@@ -1,4 +1,5 @@
-"""The reward model: a causal-LM backbone with a scalar ``score`` head, as a standard Hugging Face class.
+"""The reward model shared by step 2 (which trains it), step 3 (reward and critic) and the comparisons that
+score answers: a causal-LM backbone with a scalar ``score`` head, as a standard Hugging Face class.
 
 It is an ``AutoModelForSequenceClassification`` with ``num_labels=1``, so a saved directory loads with
 ``from_pretrained`` anywhere. We do not use the class's own pooling (it finds the last token by comparing ids
@@ -8,22 +9,16 @@ step 3 needs anyway for the critic, and take the value at the last real token of
 from __future__ import annotations
 
 import inspect
-import json
-import math
-import os
-from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
-from chatrlhf.training.validation import ConfigError
 from chatrlhf.utils.model.lm_forward import position_ids_from_mask
 from chatrlhf.utils.model.loading import ModelOptions, load_hf_model
 from chatrlhf.utils.model.unwrap import base_model
 
 HEAD_NAME = "score"
-REWARD_STATS_FILE = "reward_stats.json"
 HEAD_INIT_SEED = 1234
 
 
@@ -68,21 +63,6 @@ def token_values(model: nn.Module, input_ids: torch.Tensor, attention_mask: torc
     return score_head(model)(backbone_hidden(model, input_ids, attention_mask)).squeeze(-1)
 
 
-def check_tied_embeddings(model: nn.Module, flag: str) -> None:
-    """``flag`` needs the input embeddings to double as the LM head, as in the families that tie them."""
-    config = base_model(model).config
-    if not getattr(config, "tie_word_embeddings", False):
-        raise ConfigError(
-            f"{flag} predicts tokens with the input embedding matrix, which {config.model_type} models with "
-            f"tie_word_embeddings=False do not use as their LM head; drop {flag} for this model"
-        )
-
-
-def tied_lm_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """Next-token logits from hidden states through the (tied) input embedding matrix."""
-    return hidden @ base_model(model).get_input_embeddings().weight.t()
-
-
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """Index of the last real token of each row, for right and left padding alike."""
     positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
@@ -93,59 +73,3 @@ def sequence_scores(values: torch.Tensor, attention_mask: torch.Tensor) -> torch
     """A sequence's reward, shape (B,): the token value at its last real token."""
     index = last_token_index(attention_mask)
     return values.gather(-1, index.unsqueeze(-1)).squeeze(-1)
-
-
-@dataclass(frozen=True)
-class RewardStats:
-    """Score statistics on the held-out pairs, saved with the model so step 3 can normalise rewards."""
-
-    mean: float
-    std: float
-    chosen_mean: float
-    chosen_std: float
-    rejected_mean: float
-    rejected_std: float
-    accuracy: float
-    count: int
-
-    @classmethod
-    def from_scores(cls, chosen: list[float], rejected: list[float]) -> RewardStats:
-        if not chosen or len(chosen) != len(rejected):
-            raise ValueError(
-                f"reward statistics need as many chosen as rejected scores, at least one; got "
-                f"{len(chosen)} and {len(rejected)} (is the step-2 eval set empty?)"
-            )
-        both = chosen + rejected
-        correct = sum(c > r for c, r in zip(chosen, rejected))
-        return cls(
-            mean=_mean(both), std=_std(both), chosen_mean=_mean(chosen), chosen_std=_std(chosen),
-            rejected_mean=_mean(rejected), rejected_std=_std(rejected), accuracy=correct / len(chosen),
-            count=len(chosen),
-        )
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    def normalise(self, scores: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-        return (scores - self.mean) / max(self.std, eps)
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
-def _std(values: list[float]) -> float:
-    mean = _mean(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
-
-
-def load_reward_stats(path: str) -> RewardStats | None:
-    """The statistics saved by step 2 in ``path``, or None for a reward model trained elsewhere (no file)."""
-    file = os.path.join(path, REWARD_STATS_FILE)
-    if not os.path.isfile(file):
-        return None
-    try:
-        with open(file) as handle:
-            return RewardStats(**json.load(handle))
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise ValueError(f"{file}: not a step-2 reward statistics file ({exc}); re-run step 2 or delete it") from exc

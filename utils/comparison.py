@@ -1,77 +1,15 @@
 """Compare models on the same prompts: answers side by side, checker accuracy and mean reward.
 
-Used by step 1's ``prompt_eval``, ``chatrlhf compare`` and the end-to-end report, which share the prompt
-reading and generation flags defined here.
+Step 1's ``prompt_eval``, ``chatrlhf compare`` and the end-to-end report all run this one comparison, so their
+numbers mean the same.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 from dataclasses import dataclass, field, replace
 
 from chatrlhf.utils.data.config import DataConfig
-from chatrlhf.utils.data.errors import DataError
-from chatrlhf.utils.data.templates import apply_prompt_template
 from chatrlhf.utils.model.generation import GenerationSettings, generate
-
-BUILT_IN_PROMPTS = (
-    "Human: Please tell me about Microsoft in a few sentence? Assistant:",
-    "Human: Explain the moon landing to a 6 year old in a few sentences. Assistant:",
-    "Human: Write a short poem about a wise frog. Assistant:",
-    "Human: Who was president of the United States in 1955? Assistant:",
-    "Human: How does a telescope work? Assistant:",
-    "Human: Why do birds migrate south for the winter? Assistant:",
-)
-
-
-def read_prompts(path: str, template: str) -> list[str]:
-    """Plain lines, or JSON lines: with ``prompt`` (a whole prompt, e.g. a multi-turn HH-RLHF dialogue up to its
-    last ``Assistant:``), or with ``turns`` (MT-Bench, Vicuna bench), whose first turn is the prompt."""
-    prompts: list[str] = []
-    try:
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                line = line.strip()
-                if not line:
-                    continue
-                if line.startswith("{"):
-                    try:
-                        record = json.loads(line)
-                        question = record["prompt"] if "prompt" in record else record["turns"][0]
-                    except (json.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
-                        where = f"{path}:{number}"
-                        raise DataError(f"expected a JSON object with 'prompt' or 'turns' ({exc})",
-                                        where=where) from exc
-                else:
-                    question = line
-                prompts.append(apply_prompt_template(question, template))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read the prompts file: {exc}", where=path) from exc
-    if not prompts:
-        raise DataError("no prompts in the file", where=path)
-    return prompts
-
-
-def add_generation_args(parser: argparse.ArgumentParser) -> None:
-    """The decoding flags of every comparison command, so they mean the same everywhere."""
-    group = parser.add_argument_group("generation")
-    group.add_argument("--max_new_tokens", type=int, default=100, help="Longest answer, in tokens.")
-    group.add_argument("--do_sample", action="store_true", help="Sample the answers instead of greedy decoding.")
-    group.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature (with --do_sample).")
-    group.add_argument("--top_p", type=float, default=1.0,
-                       help="With --do_sample: sample from the most likely tokens holding this probability mass.")
-    group.add_argument("--top_k", type=int, default=0,
-                       help="With --do_sample: sample from the K most likely tokens (0: all).")
-    group.add_argument("--num_beams", type=int, default=1, help="Beam search with this many beams (1: none).")
-    group.add_argument("--batch_size", type=int, default=16, help="Prompts generated for at once.")
-
-
-def generation_settings(args: argparse.Namespace) -> GenerationSettings:
-    return GenerationSettings(
-        max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
-        top_p=args.top_p, top_k=args.top_k, num_beams=args.num_beams, batch_size=args.batch_size,
-    )
 
 
 @dataclass(frozen=True)
@@ -207,7 +145,7 @@ def compare_models(settings: ComparisonSettings) -> Comparison:
             if settings.sampled > 0:
                 comparison.pass_at_1[label] = comparison.accuracy[label]
     if settings.reward_model:
-        from chatrlhf.step2_reward.scoring import RewardScorer
+        from chatrlhf.utils.model.reward_scoring import RewardScorer
 
         scorer = RewardScorer.load(settings.reward_model, settings.data)
         scores = {label: scorer.score(asked.get(label, prompts), answers)
