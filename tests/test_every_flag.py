@@ -392,7 +392,11 @@ def e2e_run(argv: list[str], tmp: Path, monkeypatch, capsys) -> Any:
 
 
 def notices(name: str, argv: list[str], monkeypatch, capsys) -> list[str]:
-    """The notice lines the command's ``main`` prints for ``argv`` (its run stubbed out)."""
+    """The notice lines the command's ``main`` prints for ``argv`` (its run stubbed out).
+
+    An earlier in-process run may have left the launcher's ``LOCAL_RANK`` set, which would make ``--local_rank 0``
+    look launcher-made; the rows here describe a user typing the flag."""
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
     monkeypatch.setattr(run_class(name), "from_args", lambda *args: SimpleNamespace(run=lambda record: None))
     capsys.readouterr()
     assert importlib.import_module(COMMANDS[name].module).main(argv) == 0
