@@ -12,7 +12,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "e2e": ("chatrlhf.applications.e2e_rlhf", "Run steps 1-3 end to end and write a report"),
     "chat": ("chatrlhf.applications.chat", "Chat with a model in the terminal"),
     "compare": ("chatrlhf.applications.compare", "Compare models on held-out prompts"),
-    "memory": ("chatrlhf.applications.memory_estimator", "Estimate memory per GPU and CPU for a run"),
+    "memory": ("chatrlhf.applications.memory_cli", "Estimate memory per GPU and CPU for a run"),
     "data": ("chatrlhf.applications.data_report", "Inspect data sources, splits and overlaps"),
 }
 

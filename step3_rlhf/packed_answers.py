@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from chatrlhf.utils.model.packed_rows import PackedRows, pack_rows, packed_hidden
+from chatrlhf.utils.model.cpu_fast.packed_rows import PackedRows, pack_rows, packed_hidden
 
 Head = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]
 

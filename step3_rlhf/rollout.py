@@ -14,11 +14,8 @@ from torch import nn
 from transformers.cache_utils import Cache, DynamicCache
 
 from chatrlhf.step3_rlhf.config import GenerationConfig
-from chatrlhf.step3_rlhf.length_groups import plan_groups
 from chatrlhf.utils import device
-from chatrlhf.utils.model.fast_decode import DecodeStep
-from chatrlhf.utils.model.kv_cache import cache_kwargs, decode_cache, merged_cache, preallocation_fits
-from chatrlhf.utils.model.last_layer import outputs_from
+from chatrlhf.utils.model.decoding import DecodeStep, cache_kwargs
 from chatrlhf.utils.model.lm_forward import position_ids_from_mask
 
 
@@ -71,40 +68,16 @@ def answer_mask_from(tokens: torch.Tensor, eos_id: int) -> torch.Tensor:
     return (ended_before == 0).long()
 
 
-def fast_prefill(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                 capacity: int) -> tuple[torch.Tensor, Cache]:
-    """Next-token logits after each prompt, (B, V), and a cache of ``capacity`` positions holding the prompts.
-
-    The prompts run in length groups (``plan_groups``): a batch left-padded to its longest prompt is
-    about 40% padding on the peer workload. Within each group the final layer computes its output at
-    the last position only (``outputs_from``); every position's keys and values are kept.
-    """
-    width = prompt_ids.shape[1]
-    groups = plan_groups(prompt_mask, max(width - 1, 1), split=preallocation_fits(model))
-    if len(groups) == 1:
-        with outputs_from(model, width - 1):
-            return _prompt_pass(model, prompt_ids, prompt_mask, decode_cache(model, capacity))
-    parts, logits = [], []
-    for group in groups:
-        cache = DynamicCache()
-        ids, mask = prompt_ids[group.rows, group.left :], prompt_mask[group.rows, group.left :]
-        with outputs_from(model, ids.shape[1] - 1):
-            logits.append(_prompt_pass(model, ids, mask, cache)[0])
-        parts.append((group.rows, group.left, cache))
-    order = torch.cat([group.rows for group in groups])
-    return torch.cat(logits)[torch.argsort(order)], merged_cache(parts, width, capacity)
-
-
 def plain_prefill(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                   capacity: int) -> tuple[torch.Tensor, Cache]:
     """The same through the model's own forward: one padded pass into transformers' own cache."""
-    return _prompt_pass(model, prompt_ids, prompt_mask, DynamicCache())
+    return prompt_pass(model, prompt_ids, prompt_mask, DynamicCache())
 
 
 Prefill = Callable[[nn.Module, torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, Cache]]
 
 
-def _prompt_pass(model, ids: torch.Tensor, mask: torch.Tensor, cache: Cache) -> tuple[torch.Tensor, Cache]:
+def prompt_pass(model, ids: torch.Tensor, mask: torch.Tensor, cache: Cache) -> tuple[torch.Tensor, Cache]:
     """One forward pass of left-padded prompts into an empty ``cache``; the logits after each prompt."""
     out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
                 use_cache=True, logits_to_keep=1, **cache_kwargs(model, cache))
@@ -157,28 +130,3 @@ def rollout_of(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, tokens: torc
         answer_mask=answer_mask,
         prompt_width=prompt_ids.shape[1],
     )
-
-
-@torch.no_grad()
-def sample_with_engine(
-    engine,
-    prompt_ids: torch.Tensor,
-    prompt_mask: torch.Tensor,
-    cfg: GenerationConfig,
-    *,
-    eos_id: int,
-    pad_id: int,
-    lockstep: bool = False,
-) -> Rollout:
-    """The same rollout through DeepSpeed's hybrid engine (``--enable_hybrid_engine`` on CUDA), whose
-    ``generate`` switches the training weights into its inference kernels and back.
-
-    The answer is cut and masked exactly as ``sample`` does it, so everything after generation is shared.
-    """
-    sampling = ({"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k}
-                if cfg.temperature > 0 else {"do_sample": False})
-    out = engine.generate(input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=cfg.max_answer_seq_len,
-                          min_new_tokens=cfg.min_answer_seq_len, pad_token_id=pad_id, eos_token_id=eos_id,
-                          synced_gpus=lockstep, **sampling)
-    return rollout_of(prompt_ids, prompt_mask, out[:, prompt_ids.shape[1]:], eos_id=eos_id, pad_id=pad_id)
-

@@ -29,7 +29,7 @@ from chatrlhf.step3_rlhf.ppo_math import (
     whiten,
 )
 from chatrlhf.step3_rlhf.reward_functions import RewardFunction
-from chatrlhf.step3_rlhf.rollout import Rollout, sample_with_engine
+from chatrlhf.step3_rlhf.rollout import Rollout
 from chatrlhf.step3_rlhf.unsupervised import CycledBatches
 from chatrlhf.training.checkpoint import CheckpointError
 from chatrlhf.training.config import LoopSettings
@@ -107,7 +107,9 @@ class PPOTrainer:
         critic = engines.critic.module if engines.critic is not None else None
         self.lockstep = lockstep_needed(engines.actor.module, critic, engines.reference, engines.reward)
         # Chosen once: the models' own forward on GPUs and under lockstep, the CPU speed paths elsewhere.
-        self.backend = choose_backend(self.lockstep)
+        models = [m for m in (engines.actor.module, critic, engines.reference, engines.reward) if m is not None]
+        self.backend = choose_backend(self.lockstep, models,
+                                      hybrid_engine=engines.actor if engines.hybrid_generation else None)
 
     def _policy_outputs(self, model, rollout: Rollout | Experience, head: Head) -> tuple[torch.Tensor, ...]:
         """``head(logits, answer tokens)`` of a causal LM at every answer token, each output (B, answer width).
@@ -153,17 +155,13 @@ class PPOTrainer:
         return self.backend.scores(self.engines.reward, rollout)
 
     def generate(self, batch: dict, cfg: GenerationConfig | None = None):
-        """Answers to ``batch``: through DeepSpeed's hybrid engine when it runs, else our own sampler."""
+        """Answers to ``batch`` from the backend's sampler (DeepSpeed's hybrid engine when it runs)."""
         actor = self.engines.actor.module
         was_training = actor.training
         actor.eval()
         ids, mask = batch["input_ids"].to(self.target), batch["attention_mask"].to(self.target)
         ends = {"eos_id": self.tokenizer.eos_token_id, "pad_id": self.tokenizer.pad_token_id}
-        if self.engines.hybrid_generation:
-            rollout = sample_with_engine(self.engines.actor, ids, mask, cfg or self.generation, **ends,
-                                         lockstep=self.lockstep)
-        else:
-            rollout = self.backend.sample(actor, ids, mask, cfg or self.generation, **ends)
+        rollout = self.backend.sample(actor, ids, mask, cfg or self.generation, **ends)
         actor.train(was_training)
         return rollout
 

@@ -14,11 +14,12 @@ from transformers import (
     OPTForSequenceClassification,
 )
 
-from chatrlhf.utils.model.fast_decode import fast_decoder, model_step
-from chatrlhf.utils.model.kv_cache import cache_kwargs, preallocated_cache
-from chatrlhf.utils.model.last_layer import outputs_from
+from chatrlhf.utils.model.cpu_fast.fast_decode import fast_decoder
+from chatrlhf.utils.model.cpu_fast.kv_cache import preallocated_cache
+from chatrlhf.utils.model.cpu_fast.last_layer import outputs_from
+from chatrlhf.utils.model.cpu_fast.packed_linear import onednn_linears, packed_linears, packing_supported
+from chatrlhf.utils.model.decoding import cache_kwargs, model_step
 from chatrlhf.utils.model.lm_forward import position_ids_from_mask
-from chatrlhf.utils.model.packed_linear import onednn_linears, packed_linears, packing_supported
 
 pytestmark = pytest.mark.skipif(not packing_supported(torch.nn.Linear(2, 2)), reason="this PyTorch has no oneDNN")
 
@@ -178,7 +179,7 @@ def test_length_grouped_prefill_equals_one_padded_pass(build):
     from chatrlhf.step3_rlhf.config import GenerationConfig
     from chatrlhf.step3_rlhf.forward_backend import CpuFastForward, PlainForward
     from chatrlhf.step3_rlhf.length_groups import plan_groups
-    from chatrlhf.step3_rlhf.rollout import fast_prefill, plain_prefill
+    from chatrlhf.step3_rlhf.rollout import plain_prefill
 
     model = build()
     torch.manual_seed(3)
@@ -191,7 +192,7 @@ def test_length_grouped_prefill_equals_one_padded_pass(build):
     assert len(plan_groups(mask, 39)) == 2
     with torch.no_grad():
         (grouped_logits, grouped_cache), (padded_logits, padded_cache) = (
-            prefill(model, ids, mask, 48) for prefill in (fast_prefill, plain_prefill))
+            prefill(model, ids, mask, 48) for prefill in (CpuFastForward.prefill, plain_prefill))
     torch.testing.assert_close(grouped_logits, padded_logits, rtol=1e-4, atol=1e-5)
     real = mask.bool()
     for got, want in zip(grouped_cache.layers, padded_cache.layers, strict=True):
@@ -222,7 +223,7 @@ def rollout_batch() -> tuple[torch.Tensor, torch.Tensor, int]:
 def test_packed_rows_give_each_rows_padded_outputs_and_gradients(build):
     """Rows packed end to end: the padded batch's hidden states at every answer position, and its gradients."""
     from chatrlhf.step3_rlhf.packed_answers import PackedAnswers
-    from chatrlhf.utils.model.packed_rows import packed_hidden, packing_supported
+    from chatrlhf.utils.model.cpu_fast.packed_rows import packed_hidden, packing_supported
 
     model = build().train()
     assert packing_supported(model)
@@ -304,7 +305,7 @@ def test_cpu_fast_backend_equals_plain(family):
 
 
 def test_packed_attention_needs_the_row_spans():
-    from chatrlhf.utils.model.packed_rows import _span_attention_installed
+    from chatrlhf.utils.model.cpu_fast.packed_rows import _span_attention_installed
 
     model = opt()
     with _span_attention_installed(model.config), pytest.raises(RuntimeError, match="packed_spans"):

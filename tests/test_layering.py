@@ -2,7 +2,8 @@
 
 ``utils`` is the bottom layer and imports no other; ``training`` builds on ``utils`` alone; a step builds on
 ``utils`` and ``training`` and never on another step, so what two steps share moves down; ``applications`` (and
-the top-level ``cli``) may import anything.
+the top-level ``cli``) may import anything. The CPU speed layer (``utils/model/cpu_fast/``) has a short list of
+users, and no two modules import each other, directly or round a circle.
 """
 from __future__ import annotations
 
@@ -91,6 +92,89 @@ def test_every_layer_is_checked():
 def test_the_check_catches_what_crosses_a_boundary(module, source, expected):
     """The check itself: a synthetic upward or sideways import is reported, an allowed one is not."""
     assert offending_imports(source, module) == expected
+
+
+CPU_FAST = "chatrlhf.utils.model.cpu_fast"
+CPU_FAST_USERS = {
+    "chatrlhf.step3_rlhf.forward_backend",  # the CPU backend of step 3
+    "chatrlhf.step3_rlhf.packed_answers",  # its rows packed end to end
+    "chatrlhf.utils.model.generation",  # chat and compare's decoding
+    "chatrlhf.training.loop",  # the metrics' record of which shortcuts ran
+}
+
+
+def runtime_nodes(tree: ast.AST):
+    """``ast.walk`` without the bodies of ``if TYPE_CHECKING:``, whose imports never run."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+            stack.extend(node.orelse)
+        else:
+            stack.extend(ast.iter_child_nodes(node))
+
+
+def module_graph() -> dict[str, set[str]]:
+    """Each package module and the package modules it names in an import that runs (``from a import b`` counts
+    as ``a.b`` when that is a module, else ``a``); the implicit import of a parent package does not count."""
+    sources = {dotted(path).removesuffix(".__init__"): path.read_text(encoding="utf-8")
+               for path in package_modules()}
+    graph: dict[str, set[str]] = {}
+    for module, source in sources.items():
+        package = module.split(".") if module in PACKAGES else module.split(".")[:-1]
+        edges: set[str] = set()
+        for node in runtime_nodes(ast.parse(source)):
+            if isinstance(node, ast.Import):
+                edges.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = ".".join([*package[: len(package) - node.level + 1], node.module or ""]).rstrip(".") \
+                    if node.level else node.module or ""
+                edges.update(f"{base}.{a.name}" if f"{base}.{a.name}" in sources else base for a in node.names)
+        graph[module] = {name for name in edges if name in sources and name != module}
+    return graph
+
+
+PACKAGES = {dotted(path).removesuffix(".__init__") for path in PACKAGE.rglob("__init__.py")
+            if path.relative_to(PACKAGE).parts[0] in LAYERS or path.parent == PACKAGE}
+
+
+def test_only_the_cpu_backend_generation_and_the_loop_use_the_cpu_speed_layer():
+    users = {module for module, names in module_graph().items() if not module.startswith(CPU_FAST)
+             and any(name == CPU_FAST or name.startswith(CPU_FAST + ".") for name in names)}
+    assert users == CPU_FAST_USERS, ("the CPU speed paths are chosen by the backend: call it, or name the new "
+                                     f"user here with why; users now {sorted(users)}")
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every import circle of ``graph``, each once, as the modules round it (depth-first, Tarjan-free)."""
+    found, done = [], set()
+
+    def visit(module: str, path: list[str]) -> None:
+        for name in sorted(graph.get(module, ())):
+            if name in path:
+                circle = path[path.index(name):]
+                if sorted(circle) not in [sorted(c) for c in found]:
+                    found.append(circle)
+            elif name not in done:
+                visit(name, [*path, name])
+        done.add(module)
+
+    for module in sorted(graph):
+        if module not in done:
+            visit(module, [module])
+    return found
+
+
+def test_no_module_imports_round_a_circle():
+    """A circle (even through imports inside functions) means two modules each need the other: one of them
+    holds something both use, which belongs in a third module below both."""
+    assert cycles(module_graph()) == []
+
+
+def test_the_circle_check_finds_a_circle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set(), "c": {"a", "b"}}) == []
 
 
 COLLECTIVES = {"all_reduce", "all_gather", "all_gather_object", "all_gather_into_tensor", "broadcast",

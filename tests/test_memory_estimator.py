@@ -11,6 +11,7 @@ from dataclasses import replace
 import pytest
 
 from chatrlhf.applications.deepspeed_chat_table import PUBLISHED_RUNS
+from chatrlhf.applications.memory_cli import main
 from chatrlhf.applications.memory_estimator import (
     BASELINE_PROCESS_BYTES,
     RunSettings,
@@ -19,7 +20,6 @@ from chatrlhf.applications.memory_estimator import (
     deepspeed_model_states,
     estimate_memory,
     format_bytes,
-    main,
     render_report,
 )
 from chatrlhf.cli import main as cli_main

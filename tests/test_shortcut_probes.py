@@ -8,8 +8,8 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from chatrlhf.step3_rlhf.main import main as ppo_main
-from chatrlhf.utils.model import fast_decode, kv_cache, last_layer, packed_linear, packed_rows, shortcuts
-from chatrlhf.utils.model.shortcuts import tiny_model
+from chatrlhf.utils.model.cpu_fast import fast_decode, kv_cache, last_layer, packed_linear, packed_rows, shortcuts
+from chatrlhf.utils.model.cpu_fast.shortcuts import tiny_model
 
 FAMILY_SHORTCUTS = ("kv_cache", "flat_decoder", "last_layer", "packed_rows")
 ALL_PROBES = [("onednn", None)] + [(name, fam) for name in FAMILY_SHORTCUTS for fam in ("opt", "llama")]

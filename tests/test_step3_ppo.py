@@ -299,7 +299,7 @@ def test_length_groups_give_the_padded_batch_results_and_gradients(tiny_lm):
 
 
 def test_packed_linears_keep_outputs_and_gradients_and_restore_the_layers(tiny_lm):
-    from chatrlhf.utils.model.packed_linear import packed_linears, packing_supported
+    from chatrlhf.utils.model.cpu_fast.packed_linear import packed_linears, packing_supported
 
     model, tokenizer = tiny_lm
     if not packing_supported(model):
@@ -322,7 +322,7 @@ def test_packed_linears_keep_outputs_and_gradients_and_restore_the_layers(tiny_l
 
 
 def test_preallocated_cache_returns_the_filled_part_and_refuses_to_overflow():
-    from chatrlhf.utils.model.kv_cache import preallocated_cache
+    from chatrlhf.utils.model.cpu_fast.kv_cache import preallocated_cache
 
     cache = preallocated_cache(3)
     first, second = torch.ones(1, 2, 2, 4), torch.full((1, 2, 1, 4), 2.0)

@@ -29,7 +29,7 @@ from chatrlhf.training.run_control import LossGuard, StopRequested, StopSignals
 from chatrlhf.training.samplers import LengthGroupedSampler
 from chatrlhf.utils import device
 from chatrlhf.utils.host_memory import peak_resident_mib
-from chatrlhf.utils.model import shortcuts
+from chatrlhf.utils.model.cpu_fast import shortcuts
 
 
 class StepTask(Protocol):

@@ -7,7 +7,7 @@ import torch
 
 from chatrlhf.utils.data.collators import pad_sequences
 from chatrlhf.utils.data.tokenized import prompt_prefix_ids
-from chatrlhf.utils.model.packed_linear import packed_linears
+from chatrlhf.utils.model.cpu_fast.packed_linear import packed_linears
 
 STOP_MARKERS = ("\n\nHuman:", "\nHuman:")
 

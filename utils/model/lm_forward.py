@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from chatrlhf.utils.model.last_layer import outputs_from
 from chatrlhf.utils.model.unwrap import base_model
 
 
@@ -54,22 +53,20 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def answer_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: int, *,
-                  trim_final_layer: bool = True) -> torch.Tensor:
+def answer_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  start: int) -> torch.Tensor:
     """Logits predicting tokens ``start..T-1`` (the answer of a left-padded prompt of width ``start``), (B, T-start, V).
 
-    The head (and with ``trim_final_layer`` the final layer, see ``outputs_from``) runs on those positions only;
-    positions come from the mask so left padding is harmless.
+    The head runs on those positions only; positions come from the mask so left padding is harmless.
     """
     position_ids = position_ids_from_mask(attention_mask)
     parts = split_lm(model)
-    with outputs_from(model, start - 1 if trim_final_layer else 0):
-        if parts is None:
-            out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-            return out.logits[:, start - 1 : -1]
-        backbone, head = parts
-        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          use_cache=False)[0]
+    if parts is None:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        return out.logits[:, start - 1 : -1]
+    backbone, head = parts
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                      use_cache=False)[0]
     return head(hidden[:, start - 1 : -1])
 
 

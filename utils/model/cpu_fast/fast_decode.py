@@ -12,20 +12,16 @@ built, so build one per rollout.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.models.llama.modeling_llama import rotate_half
 
-from chatrlhf.utils.model.kv_cache import cache_kwargs
-from chatrlhf.utils.model.packed_linear import onednn_product, packing_supported
-from chatrlhf.utils.model.shortcuts import assert_same, family, fits, left_padded_prompts, shortcut, tiny_model
+from chatrlhf.utils.model.cpu_fast.packed_linear import onednn_product, packing_supported
+from chatrlhf.utils.model.cpu_fast.shortcuts import assert_same, family, fits, left_padded_prompts, shortcut, tiny_model
+from chatrlhf.utils.model.decoding import DecodeStep, cache_kwargs, model_step
 from chatrlhf.utils.model.unwrap import base_model
-
-DecodeStep = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Cache], torch.Tensor]
 
 
 class _Packed:
@@ -170,16 +166,6 @@ def fast_decoder(model: nn.Module) -> DecodeStep | None:
         return None
     return build(hf)
 
-
-def model_step(model: nn.Module) -> DecodeStep:
-    """A decode step through the model's own forward (any family, any device): the plain path."""
-
-    def step(tokens: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor, cache) -> torch.Tensor:
-        out = model(input_ids=tokens.unsqueeze(-1), attention_mask=attention_mask, position_ids=position_ids,
-                    use_cache=True, **cache_kwargs(model, cache))
-        return out.logits[:, -1]
-
-    return step
 
 
 @shortcut("flat_decoder", library="transformers")

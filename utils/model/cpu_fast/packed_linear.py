@@ -22,7 +22,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from chatrlhf.utils.model.shortcuts import assert_same, fits, shortcut
+from chatrlhf.utils.model.cpu_fast.shortcuts import assert_same, fits, shortcut
 from chatrlhf.utils.model.zero3 import zero3_partitioned
 
 

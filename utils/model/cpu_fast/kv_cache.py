@@ -8,15 +8,12 @@ only (unlike ``StaticCache``, which attends over the full capacity).
 """
 from __future__ import annotations
 
-import inspect
-from functools import cache as memoized
-
 import torch
 from torch import nn
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
-from chatrlhf.utils.model.shortcuts import assert_same, family, fits, left_padded_prompts, shortcut, tiny_model
-from chatrlhf.utils.model.unwrap import base_model
+from chatrlhf.utils.model.cpu_fast.shortcuts import assert_same, family, fits, left_padded_prompts, shortcut, tiny_model
+from chatrlhf.utils.model.decoding import cache_kwargs
 
 
 class _PreallocatedLayer(DynamicLayer):
@@ -77,15 +74,6 @@ def decode_cache(model: nn.Module, capacity: int) -> Cache:
     """A cache for a rollout of at most ``capacity`` positions: preallocated where it fits, else transformers' own."""
     return preallocated_cache(capacity) if preallocation_fits(model) else DynamicCache()
 
-
-@memoized
-def _cache_keyword(model_class: type) -> str:
-    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
-
-
-def cache_kwargs(model: nn.Module, cache: Cache | None) -> dict[str, Cache | None]:
-    """``{name: cache}`` for the model's forward: transformers 5.24 renamed ``past_key_values`` to ``cache``."""
-    return {_cache_keyword(type(base_model(model))): cache}
 
 
 @shortcut("kv_cache", library="transformers")

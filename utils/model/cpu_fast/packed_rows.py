@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig
 
-from chatrlhf.utils.model.last_layer import outputs_at, shared_kv
-from chatrlhf.utils.model.shortcuts import assert_same, fits, left_padded_prompts, shortcut, tiny_model
+from chatrlhf.utils.model.cpu_fast.last_layer import outputs_at, shared_kv
+from chatrlhf.utils.model.cpu_fast.shortcuts import assert_same, fits, left_padded_prompts, shortcut, tiny_model
 from chatrlhf.utils.model.unwrap import base_model
 from chatrlhf.utils.model.zero3 import lockstep_needed
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.models.llama.modeling_llama import rotate_half
 
-from chatrlhf.utils.model.shortcuts import assert_same, family, fits, left_padded_prompts, shortcut, tiny_model
+from chatrlhf.utils.model.cpu_fast.shortcuts import assert_same, family, fits, left_padded_prompts, shortcut, tiny_model
 from chatrlhf.utils.model.unwrap import base_model
 from chatrlhf.utils.model.zero3 import lockstep_needed
 
@@ -196,7 +196,7 @@ def _probe_trimmed(model_family: str | None) -> None:
     """A trimmed prefill against the full one: the read logits and every layer's cached keys and values."""
     from transformers.cache_utils import DynamicCache
 
-    from chatrlhf.utils.model.kv_cache import cache_kwargs
+    from chatrlhf.utils.model.decoding import cache_kwargs
     from chatrlhf.utils.model.lm_forward import position_ids_from_mask
 
     model = tiny_model(model_family)
