@@ -2,241 +2,25 @@
 
 Runs as ``deepspeed step3_rlhf/main.py ...``, ``python step3_rlhf/main.py ...`` or ``chatrlhf ppo ...``
 and accepts DeepSpeed-Chat's step-3 flags with the same meaning. ``--algorithm grpo|rloo|reinforce_pp``
-trains without a critic, and ``--reward_fn`` takes the reward from a Python function.
+trains without a critic, and ``--reward_fn`` takes the reward from a Python function. The flags and their
+mapping onto the run's settings are in ``flags``; the run itself in ``run``.
 """
 from __future__ import annotations
 
-import argparse
 import sys
-from typing import TYPE_CHECKING
 
 from chatrlhf.utils.device import configure_accelerator
 from chatrlhf.utils.host_memory import REUSED_BLOCK_BYTES
 
-if TYPE_CHECKING:
-    from chatrlhf.training.config_file import ConfigFileParser
+configure_accelerator(REUSED_BLOCK_BYTES)  # before anything imports DeepSpeed
 
-configure_accelerator(REUSED_BLOCK_BYTES)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from chatrlhf.step3_rlhf.config import KL_ESTIMATORS
-    from chatrlhf.training import cli_args
-    from chatrlhf.training.cli_parser import new_parser
-    from chatrlhf.training.compat_flags import inert_help
-
-    parser = new_parser("chatrlhf ppo", __doc__.splitlines()[0], config_file=True)
-    cli_args.add_data_args(parser, sft_only=False)
-    add = parser.add_argument
-    add("--unsupervised_dataset_name", type=str, default=None,
-        help="Pretraining-loss data: a .txt file, a data-layer source, or a dataset with a 'text' column "
-             "(unset: no pretraining loss).")
-    add("--unsupervised_dataset_config_name", type=str, default=None,
-        help="The configuration of a hub --unsupervised_dataset_name.")
-    add("--unsup_coef", type=float, default=27.8,
-        help="Weight of the next-token loss on --unsupervised_dataset_name blocks in the actor's loss.")
-    add("--actor_model_name_or_path", type=str, default="tiny-opt",
-        help="The step-1 model the actor and the frozen reference start from: a directory, hub name or preset.")
-    add("--critic_model_name_or_path", type=str, default="tiny-opt",
-        help="The step-2 model the critic starts from (--algorithm ppo); also the reward model unless "
-             "--reward_model_name_or_path or --reward_fn is given.")
-    add("--num_padding_at_beginning", type=int, default=1, help=inert_help("num_padding_at_beginning"))
-    add("--per_device_generation_batch_size", type=int, default=16,
-        help="Prompts per device in a rollout, each answered --num_samples_per_prompt times.")
-    add("--per_device_training_batch_size", type=int, default=16,
-        help="Completions per device in a training micro-batch.")
-    add("--generation_batches", type=int, default=1, help="Rollouts gathered for each training iteration.")
-    add("--ppo_epochs", type=int, default=1, help="Passes of the training over each iteration's completions.")
-    add("--max_prompt_seq_len", type=int, default=256, help="Longest prompt in tokens; longer ones are dropped.")
-    add("--max_answer_seq_len", type=int, default=256, help="Most tokens sampled per answer.")
-    add("--min_answer_seq_len", type=int, default=0,
-        help="Answers get at least this many tokens (the end-of-text token is blocked before).")
-    add("--actor_learning_rate", type=float, default=9.65e-6, help="Peak learning rate of the actor.")
-    add("--critic_learning_rate", type=float, default=5e-6, help="Peak learning rate of the critic.")
-    add("--actor_weight_decay", type=float, default=0.0, help="AdamW weight decay of the actor's weights.")
-    add("--critic_weight_decay", type=float, default=0.0, help="AdamW weight decay of the critic's weights.")
-    run = parser.add_argument_group("run (the flags every step shares)")
-    cli_args.add_schedule_args(run, num_warmup_steps=100)
-    cli_args.add_output_args(run, saved="actor/ (and critic/, actor_ema/), metrics.json, checkpoints and the resolved "
-                                        "flags", seeds="data order, sampling and the synthetic data")
-    cli_args.add_precision_args(run, offloaded="the actor's and the critic's optimizers, whose states move to the CPU "
-                                               "at ZeRO stage 1-3", tensorboard_path="step3_tensorboard")
-    cli_args.add_eot_args(run)
-    cli_args.add_progress_args(run, unit="iterations", log_interval=1)
-    add("--preprocessing_num_workers", type=int, default=None,
-        help="Processes that tokenise the data cache (unset: this one).")
-    add("--enable_hybrid_engine", action="store_true",
-        help="Generate with DeepSpeed's hybrid engine; CUDA only: elsewhere it has no effect (with a notice) and "
-             "generation runs on the training model with a KV cache.")
-    add("--unpin_actor_parameters", action="store_true",
-        help="Hybrid engine: do not pin the actor's inference parameters in memory (less memory, slower "
-             "generation); no effect without --enable_hybrid_engine on CUDA.")
-    add("--release_inference_cache", action="store_true",
-        help="Hybrid engine: free the inference cache after each generation; no effect without "
-             "--enable_hybrid_engine on CUDA.")
-    add("--inference_tp_size", type=int, default=1,
-        help="Hybrid engine: tensor-parallel degree of generation (above 1 needs --actor_zero_stage 3); no effect "
-             "without --enable_hybrid_engine on CUDA.")
-    add("--tp_gather_partition_size", type=int, default=8,
-        help="Hybrid engine: layers gathered at a time for tensor-parallel generation; no effect without "
-             "--enable_hybrid_engine on CUDA.")
-    add("--offload_reference_model", action="store_true",
-        help="Keep the reference's parameters on the CPU (ZeRO-3 parameter offload: with --actor_zero_stage 3).")
-    add("--offload_reward_model", action="store_true",
-        help="Keep the reward model's parameters on the CPU (ZeRO-3 parameter offload: with --critic_zero_stage 3, "
-             "or --actor_zero_stage 3 when no critic runs).")
-    add("--actor_zero_stage", type=int, default=0, choices=[0, 1, 2, 3],
-        help="ZeRO stage of the actor; the reference is sharded (stage 3) when this is 3.")
-    add("--critic_zero_stage", type=int, default=0, choices=[0, 1, 2, 3],
-        help="ZeRO stage of the critic; the reward model is sharded (stage 3) when this is 3.")
-    add("--actor_gradient_checkpointing", action="store_true",
-        help="Recompute the actor's activations in the backward pass: less memory, slower steps.")
-    add("--critic_gradient_checkpointing", action="store_true",
-        help="Recompute the critic's activations in the backward pass: less memory, slower steps.")
-    add("--actor_dropout", type=float, default=None,
-        help="Set every dropout of the actor and the reference to this (unset: the model's own).")
-    add("--critic_dropout", type=float, default=None,
-        help="Set every dropout of the critic and the reward model to this (unset: the model's own); without a "
-             "critic the reward model takes --actor_dropout.")
-    add("--actor_lora_dim", type=int, default=0,
-        help="LoRA rank of the actor's adapters on the layers --actor_lora_module_name matches (0: no LoRA).")
-    add("--actor_lora_module_name", type=str, default="decoder.layers.",
-        help="The actor's LoRA goes on every linear layer whose name contains this ('layers.' for LLaMA).")
-    add("--critic_lora_dim", type=int, default=0,
-        help="LoRA rank of the critic's adapters on the layers --critic_lora_module_name matches (0: no LoRA).")
-    add("--critic_lora_module_name", type=str, default="decoder.layers.",
-        help="The critic's LoRA goes on every linear layer whose name contains this ('layers.' for LLaMA).")
-    add("--only_optimize_lora", action="store_true",
-        help="Train only the LoRA adapters of the actor and the critic; otherwise their base weights train too.")
-    add("--actor_lora_learning_rate", type=float, default=5e-4, help="Learning rate of the actor's LoRA adapters.")
-    add("--critic_lora_learning_rate", type=float, default=5e-4, help="Learning rate of the critic's LoRA adapters.")
-    add("--enable_ema", action="store_true",
-        help="Also keep an exponential moving average of the actor's weights, saved as actor_ema/.")
-    add("--enable_mixed_precision_lora", action="store_true",
-        help="Keep the actor's frozen weights quantized under ZeRO-3 (ZeRO++ zero_quantized_nontrainable_weights); "
-             "needs --actor_lora_dim > 0 and --actor_zero_stage 3.")
-    add("--align_overflow", action="store_true", help=inert_help("align_overflow"))
-    add("--print_answers", action="store_true",
-        help="Print two prompts of the rollout with their answers and rewards every --print_answers_interval "
-             "iterations.")
-    add("--print_answers_interval", type=int, default=1, help="Iterations between --print_answers prints.")
-    add("--enable_test_mode", action="store_true",
-        help="Stop after --test_stop_step iterations (DeepSpeed-Chat's test mode).")
-    add("--test_stop_step", type=int, default=0, help="With --enable_test_mode: the iteration to stop after.")
-    add("--stop_kl_above", type=float, default=0.0,
-        help="Write a checkpoint and stop when an iteration's mean KL to the reference (nats an answer) passes "
-             "this (0: only warn, above 20).")
-    add("--stop_empty_share_above", type=float, default=1.0,
-        help="Write a checkpoint and stop when more than this share of an iteration's answers is empty (1: only "
-             "warn, at half).")
-    group = parser.add_argument_group("PPO hyper-parameters (DeepSpeed-Chat's values as defaults)")
-    group.add_argument("--kl_ctl", type=float, default=0.1,
-                       help="Weight of the KL to the reference (the starting value when --target_kl is set).")
-    group.add_argument("--clip_reward_value", type=float, default=5.0,
-                       help="Rewards are clipped to [-this, this].")
-    group.add_argument("--cliprange", type=float, default=0.2,
-                       help="The actor's probability ratio is clipped to [1 - this, 1 + this] (the upper bound: "
-                            "--cliprange_high when set).")
-    group.add_argument("--cliprange_value", type=float, default=0.2,
-                       help="The critic's value loss clips new values to within this of the old ones "
-                            "(--algorithm ppo only).")
-    group.add_argument("--gamma", type=float, default=1.0,
-                       help="Discount of future token rewards (GAE, and REINFORCE++'s returns).")
-    group.add_argument("--lam", type=float, default=0.95, help="GAE's lambda (--algorithm ppo only).")
-    group.add_argument("--kl_estimator", choices=KL_ESTIMATORS, default=None,
-                       help="Per-token KL to the reference, with r = policy / reference: k1 = log r, "
-                            "k2 = (log r)^2 / 2, k3 = 1/r - 1 + log r. Unset: k1 with the KL in the reward, "
-                            "k3 with it in the loss (--kl_mode).")
-    group.add_argument("--target_kl", type=float, default=None,
-                       help="Target KL of an adaptive controller that moves --kl_ctl toward it (unset: a fixed "
-                            "--kl_ctl).")
-    group.add_argument("--kl_horizon", type=int, default=10000,
-                       help="The adaptive KL controller's horizon in samples: how slowly --kl_ctl moves.")
-    group.add_argument("--normalize_reward", action="store_true",
-                       help="Standardise the reward model's scores with the mean and std step 2 measured "
-                            "(reward_stats.json).")
-    group.add_argument("--whiten_advantages", action="store_true",
-                       help="Standardise the advantages over the iteration's completions.")
-    group.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature of the rollouts.")
-    group.add_argument("--top_p", type=float, default=1.0,
-                       help="Sample from the most likely tokens holding this probability mass (1.0: all).")
-    group.add_argument("--top_k", type=int, default=0, help="Sample from the K most likely tokens (0: all).")
-    group.add_argument("--eval_prompts", type=int, default=64, help="Held-out prompts scored at start and end.")
-    add_algorithm_args(parser)
-    cli_args.add_deepspeed_args(parser)
-    return parser
-
-
-def add_algorithm_args(parser: argparse.ArgumentParser) -> None:
-    """The policy-gradient algorithm and the reward sources (defaults: DeepSpeed-Chat's PPO and reward model)."""
-    from chatrlhf.step3_rlhf import algorithms
-    from chatrlhf.step3_rlhf.config import KL_MODES, LOSS_AGGREGATIONS, SCALE_REWARDS, SYNTHETIC_TASKS_FN
-
-    group = parser.add_argument_group("algorithm and rewards")
-    add = group.add_argument
-    add("--algorithm", choices=algorithms.names(), default=algorithms.DEFAULT,
-        help=" ".join(f"{algorithm.name}{'' if algorithm.uses_critic else ' (no critic loaded)'}: {algorithm.summary}"
-                      for algorithm in algorithms.REGISTRY.values()))
-    add("--num_samples_per_prompt", type=int, default=1,
-        help="Answers sampled per prompt (grpo and rloo need 2 or more). A rollout holds "
-             "--per_device_generation_batch_size prompts x this many answers.")
-    add("--scale_rewards", choices=SCALE_REWARDS, default="group",
-        help="grpo only: divide each group's centred rewards by the group's std (group), or not (none: Dr. GRPO).")
-    add("--kl_mode", choices=KL_MODES, default=None,
-        help="Where the KL to the reference goes, weighted by --kl_ctl: subtracted from the reward, or added "
-             "to the loss. Unset: loss for grpo, reward for the others.")
-    add("--cliprange_high", type=float, default=None,
-        help="Upper clip of the probability ratio, 1 + this (asymmetric clipping); unset: --cliprange.")
-    add("--entropy_coef", type=float, default=0.0,
-        help="Entropy bonus: the loss subtracts this x the entropy (0: none).")
-    add("--loss_aggregation", choices=LOSS_AGGREGATIONS, default="token_mean",
-        help="How the actor's per-token losses become one: token_mean (every answer token alike) or "
-             "sequence_mean (each answer's mean over its tokens, then the mean over answers).")
-    add("--reward_model_name_or_path", type=str, default=None,
-        help="The frozen reward model. Unset: --critic_model_name_or_path, unless --reward_fn is given "
-             "(then no reward model is loaded unless named here).")
-    add("--reward_fn", type=str, default=None,
-        help=f"A reward function (prompt: str, response: str) -> float, called per sample: "
-             f"{SYNTHETIC_TASKS_FN} (synthetic/tasks' exact checker: 1.0 right, 0.0 wrong), path/to/file.py:function "
-             "(relative to the current directory) or package.module:function.")
-    add("--reward_model_weight", type=float, default=1.0,
-        help="Reward = this x the reward model's score + ...")
-    add("--reward_fn_weight", type=float, default=1.0, help="... + this x the reward function's value.")
-    add("--reward_fn_format_credit", type=float, default=0.0,
-        help=f"--reward_fn {SYNTHETIC_TASKS_FN}: reward of a wrong answer in the right answer's sentence "
-             "(the checker's format with another value), below the 1.0 of a right answer.")
-    add("--reward_fn_partial_credit", type=float, default=0.0,
-        help=f"--reward_fn {SYNTHETIC_TASKS_FN}: plus this x the share of the result's units right and in place "
-             "(digits, letters, the sorted numbers) for a wrong answer in the right sentence.")
-
-
-def explicit_flags(parser: ConfigFileParser, argv: list[str] | None, args: argparse.Namespace) -> frozenset[str]:
-    """The destinations of the flags given on the command line, even those given their default value, and of
-    those a --config file sets to something other than their default.
-
-    argparse only fills a default into a namespace that lacks the attribute, so parsing again into a
-    namespace preset with a marker leaves the marker exactly where no flag was given.
-    """
-    unset = object()
-    probe = parser.parse_args(argv, argparse.Namespace(**{name: unset for name in vars(args)}))
-    return frozenset(name for name, value in vars(probe).items() if value is not unset) | parser.config_overrides
-
-
-def inert_flags(args: argparse.Namespace) -> tuple[str, ...]:
-    """The DeepSpeed-Chat flags that change nothing in this run: the hybrid-engine ones too unless the engine
-    runs (--enable_hybrid_engine on a CUDA device)."""
-    from chatrlhf.training.compat_flags import HYBRID_ENGINE_FLAGS, LAUNCHER_FLAGS
-    from chatrlhf.utils.device import has_cuda
-
-    names = ("num_padding_at_beginning", "align_overflow", *LAUNCHER_FLAGS)
-    return names if args.enable_hybrid_engine and has_cuda() else names + HYBRID_ENGINE_FLAGS
+from chatrlhf.step3_rlhf.flags import build_parser, explicit_flags, inert_flags, run_settings  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     given = explicit_flags(parser, argv, args)
-    from chatrlhf.step3_rlhf.run import PPORun
     from chatrlhf.training.compat_flags import notify_inert_flags
     from chatrlhf.training.config_file import run_record
     from chatrlhf.training.validation import run_cli
@@ -244,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     notify_inert_flags(parser, args, inert_flags(args))
 
     def body() -> int:
-        PPORun.from_args(args, given).run(run_record(args, argv))
+        run_settings(args, given).run(run_record(args, argv))
         return 0
 
     return run_cli("chatrlhf ppo", body)

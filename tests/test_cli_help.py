@@ -154,7 +154,7 @@ def test_unreadable_config_files_fail_with_the_file_named(text, tmp_path, capsys
 
 
 def test_config_values_count_as_given_and_defaults_stay_built_in(tmp_path):
-    from chatrlhf.step3_rlhf.main import build_parser, explicit_flags
+    from chatrlhf.step3_rlhf.flags import build_parser, explicit_flags
     from chatrlhf.training.compat_flags import notify_inert_flags
 
     path = write(tmp_path / "ppo.yaml", {"critic_learning_rate": 1e-5, "seed": 1234, "align_overflow": True})

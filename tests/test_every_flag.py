@@ -339,37 +339,47 @@ TABLE: dict[str, list[Row]] = {
 @dataclass(frozen=True)
 class Command:
     module: str
-    run_class: str  # "module:Class" whose from_args builds the run settings ("" for the e2e runner)
+    builder: str  # "module:name" of what builds the run settings from the flags ("" for the e2e runner)
     base: tuple[str, ...]
 
 
 COMMANDS = {
-    "sft": Command("chatrlhf.step1_sft.main", "chatrlhf.step1_sft.run:SFTRun", ("--output_dir", "{tmp}/out")),
-    "reward": Command("chatrlhf.step2_reward.main", "chatrlhf.step2_reward.run:RewardRun",
+    "sft": Command("chatrlhf.step1_sft.main", "chatrlhf.step1_sft.run:SFTRun.from_args", ("--output_dir", "{tmp}/out")),
+    "reward": Command("chatrlhf.step2_reward.main", "chatrlhf.step2_reward.run:RewardRun.from_args",
                       ("--output_dir", "{tmp}/out")),
-    "dpo": Command("chatrlhf.step2_dpo.main", "chatrlhf.step2_dpo.run:DPORun", ("--output_dir", "{tmp}/out")),
-    "ppo": Command("chatrlhf.step3_rlhf.main", "chatrlhf.step3_rlhf.run:PPORun", ("--output_dir", "{tmp}/out")),
+    "dpo": Command("chatrlhf.step2_dpo.main", "chatrlhf.step2_dpo.run:DPORun.from_args", ("--output_dir", "{tmp}/out")),
+    "ppo": Command("chatrlhf.step3_rlhf.main", "chatrlhf.step3_rlhf.main:run_settings", ("--output_dir", "{tmp}/out")),
     "e2e": Command("chatrlhf.applications.e2e_rlhf", "", ("--output-dir", "{tmp}/e2e")),
 }
 
 
-def run_class(name: str):
-    module, _, cls = COMMANDS[name].run_class.partition(":")
-    return getattr(importlib.import_module(module), cls)
+def builder_owner(name: str) -> tuple[Any, str]:
+    """The object holding the command's settings builder and the builder's name on it (to call or stub it)."""
+    module, _, path = COMMANDS[name].builder.partition(":")
+    owner: Any = importlib.import_module(module)
+    *parents, attribute = path.split(".")
+    for parent in parents:
+        owner = getattr(owner, parent)
+    return owner, attribute
+
+
+def build_settings(name: str, *args: Any) -> Any:
+    owner, attribute = builder_owner(name)
+    return getattr(owner, attribute)(*args)
 
 
 def step_run(name: str, argv: list[str]) -> Any:
-    """The step's run settings (``XRun.from_args``, as its ``main`` builds them), or the user error refusing them."""
+    """The step's run settings (as its ``main`` builds them), or the user error refusing them."""
     from chatrlhf.training.validation import user_errors
 
     parser = build(COMMANDS[name].module)
     args = parser.parse_args(argv)
     try:
         if name == "ppo":
-            from chatrlhf.step3_rlhf.main import explicit_flags
+            from chatrlhf.step3_rlhf.flags import explicit_flags
 
-            return run_class(name).from_args(args, explicit_flags(parser, argv, args))
-        return run_class(name).from_args(args)
+            return build_settings(name, args, explicit_flags(parser, argv, args))
+        return build_settings(name, args)
     except user_errors() as exc:
         return exc
 
@@ -397,7 +407,7 @@ def notices(name: str, argv: list[str], monkeypatch, capsys) -> list[str]:
     An earlier in-process run may have left the launcher's ``LOCAL_RANK`` set, which would make ``--local_rank 0``
     look launcher-made; the rows here describe a user typing the flag."""
     monkeypatch.delenv("LOCAL_RANK", raising=False)
-    monkeypatch.setattr(run_class(name), "from_args", lambda *args: SimpleNamespace(run=lambda record: None))
+    monkeypatch.setattr(*builder_owner(name), lambda *args: SimpleNamespace(run=lambda record: None))
     capsys.readouterr()
     assert importlib.import_module(COMMANDS[name].module).main(argv) == 0
     return [line for line in capsys.readouterr().out.splitlines() if ": no effect here; " in line]

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from chatrlhf.step3_rlhf.main import build_parser as ppo_parser
+from chatrlhf.step3_rlhf.flags import build_parser as ppo_parser
 from chatrlhf.step3_rlhf.main import main as ppo_main
 
 # A PPO (or GRPO) run as short as step 3 allows: two prompts, four answer tokens, no held-out evaluation.
@@ -105,8 +105,8 @@ def test_roles_check_their_flags():
 
 # ----- 2: --compute_fp32_loss
 def test_compute_fp32_loss_sets_where_log_probs_are_computed(tmp_path):
+    from chatrlhf.step3_rlhf.flags import run_settings
     from chatrlhf.step3_rlhf.ppo_math import logprobs_and_entropy
-    from chatrlhf.step3_rlhf.run import PPORun
     from chatrlhf.utils.model.lm_forward import token_logprobs, token_logprobs_and_entropy
 
     torch.manual_seed(0)
@@ -117,7 +117,7 @@ def test_compute_fp32_loss_sets_where_log_probs_are_computed(tmp_path):
         torch.testing.assert_close(narrow[0].float(), wide[0], atol=0.1, rtol=0.05)
     assert token_logprobs(logits, tokens, fp32=False).dtype == torch.bfloat16
     args = ppo_parser().parse_args(["--output_dir", str(tmp_path / "o"), "--dtype", "bf16", "--compute_fp32_loss"])
-    run = PPORun.from_args(args)
+    run = run_settings(args)
     assert all(role.engine.compute_fp32_loss and role.dtype == torch.bfloat16
                for role in (run.actor, run.critic, run.reference, run.reward))
 
@@ -235,7 +235,7 @@ def test_tokenising_workers_reach_map_and_build_the_same_cache(tmp_path, tokeniz
 # ----- 5: DeepSpeed-Chat flags without effect
 def test_flags_without_effect_print_one_line_each(capsys, monkeypatch):
     from chatrlhf.step2_reward.main import build_parser as reward_parser
-    from chatrlhf.step3_rlhf.main import inert_flags
+    from chatrlhf.step3_rlhf.flags import inert_flags
     from chatrlhf.training.compat_flags import notify_inert_flags
     from chatrlhf.utils import device
 
@@ -343,12 +343,12 @@ def test_every_collective_runs_on_the_local_device(monkeypatch):
 
 # ----- --enable_mixed_precision_lora
 def test_mixed_precision_lora_quantizes_the_actors_frozen_weights(tmp_path):
-    from chatrlhf.step3_rlhf.run import PPORun
+    from chatrlhf.step3_rlhf.flags import run_settings
     from chatrlhf.training.ds_config import train_ds_config
 
     flags = ["--output_dir", str(tmp_path / "o"), "--actor_lora_dim", "8", "--actor_zero_stage", "3"]
-    quantized = PPORun.from_args(ppo_parser().parse_args([*flags, "--enable_mixed_precision_lora"]))
-    plain = PPORun.from_args(ppo_parser().parse_args(flags))
+    quantized = run_settings(ppo_parser().parse_args([*flags, "--enable_mixed_precision_lora"]))
+    plain = run_settings(ppo_parser().parse_args(flags))
     zero = train_ds_config(quantized.actor.engine, world_size=2)["zero_optimization"]
     assert zero["zero_quantized_nontrainable_weights"] is True
     assert zero["zero_hpz_partition_size"] == 1  # two ranks on a one-device node: hpZ within the node

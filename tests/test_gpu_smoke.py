@@ -9,7 +9,7 @@ from pathlib import Path
 
 from chatrlhf.step1_sft.main import build_parser as sft_parser
 from chatrlhf.step2_reward.main import build_parser as reward_parser
-from chatrlhf.step3_rlhf.main import build_parser as ppo_parser
+from chatrlhf.step3_rlhf.flags import build_parser as ppo_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 PARSERS = {"step1_sft/main.py": sft_parser, "step2_reward/main.py": reward_parser,

@@ -24,8 +24,8 @@ from chatrlhf.step3_rlhf.advantages import (
 from chatrlhf.step3_rlhf.algorithms import AdvantageSettings, Algorithm
 from chatrlhf.step3_rlhf.config import AlgorithmConfig, PPOConfig, RewardConfig
 from chatrlhf.step3_rlhf.experience import Experience, repeat_prompts
+from chatrlhf.step3_rlhf.flags import build_parser, explicit_flags
 from chatrlhf.step3_rlhf.kl_control import KLController
-from chatrlhf.step3_rlhf.main import build_parser, explicit_flags
 from chatrlhf.step3_rlhf.main import main as ppo_main
 from chatrlhf.step3_rlhf.ppo_math import aggregate, kl_penalty, logprobs_and_entropy, policy_loss
 from chatrlhf.step3_rlhf.reward_functions import RewardFunction, RewardFunctionError, absolute_spec
@@ -213,11 +213,11 @@ def test_flag_errors_come_before_any_model_loads(tmp_path, capsys, monkeypatch):
 
 
 def _run_for(argv: list[str]):
-    from chatrlhf.step3_rlhf.run import PPORun
+    from chatrlhf.step3_rlhf.flags import run_settings
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    return PPORun.from_args(args, explicit_flags(parser, argv, args))
+    return run_settings(args, explicit_flags(parser, argv, args))
 
 
 def test_critic_flags_under_a_critic_free_algorithm_give_one_warning_line(tmp_path, capsys):

@@ -10,10 +10,10 @@ import torch
 import yaml
 
 from chatrlhf.step3_rlhf.config import GenerationConfig
+from chatrlhf.step3_rlhf.flags import build_parser
 from chatrlhf.step3_rlhf.forward_backend import CpuFastForward, PlainForward
 from chatrlhf.step3_rlhf.kl_control import KLController
 from chatrlhf.step3_rlhf.length_groups import grouped, plan_groups
-from chatrlhf.step3_rlhf.main import build_parser
 from chatrlhf.step3_rlhf.main import main as ppo_main
 from chatrlhf.step3_rlhf.ppo_math import gae, kl_penalty, policy_loss, token_rewards, value_loss
 from chatrlhf.step3_rlhf.rollout import answer_mask_from, filter_logits, sample_tokens

@@ -5,7 +5,7 @@ the same way everywhere lives here once: epochs, the resume path (skip the batch
 consumed, restore its random state), stop signals polled at step boundaries, and checkpoints every
 ``--save_interval`` steps and on a stop (``resumable_epochs``, ``training_session``). Steps 1 and 2 supply
 a ``StepTask`` (the loss of a batch and how to evaluate) to ``Trainer``, which counts optimizer steps;
-step 3's ``PPORun.train`` counts iterations.
+step 3's ``RLTraining.train`` counts iterations.
 """
 from __future__ import annotations
 
@@ -164,7 +164,8 @@ class Trainer:
         self.resumed: dict | None = None
         self.total_steps = total_optimizer_steps(len(train_loader), engine.gradient_accumulation_steps(), loop)
 
-    def evaluate(self, label: str) -> dict[str, float]:
+    def evaluate_at(self, label: str) -> dict[str, float]:
+        """Held-out loss and the task's metrics, logged and kept in the result under ``label``."""
         batches = []
         for index, batch in enumerate(self.eval_loader):
             if self.loop.eval_iters and index >= self.loop.eval_iters:
@@ -180,22 +181,25 @@ class Trainer:
         self.result.evals.append({"step": self.result.steps, "label": label, **metrics})
         return metrics
 
-    def state(self, epoch: int, next_batch: int) -> dict:
+    def state_dict(self, epoch: int, next_batch: int) -> dict:
         """What a checkpoint needs to continue exactly from here."""
         return {"epoch": epoch, "next_batch": next_batch, "steps": self.result.steps,
                 "history": self.result.history, "evals": self.result.evals, "skipped_batches": self.guard.total}
 
-    def resume(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:
         self.result.steps = state["steps"]
         self.result.history = list(state["history"])
         self.result.evals = list(state["evals"])
         self.guard.total = state.get("skipped_batches", 0)
         self.resumed = state
 
+    def evaluate(self) -> None:
+        """Nothing more: ``train`` ends with its last epoch's evaluation."""
+
     def train(self, on_save: SaveHook | None = None) -> TrainResult:
         """Train to the end; ``on_save(step, state)`` writes a checkpoint (every ``--save_interval`` and on a stop)."""
         if self.resumed is None:
-            self.evaluate("start")
+            self.evaluate_at("start")
         else:
             print_rank0(f"resuming at step {self.result.steps} (epoch {self.resumed['epoch']}, batch "
                         f"{self.resumed['next_batch']})")
@@ -208,7 +212,7 @@ class Trainer:
     def _epochs(self, bar, step_end: StepEnd) -> None:
         window: dict[str, list[float]] = {}
         if self.result.steps >= self.total_steps:
-            self.evaluate(f"epoch {self.resumed['epoch'] + 1 if self.resumed else 1}")
+            self.evaluate_at(f"epoch {self.resumed['epoch'] + 1 if self.resumed else 1}")
             return
         for epoch, batches in resumable_epochs(self.train_loader, self.loop.num_train_epochs, self.resumed):
             for index, batch in batches:
@@ -235,17 +239,17 @@ class Trainer:
                     self._log(window, epoch)
                     window = {}
                 if self.loop.eval_interval and step % self.loop.eval_interval == 0:
-                    self.evaluate(f"step {step}")
-                step_end(step, lambda: self.state(epoch, index + 1))  # noqa: B023 - called before the next batch
+                    self.evaluate_at(f"step {step}")
+                step_end(step, lambda: self.state_dict(epoch, index + 1))  # noqa: B023 - called before the next batch
                 if step >= self.total_steps:
                     if window:
                         self._log(window, epoch)
-                    self.evaluate(f"epoch {epoch + 1}")
+                    self.evaluate_at(f"epoch {epoch + 1}")
                     return
             if window:
                 self._log(window, epoch)
                 window = {}
-            self.evaluate(f"epoch {epoch + 1}")
+            self.evaluate_at(f"epoch {epoch + 1}")
 
     def _log(self, window: dict[str, list[float]], epoch: int) -> None:
         values = {k: _mean_over_ranks(sum(v) / len(v)) for k, v in window.items()}

@@ -1,4 +1,4 @@
-"""What steps 1 and 2 share around the loop: process group, model, data, engine, training and the save."""
+"""What steps 1 and 2 (SFT, reward model, DPO) share: model, data, engine and trainer, run through the run frame."""
 from __future__ import annotations
 
 import os
@@ -6,16 +6,12 @@ import time
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from chatrlhf.training.checkpoint import CheckpointManager
 from chatrlhf.training.config import EngineSettings, LoopSettings, LoraSettings, OptimSettings
-from chatrlhf.training.config_file import write_run_args
-from chatrlhf.training.disk import checkpoint_bytes, model_bytes, require_free_space
 from chatrlhf.training.engine import init_train_engine
-from chatrlhf.training.loop import Trainer, TrainResult, make_loader, total_optimizer_steps, write_metrics
+from chatrlhf.training.loop import Trainer, TrainResult, make_loader, total_optimizer_steps
 from chatrlhf.training.metrics_log import MetricsLogger, print_rank0
 from chatrlhf.training.model_card import ModelCard, eval_results, tokens_seen
-from chatrlhf.training.run_control import StopRequested, save_or_keep, signals_held
-from chatrlhf.training.run_setup import set_seed
+from chatrlhf.training.run_frame import RunFrame, begin_run
 from chatrlhf.utils import device
 from chatrlhf.utils.data.config import DataConfig
 from chatrlhf.utils.data.tokenized import CUT_REASONS, StepData, build_step_data, sample_lengths
@@ -115,10 +111,9 @@ class StepRun:
         raise NotImplementedError
 
     def run(self, record: dict | None = None) -> dict:
-        """Train and save; ``record`` (``config_file.run_record``) is saved beside the model as its flags."""
-        started = time.perf_counter()
-        device.init_distributed()
-        set_seed(self.loop.seed)
+        """Train and save through the run frame; ``record`` (``config_file.run_record``) is saved beside the model
+        as its flags."""
+        started = begin_run(self.loop.seed)
         path = resolve_model(self.model.name_or_path, self.data)
         tokenizer = self.load_tokenizer(path)
         data = build_step_data(self.data, self.step, tokenizer)
@@ -133,10 +128,6 @@ class StepRun:
             data.eval, self.loop.per_device_eval_batch_size, collate, shuffle=False, seed=self.loop.seed
         )
         steps = total_optimizer_steps(len(train_loader), self.engine.gradient_accumulation_steps, self.loop)
-        if device.is_main_process():
-            need = model_bytes(model) + (checkpoint_bytes(model) if self.loop.save_interval else 0)
-            require_free_space(self.loop.output_dir, need, "this run's model" + (
-                " and checkpoints" if self.loop.save_interval else ""))
         engine = init_train_engine(model, self.engine, self.optim, self.lora, steps)
         logger = MetricsLogger(self.engine.enable_tensorboard, self.engine.tensorboard_path, self.engine.job_name)
         # ZeRO-3 leaves each rank an empty placeholder per parameter; ds_numel keeps the full size.
@@ -145,32 +136,12 @@ class StepRun:
         batches = {"data": os.path.basename(data.info["cache_dir"]), "seed": self.loop.seed,
                    "batch size": self.engine.micro_batch_size, "group by length": self.loop.group_by_length,
                    "gradient accumulation": self.engine.gradient_accumulation_steps, "ranks": device.world_size()}
-        manager = CheckpointManager(self.loop.output_dir, self.loop.save_total_limit, batches,
-                                    self.loop.resume_ignore_settings)
-        point = manager.resume_point(self.loop)
-        if point:
-            trainer.resume(manager.load(point, {"model": engine}))
-            print_rank0(f"restored {point}")
-
-        def checkpoint(step: int, state: dict) -> None:
-            path = manager.save(step, {"model": engine}, state)
-            print_rank0(f"step {step}: checkpoint written to {path}")
-
-        try:
-            result = trainer.train(on_save=checkpoint)
-        except StopRequested as stop:
-            print_rank0(f"{stop}; resume with --resume")
-            logger.close()
-            raise SystemExit(stop.exit_code) from None
-        with signals_held("the final save"):
-            if record is not None:
-                write_run_args(self.loop.output_dir, record)
-            save_or_keep(lambda: self.save(engine, tokenizer, data, self.model_card(result, data)),
-                         lambda: manager.save(result.steps, {"model": engine}, trainer.state(0, 0)))
-        logger.close()
+        frame = RunFrame(self.loop, batches, {"model": engine}, logger)
+        result = frame.run(trainer, lambda result: self.save(engine, tokenizer, data, self.model_card(result, data)),
+                           record)
         elapsed = time.perf_counter() - started
         summary = {"wall_time_s": elapsed, "data": data.info, **self.info}
-        write_metrics(self.loop.output_dir, result, summary)
+        frame.finish(result, summary)
         print_rank0(f"saved the model to {self.loop.output_dir} ({result.steps} steps, {elapsed:.1f} s)")
         return {"result": result, **summary}
 
