@@ -377,8 +377,9 @@ def test_unsupervised_batches_resume_where_they_stopped():
 
 
 def test_hybrid_engine_generation_goes_through_the_engine(tiny_lm):
-    """With DeepSpeed's hybrid engine on (CUDA only), rollouts come from the engine's ``generate``; a stand-in
-    engine backed by the model's own generate gives, greedily, the rollout our sampler gives."""
+    """With DeepSpeed's hybrid engine on (CUDA only), the plain backend's rollouts come from the engine's
+    ``generate``; a stand-in engine backed by the model's own generate gives, greedily, the rollout our sampler
+    gives."""
     from types import SimpleNamespace
 
     from chatrlhf.step3_rlhf.trainer import PPOTrainer
@@ -400,9 +401,10 @@ def test_hybrid_engine_generation_goes_through_the_engine(tiny_lm):
     greedy = GenerationConfig(max_answer_seq_len=8, temperature=0.0)
 
     def trainer(hybrid: bool) -> SimpleNamespace:
-        engines = SimpleNamespace(actor=StandInHybridEngine(), hybrid_generation=hybrid)
-        return SimpleNamespace(engines=engines, target=torch.device("cpu"), tokenizer=tokenizer, generation=greedy,
-                               lockstep=False, backend=CpuFastForward())
+        engine = StandInHybridEngine()
+        backend = PlainForward(hybrid_engine=engine) if hybrid else CpuFastForward()
+        return SimpleNamespace(engines=SimpleNamespace(actor=engine), target=torch.device("cpu"),
+                               tokenizer=tokenizer, generation=greedy, backend=backend)
 
     batch = {"input_ids": ids, "attention_mask": mask}
     ours = PPOTrainer.generate(trainer(False), batch)
