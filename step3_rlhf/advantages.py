@@ -36,10 +36,15 @@ def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     return (groups - others).flatten()
 
 
-def flat_group_fraction(rewards: torch.Tensor, group_size: int) -> float:
-    """Share of prompts whose samples all got the same reward: GRPO and RLOO learn nothing from them."""
+def flat_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Per prompt: True when its samples all got the same reward (GRPO and RLOO learn nothing from them)."""
     groups = _groups(rewards, group_size)
-    return float((groups == groups[:, :1]).all(1).float().mean())
+    return (groups == groups[:, :1]).all(1)
+
+
+def flat_group_fraction(rewards: torch.Tensor, group_size: int) -> float:
+    """Share of prompts whose samples all got the same reward."""
+    return float(flat_groups(rewards, group_size).float().mean())
 
 
 def sequence_rewards(scores: torch.Tensor, kl: torch.Tensor | None, kl_coef: float,

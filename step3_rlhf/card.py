@@ -55,6 +55,12 @@ def settings(run: PPORun) -> dict[str, object]:
         "epochs per rollout": run.ppo.ppo_epochs,
         "prompt / answer length": f"{gen.max_prompt_seq_len} / {gen.max_answer_seq_len} tokens",
         "sampling": f"temperature {gen.temperature}, top-p {gen.top_p}, top-k {gen.top_k}",
+        "loss aggregation": run.algorithm.loss_aggregation,
+        "policy ratio": f"per {'answer (GSPO)' if run.algorithm.importance_sampling_level == 'sequence' else 'token'}",
+        "dynamic sampling": (f"on, at most {run.algorithm.dynamic_sampling_max_batches} extra generation batches"
+                             if run.algorithm.dynamic_sampling else None),
+        "overlong penalty": (f"from {run.rewards.overlong_penalty} tokens" if run.rewards.overlong_penalty
+                             else None),
         "KL coefficient": run.ppo.kl_ctl,
         "target KL": run.ppo.target_kl,
         "actor LoRA": (f"rank {lora.dim} on `{lora.module_name}`" + (", adapters only" if lora.only_optimize_lora

@@ -13,7 +13,8 @@ from chatrlhf.training.validation import ConfigError
 KL_ESTIMATORS = ("k1", "k2", "k3")
 KL_MODES = ("reward", "loss")
 SCALE_REWARDS = ("group", "none")
-LOSS_AGGREGATIONS = ("token_mean", "sequence_mean")
+LOSS_AGGREGATIONS = ("token_mean", "sequence_mean", "dr_grpo")
+IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 SYNTHETIC_TASKS_FN = "synthetic_tasks"
 
 
@@ -73,11 +74,18 @@ class AlgorithmConfig:
     kl_mode: str | None = None
     entropy_coef: float = 0.0
     loss_aggregation: str = "token_mean"
+    importance_sampling_level: str = "token"
+    # DAPO's dynamic sampling: groups whose answers all score the same are dropped and more prompts drawn, at
+    # most ``dynamic_sampling_max_batches`` extra generation batches an iteration.
+    dynamic_sampling: bool = False
+    dynamic_sampling_max_batches: int = 4
 
     def __post_init__(self) -> None:
         for flag, value, choices in (("--algorithm", self.name, algorithms.names()),
                                      ("--scale_rewards", self.scale_rewards, SCALE_REWARDS),
-                                     ("--loss_aggregation", self.loss_aggregation, LOSS_AGGREGATIONS)):
+                                     ("--loss_aggregation", self.loss_aggregation, LOSS_AGGREGATIONS),
+                                     ("--importance_sampling_level", self.importance_sampling_level,
+                                      IMPORTANCE_SAMPLING_LEVELS)):
             if value not in choices:
                 raise ConfigError(f"{flag} {value!r} is not one of {', '.join(choices)}")
         if self.kl_mode is not None and self.kl_mode not in KL_MODES:
@@ -93,6 +101,12 @@ class AlgorithmConfig:
             raise ConfigError(f"--scale_rewards applies to --algorithm {takers} only (got --algorithm {self.name})")
         if not math.isfinite(self.entropy_coef):
             raise ConfigError(f"--entropy_coef {self.entropy_coef} is not a finite number")
+        if self.dynamic_sampling and not self.definition.compares_answers:
+            takers = " or ".join(a.name for a in algorithms.REGISTRY.values() if a.compares_answers)
+            raise ConfigError(f"--dynamic_sampling drops groups of answers to one prompt that all score the same: "
+                              f"it needs --algorithm {takers} (got --algorithm {self.name})")
+        if self.dynamic_sampling_max_batches < 0:
+            raise ConfigError(f"--dynamic_sampling_max_batches {self.dynamic_sampling_max_batches} must be 0 or more")
 
     @property
     def definition(self) -> Algorithm:
@@ -129,6 +143,8 @@ class RewardConfig:
     fn_weight: float = 1.0
     fn_format_credit: float = 0.0
     fn_partial_credit: float = 0.0
+    # DAPO's soft overlong penalty: answers longer than this many tokens lose up to 1 (0: off).
+    overlong_penalty: int = 0
 
     def __post_init__(self) -> None:
         if self.model_path is None and self.fn_spec is None:
@@ -141,6 +157,8 @@ class RewardConfig:
             if value and self.fn_spec != SYNTHETIC_TASKS_FN:
                 raise ConfigError(f"{flag} applies to --reward_fn {SYNTHETIC_TASKS_FN} only (got --reward_fn "
                                   f"{self.fn_spec})")
+        if self.overlong_penalty < 0:
+            raise ConfigError(f"--overlong_penalty {self.overlong_penalty} must be 0 (off) or a length in tokens")
         if not (self.fn_format_credit >= 0 and self.fn_partial_credit >= 0
                 and self.fn_format_credit + self.fn_partial_credit < 1.0):
             raise ConfigError(f"--reward_fn_format_credit {self.fn_format_credit} and --reward_fn_partial_credit "

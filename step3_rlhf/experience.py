@@ -60,6 +60,37 @@ class Experience:
         return replace(self, **changes)
 
 
+def select(exp: Experience, indices: list[int]) -> Experience:
+    """The rows ``indices`` of a fresh experience (before its old log-probs and advantages are set)."""
+    index = torch.tensor(indices, dtype=torch.long, device=exp.sequences.device)
+    return replace(exp, sequences=exp.sequences[index], attention_mask=exp.attention_mask[index],
+                   answer_mask=exp.answer_mask[index], ref_logprobs=exp.ref_logprobs[index],
+                   scores=exp.scores[index], rewards_in=exp.rewards_in[index],
+                   prompts=[exp.prompts[i] for i in indices], tasks=[exp.tasks[i] for i in indices])
+
+
+def concat(parts: list[Experience], pad_id: int) -> Experience:
+    """Fresh experiences stacked into one: prompts left-padded and answers right-padded to the widest part
+    (positions come from the mask, so the extra padding changes no number)."""
+    prompt_width = max(part.prompt_width for part in parts)
+    answer_width = max(part.answer_mask.shape[1] for part in parts)
+
+    def widen(tensor: torch.Tensor, left: int, right: int, value: float) -> torch.Tensor:
+        return torch.nn.functional.pad(tensor, (left, right), value=value)
+
+    pieces: dict[str, list] = {name: [] for name in ("sequences", "attention_mask", "answer_mask", "ref_logprobs")}
+    for part in parts:
+        left, right = prompt_width - part.prompt_width, answer_width - part.answer_mask.shape[1]
+        pieces["sequences"].append(widen(part.sequences, left, right, pad_id))
+        pieces["attention_mask"].append(widen(part.attention_mask, left, right, 0))
+        pieces["answer_mask"].append(widen(part.answer_mask, 0, right, 0))
+        pieces["ref_logprobs"].append(widen(part.ref_logprobs, 0, right, 0.0))
+    return Experience(
+        **{name: torch.cat(tensors) for name, tensors in pieces.items()}, prompt_width=prompt_width,
+        scores=torch.cat([part.scores for part in parts]), rewards_in=torch.cat([part.rewards_in for part in parts]),
+        prompts=[p for part in parts for p in part.prompts], tasks=[t for part in parts for t in part.tasks])
+
+
 def micro_batches(buffer: list[Experience], size: int) -> list[Experience]:
     return [exp.rows(i, i + size) for exp in buffer for i in range(0, len(exp), size)]
 

@@ -184,7 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
 def add_algorithm_args(parser: argparse.ArgumentParser) -> None:
     """The policy-gradient algorithm and the reward sources (defaults: DeepSpeed-Chat's PPO and reward model)."""
     from chatrlhf.step3_rlhf import algorithms
-    from chatrlhf.step3_rlhf.config import KL_MODES, LOSS_AGGREGATIONS, SCALE_REWARDS, SYNTHETIC_TASKS_FN
+    from chatrlhf.step3_rlhf.config import (
+        IMPORTANCE_SAMPLING_LEVELS,
+        KL_MODES,
+        LOSS_AGGREGATIONS,
+        SCALE_REWARDS,
+        SYNTHETIC_TASKS_FN,
+    )
 
     group = parser.add_argument_group("algorithm and rewards")
     add = group.add_argument
@@ -204,8 +210,21 @@ def add_algorithm_args(parser: argparse.ArgumentParser) -> None:
     add("--entropy_coef", type=float, default=0.0,
         help="Entropy bonus: the loss subtracts this x the entropy (0: none).")
     add("--loss_aggregation", choices=LOSS_AGGREGATIONS, default="token_mean",
-        help="How the actor's per-token losses become one: token_mean (every answer token alike) or "
-             "sequence_mean (each answer's mean over its tokens, then the mean over answers).")
+        help="How the actor's per-token losses become one: token_mean (every answer token alike), "
+             "sequence_mean (each answer's mean over its tokens, then the mean over answers) or dr_grpo (each "
+             "answer's sum over its tokens divided by --max_answer_seq_len, then the mean over answers: Dr. GRPO).")
+    add("--importance_sampling_level", choices=IMPORTANCE_SAMPLING_LEVELS, default="token",
+        help="The policy ratio per token (PPO, GRPO) or per answer (sequence: GSPO, the exp of the mean per-token "
+             "log-ratio, clipped per answer).")
+    add("--dynamic_sampling", action="store_true",
+        help="DAPO's dynamic sampling (grpo, rloo): drop the groups whose answers all score the same (they give "
+             "no gradient) and sample more prompts until the rollout is full; the log counts drawn and dropped.")
+    add("--dynamic_sampling_max_batches", type=int, default=4,
+        help="--dynamic_sampling: at most this many extra generation batches an iteration; when they run out, "
+             "the dropped groups fill the rest.")
+    add("--overlong_penalty", type=int, default=0, metavar="LEN",
+        help="DAPO's soft overlong penalty: an answer longer than LEN tokens loses (length - LEN) / "
+             "(--max_answer_seq_len - LEN) of a point from its reward, a full point at the limit (0: off).")
     add("--reward_model_name_or_path", type=str, default=None,
         help="The frozen reward model. Unset: --critic_model_name_or_path, unless --reward_fn is given "
              "(then no reward model is loaded unless named here).")
@@ -291,12 +310,14 @@ def run_settings(args: argparse.Namespace, given: frozenset[str] = frozenset()) 
     algorithm = AlgorithmConfig(
         name=args.algorithm, num_samples_per_prompt=args.num_samples_per_prompt,
         scale_rewards=args.scale_rewards, kl_mode=args.kl_mode, entropy_coef=args.entropy_coef,
-        loss_aggregation=args.loss_aggregation)
+        loss_aggregation=args.loss_aggregation, importance_sampling_level=args.importance_sampling_level,
+        dynamic_sampling=args.dynamic_sampling, dynamic_sampling_max_batches=args.dynamic_sampling_max_batches)
     rewards = RewardConfig(
         model_path=args.reward_model_name_or_path or (None if args.reward_fn else args.critic_model_name_or_path),
         fn_spec=absolute_spec(args.reward_fn) if args.reward_fn else None,
         model_weight=args.reward_model_weight, fn_weight=args.reward_fn_weight,
-        fn_format_credit=args.reward_fn_format_credit, fn_partial_credit=args.reward_fn_partial_credit)
+        fn_format_credit=args.reward_fn_format_credit, fn_partial_credit=args.reward_fn_partial_credit,
+        overlong_penalty=args.overlong_penalty)
     critic = None
     if algorithm.uses_critic:
         critic = trained("critic")
@@ -370,6 +391,9 @@ def validate(run: PPORun, args: argparse.Namespace) -> None:
             f"--per_device_training_batch_size {args.per_device_training_batch_size}, not a multiple of "
             f"--gradient_accumulation_steps {args.gradient_accumulation_steps} ({per_step} completions per "
             "optimizer step); change one of them")
+    if run.rewards.overlong_penalty >= args.max_answer_seq_len:
+        raise ConfigError(f"--overlong_penalty {run.rewards.overlong_penalty} must be below --max_answer_seq_len "
+                          f"{args.max_answer_seq_len}: the penalty grows from that length to the limit")
     if run.ppo.normalize_reward and run.rewards.model_path is None:
         raise ConfigError("--normalize_reward uses the reward model's score statistics, but --reward_fn alone "
                           "gives the reward; drop it or add --reward_model_name_or_path")

@@ -21,15 +21,21 @@ def whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) ->
     return (out if shift_mean else out + mean) * mask
 
 
-def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str, norm_length: int | None = None) -> torch.Tensor:
     """One loss from per-token ``values``: ``token_mean`` weighs every answer token alike (long answers count
-    more), ``sequence_mean`` averages each answer over its tokens, then over the answers (each answer alike)."""
+    more), ``sequence_mean`` averages each answer over its tokens, then over the answers (each answer alike),
+    ``dr_grpo`` sums each answer's tokens and divides by ``norm_length`` per answer (Dr. GRPO: a constant, so
+    neither an answer's length nor the batch's token count rescales its gradient)."""
     if mode == "token_mean":
         return masked_mean(values, mask)
     if mode == "sequence_mean":
         has_tokens = (mask.sum(1) > 0).to(values.dtype)
         return masked_mean(masked_mean(values, mask, dim=1), has_tokens)
-    raise ValueError(f"--loss_aggregation {mode!r} is not token_mean or sequence_mean")
+    if mode == "dr_grpo":
+        if not norm_length:
+            raise ValueError("--loss_aggregation dr_grpo needs the constant length (--max_answer_seq_len)")
+        return (values * mask).sum() / (values.shape[0] * norm_length)
+    raise ValueError(f"--loss_aggregation {mode!r} is not token_mean, sequence_mean or dr_grpo")
 
 
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str) -> torch.Tensor:
@@ -66,6 +72,13 @@ def token_rewards(
     return rewards, kl
 
 
+def overlong_penalty(lengths: torch.Tensor, start: int, max_length: int) -> torch.Tensor:
+    """DAPO's soft overlong penalty: 0 up to ``start`` tokens, then falling linearly to -1 at ``max_length`` (the
+    longest answer sampled), so an answer cut off at the limit costs a full point and one just past ``start``
+    almost nothing."""
+    return -((lengths.float() - start) / max(max_length - start, 1)).clamp(0.0, 1.0)
+
+
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
     """Generalised advantage estimation over answer positions; returns (advantages, returns)."""
     values = values * mask
@@ -90,15 +103,25 @@ def policy_loss(
     cliprange: float,
     cliprange_high: float | None = None,
     aggregation: str = "token_mean",
+    *,
+    sequence_level: bool = False,
+    norm_length: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO's clipped surrogate (ratio kept in [1 - cliprange, 1 + cliprange_high]), with the clip fraction
-    and the approximate KL between old and new policy."""
+    and the approximate KL between old and new policy.
+
+    ``sequence_level`` (GSPO): one ratio per answer, exp of the mean per-token log-ratio over its tokens, set on
+    each of its tokens and clipped per answer; otherwise one ratio per token.
+    """
     high = cliprange if cliprange_high is None else cliprange_high
     log_ratio = (logprobs - old_logprobs) * mask
+    if sequence_level:
+        per_answer = log_ratio.sum(1, keepdim=True) / mask.sum(1, keepdim=True).clamp(min=1)
+        log_ratio = per_answer.expand_as(log_ratio) * mask
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - cliprange, 1.0 + high)
-    loss = aggregate(torch.max(unclipped, clipped), mask, aggregation)
+    loss = aggregate(torch.max(unclipped, clipped), mask, aggregation, norm_length)
     with torch.no_grad():
         clip_frac = masked_mean(((ratio - 1.0 > high) | (ratio - 1.0 < -cliprange)).float(), mask)
         approx_kl = masked_mean(ratio - 1.0 - log_ratio, mask)

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from chatrlhf.step3_rlhf.config import GenerationConfig
+from chatrlhf.step3_rlhf.dynamic_sampling import DynamicRollout
+from chatrlhf.step3_rlhf.experience import Experience
 from chatrlhf.step3_rlhf.health import rollout_problems
 from chatrlhf.step3_rlhf.reward_functions import RewardFunctionError
 from chatrlhf.step3_rlhf.trainer import IterationStats, PPOTrainer
@@ -23,6 +25,29 @@ from chatrlhf.utils.data.collators import PromptCollator
 
 # Sampled answers a held-out prompt gets in the start and end evaluations.
 EVAL_SAMPLES = 4
+
+
+@dataclass
+class WholeRollout:
+    """An iteration's generation batches as drawn (without ``--dynamic_sampling``)."""
+
+    parts: list[Experience] = field(default_factory=list)
+
+    @property
+    def drawn(self) -> int:
+        return len(self.parts)
+
+    def add(self, exp: Experience) -> None:
+        self.parts.append(exp)
+
+    def ready(self, minimum_batches: int) -> bool:
+        return self.drawn >= minimum_batches
+
+    def buffer(self) -> list[Experience]:
+        return self.parts
+
+    def counts(self) -> dict[str, float]:
+        return {}
 
 
 @dataclass
@@ -64,14 +89,16 @@ class RLTraining:
         with training_session(self.iterations, trainer.steps, "ppo", self.save_interval, on_save) as (bar, step_end):
             if trainer.steps >= self.iterations:
                 return self.result()
-            buffer, stats = [], IterationStats()
+            pool, stats = self._new_pool(), IterationStats()
             for epoch, batches in resumable_epochs(self.loader, self.epochs, self.resumed):
                 for index, batch in batches:
-                    if not buffer:
+                    if not pool.drawn:
                         start = (epoch, index, rng_state())
-                    buffer.append(self._experience(batch, stats, on_save, start))
-                    if len(buffer) < trainer.ppo.generation_batches:
+                    pool.add(self._experience(batch, stats, on_save, start))
+                    if not pool.ready(trainer.ppo.generation_batches):
                         continue
+                    buffer = pool.buffer()
+                    stats.add(**pool.counts())
                     metrics = trainer.iteration(buffer, stats)
                     trainer.steps += 1
                     bar.update(1)
@@ -79,7 +106,7 @@ class RLTraining:
                     if settings.print_answers and trainer.steps % settings.print_answers_interval == 0:
                         trainer.show_answers(buffer[0])
                     answers = sum(len(e.scores) for e in buffer)
-                    buffer, stats = [], IterationStats()
+                    pool, stats = self._new_pool(), IterationStats()
                     self._check_health(metrics, answers, on_save, epoch, index + 1)
                     step_end(trainer.steps, lambda: self.state_dict(epoch, index + 1))  # noqa: B023 - called now
                     if trainer.steps >= self.iterations or (
@@ -87,6 +114,19 @@ class RLTraining:
                     ):
                         return self.result()
         return self.result()
+
+    def _new_pool(self) -> DynamicRollout | WholeRollout:
+        """Where an iteration's generation batches gather: all of them, or with ``--dynamic_sampling`` the groups
+        whose answers differ."""
+        trainer = self.trainer
+        if not trainer.algorithm.dynamic_sampling:
+            return WholeRollout()
+        batch_rows = (trainer.iteration_settings.per_device_generation_batch_size
+                      * trainer.algorithm.num_samples_per_prompt)
+        return DynamicRollout(target=batch_rows * trainer.ppo.generation_batches, batch_rows=batch_rows,
+                              group_size=trainer.algorithm.num_samples_per_prompt,
+                              max_extra_batches=trainer.algorithm.dynamic_sampling_max_batches,
+                              pad_id=trainer.tokenizer.pad_token_id)
 
     def result(self) -> TrainResult:
         return TrainResult(self.trainer.steps, self.trainer.history, [])

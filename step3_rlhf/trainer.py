@@ -23,6 +23,7 @@ from chatrlhf.step3_rlhf.ppo_math import (
     kl_penalty,
     logprobs_and_entropy,
     masked_mean,
+    overlong_penalty,
     policy_loss,
     token_rewards,
     value_loss,
@@ -177,6 +178,11 @@ class PPOTrainer:
                 reference, rollout, lambda logits, tokens: (token_logprobs(logits, tokens, fp32=self.fp32_loss),))
         answers = self.decode_answers(rollout)
         scores, rewards_in = self.score(rollout, batch["prompt"], answers, stats)
+        if self.rewards.overlong_penalty:
+            penalty = overlong_penalty(rollout.answer_lengths, self.rewards.overlong_penalty,
+                                       self.generation.max_answer_seq_len).to(scores.dtype)
+            scores, rewards_in = scores + penalty, rewards_in + penalty
+            stats.add(overlong_penalty=float(penalty.mean()))
         if all(batch["task"]):
             from chatrlhf.utils.checker_eval import accuracy_by_task
 
@@ -261,16 +267,19 @@ class PPOTrainer:
         ``--entropy_coef`` x entropy; each part averaged by ``--loss_aggregation``."""
         mask = exp.answer_mask.to(logprobs.dtype)
         aggregation = self.algorithm.loss_aggregation
+        norm_length = self.generation.max_answer_seq_len
         pg_loss, pg_stats = policy_loss(logprobs, exp.old_logprobs, exp.advantages, mask, self.ppo.cliprange,
-                                        self.ppo.clip_high, aggregation)
+                                        self.ppo.clip_high, aggregation, norm_length=norm_length,
+                                        sequence_level=self.algorithm.importance_sampling_level == "sequence")
         stats.add(actor_loss=float(pg_loss.detach()), entropy=float(masked_mean(ent.detach(), mask)), **pg_stats)
         loss = pg_loss
         if self.algorithm.kl_in_loss:
-            kl_loss = aggregate(kl_penalty(logprobs, exp.ref_logprobs, self.ppo.kl_estimator), mask, aggregation)
+            kl_loss = aggregate(kl_penalty(logprobs, exp.ref_logprobs, self.ppo.kl_estimator), mask, aggregation,
+                                norm_length)
             loss = loss + self.kl.value * kl_loss
             stats.add(kl_loss=float(kl_loss.detach()))
         if self.algorithm.entropy_coef:
-            loss = loss - self.algorithm.entropy_coef * aggregate(ent, mask, aggregation)
+            loss = loss - self.algorithm.entropy_coef * aggregate(ent, mask, aggregation, norm_length)
         if loss is not pg_loss:
             stats.add(actor_total_loss=float(loss.detach()))
         return loss
