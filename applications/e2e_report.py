@@ -340,6 +340,12 @@ class ReportWriter:
                     continue
                 rows.append([label, _num(history[0].get(key)), _num(sum(values) / len(values) if values else None),
                              _num(history[-1].get(key))])
+            for key in sorted(k for k in history[0] if k == "reward_model_mean" or k.startswith("reward_fn_mean")):
+                values = [h[key] for h in recent if key in h]
+                label = ("reward model score" if key == "reward_model_mean"
+                         else f"function {key.partition('/')[2] or 'reward'} value")
+                rows.append([label, _num(history[0][key]), _num(sum(values) / len(values) if values else None),
+                             _num(history[-1].get(key))])
             lines += ["Sampled rollouts during training:", ""]
             lines += _table(["metric", "first iteration", f"mean of last {len(recent)}", "last iteration"], rows)
         held_out = metrics.get("held_out") or {}

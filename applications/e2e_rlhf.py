@@ -142,7 +142,7 @@ class Plan:
     deployment: str
     extra_args: dict[int, list[str]]
     algorithm: str = algorithms.DEFAULT
-    reward_fn: str | None = None
+    reward_fns: tuple[str, ...] = ()
     seed: int | None = None
     step2_method: str = "reward"
 
@@ -164,7 +164,7 @@ class Plan:
     @property
     def verifier_only(self) -> bool:
         """Step 3 trains on the reward function alone: no critic, no reward model, no step 2 needed."""
-        return self.reward_fn is not None and not algorithms.REGISTRY[self.algorithm].uses_critic
+        return bool(self.reward_fns) and not algorithms.REGISTRY[self.algorithm].uses_critic
 
     def step_dir(self, step: int) -> Path:
         if self.runs_dpo(step):
@@ -254,8 +254,8 @@ class Plan:
         own = ["--seed", str(self.seed)] if self.seed is not None else []
         if step == 3 and self.algorithm != algorithms.DEFAULT:
             own += ["--algorithm", self.algorithm]
-        if step == 3 and self.reward_fn is not None:
-            own += ["--reward_fn", self.reward_fn]
+        if step == 3:
+            own += [token for spec in self.reward_fns for token in ("--reward_fn", spec)]
         return ["bash", str(self.script(step)), *args, *own, *self.extra_args.get(step, [])]
 
     def env(self, step: int) -> dict[str, str]:
@@ -320,9 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--step3-algorithm", default=None, choices=algorithms.names(),
                         help="Step 3's algorithm: PPO with a critic, or critic-free GRPO, RLOO or REINFORCE++ "
                              "(unset: ppo).")
-    parser.add_argument("--reward-fn", default=None, metavar="NAME|FILE.py:FUNCTION",
+    parser.add_argument("--reward-fn", action="append", default=None, metavar="NAME|FILE.py:FUNCTION",
                         help="Step 3 rewards from a function (prompt, response) -> float, e.g. synthetic_tasks (the "
-                             "exact checker). With a critic-free algorithm no reward model is trained or loaded.")
+                             "exact checker); repeat it for several (weights: --step3-args '--reward_weights ...'). "
+                             "With a critic-free algorithm no reward model is trained or loaded.")
     parser.add_argument("--seed", type=int, default=None,
                         help="Seed of every step (model init, data order, the synthetic data and the report's "
                              "held-out prompts). Default: the scripts' own (1234).")
@@ -353,16 +354,16 @@ def make_plan(args: argparse.Namespace) -> Plan:
         extra = {step: shlex.split(getattr(args, f"step{step}_args")) for step in (1, 2, 3)}
     except ValueError as exc:
         raise RunnerError(f"--stepN-args: {exc}") from exc
-    reward_fn = _caller_path(args.reward_fn) if args.reward_fn else None
+    reward_fns = tuple(_caller_path(spec) for spec in args.reward_fn or ())
     algorithm = args.step3_algorithm or algorithms.DEFAULT
     dpo = args.step2_method == "dpo"
     if dpo:
         check_dpo_flags(args)
-    verifier_only = reward_fn is not None and not algorithms.REGISTRY[algorithm].uses_critic
+    verifier_only = bool(reward_fns) and not algorithms.REGISTRY[algorithm].uses_critic
     requested = args.step or ((1, 2) if dpo else (1, 3) if verifier_only else (1, 2, 3))
     steps = () if args.report_only else tuple(sorted(set(requested)))
     plan = Plan(steps, actor, reward, args.actor_zero_stage, args.reward_zero_stage,
-                output_dir, args.deployment_type, extra, algorithm=algorithm, reward_fn=reward_fn,
+                output_dir, args.deployment_type, extra, algorithm=algorithm, reward_fns=reward_fns,
                 seed=args.seed, step2_method=args.step2_method)
     for step in plan.steps:
         plan.script(step)
@@ -373,7 +374,7 @@ def check_dpo_flags(args: argparse.Namespace) -> None:
     """``--step2-method dpo`` trains the actor on preferences directly: flags of step 3 or of a reward model would
     be ignored, so they are refused."""
     unused = [flag for flag, given in (("--step3-algorithm", args.step3_algorithm is not None),
-                                       ("--reward-fn", args.reward_fn is not None),
+                                       ("--reward-fn", bool(args.reward_fn)),
                                        ("--reward-model", args.reward_model is not None),
                                        ("--reward-zero-stage", bool(args.reward_zero_stage)),
                                        ("--step3-args", bool(args.step3_args)),
@@ -682,8 +683,9 @@ def make_report(plan: Plan, args: argparse.Namespace) -> Path:
     if plan.dpo:
         method = {"step 2 method": "DPO of the step-1 model (no reward model, no step 3)"}
     else:
-        method = {"reward": f"function {plan.reward_fn}" if plan.verifier_only else f"model {plan.reward.base}"
-                  + (f" + function {plan.reward_fn}" if plan.reward_fn else ""),
+        functions = " + ".join(f"function {spec}" for spec in plan.reward_fns)
+        method = {"reward": functions if plan.verifier_only else f"model {plan.reward.base}"
+                  + (f" + {functions}" if functions else ""),
                   "step 3 algorithm": algorithm_name(plan.algorithm)}
     stages = {"actor ZeRO stage": plan.actor_zero_stage or "script default"}
     if not plan.dpo:

@@ -12,6 +12,7 @@ process; repeats are interleaved (ours, TRL, ours, TRL, ...) and the table repor
 
 Usage:
   python scripts/bench_grpo.py [--repeats N] [--warmup 1 --steps 4] [--threads 2] [--json out.json]
+  python scripts/bench_grpo.py --only ours --baseline_repo /path/to/other/checkout ...
   python scripts/bench_grpo.py --only ours --iterations 2 --threads 1      # one side only (no ratio)
 `--iterations` is another name for `--steps` (timed iterations, after `--warmup` untimed ones).
 """
@@ -31,7 +32,8 @@ COMPLETIONS = PROMPTS * GROUP
 ANSWER_LEN = 64
 KL_COEF = "0.04"
 REWARD_FN = "distinct_ratio"
-SYSTEMS = {"ours": "chatrlhf step 3, --algorithm grpo", "trl": "TRL 1.16 GRPOTrainer"}
+SYSTEMS = {"ours": "chatrlhf step 3, --algorithm grpo", "trl": "TRL 1.16 GRPOTrainer",
+           "baseline": "chatrlhf step 3, --algorithm grpo, --baseline_repo"}
 KEYS = ("completions_per_s", "seconds", "generation_s", "generation_share", "peak_rss_mib",
         "generated_tokens_per_s_in_generation")
 OUR_PHASES = ("generation_s", "rollout_scoring_s", "training_s", "other_s")
@@ -71,10 +73,10 @@ def our_flags(out: Path, iterations: int) -> list[str]:
     ]
 
 
-def run_ours(args: argparse.Namespace, label: str) -> dict:
+def run_ours(args: argparse.Namespace, label: str, pythonpath: str | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="chatrlhf-bench-") as tmp:
         out = Path(tmp)
-        timing = bc.run_step3(our_flags(out, args.warmup + args.steps), args, out, label, COMPLETIONS)
+        timing = bc.run_step3(our_flags(out, args.warmup + args.steps), args, out, label, COMPLETIONS, pythonpath)
     completions = COMPLETIONS * args.steps
     return {
         "system": SYSTEMS["ours"],
@@ -95,19 +97,27 @@ def measure(args: argparse.Namespace) -> dict:
     print(f"{args.warmup} warm-up + {args.steps} timed GRPO iterations of {PROMPTS} prompts x {GROUP} samples x "
           f"{ANSWER_LEN} new tokens, {args.threads} threads, {args.repeats} repeat(s): {', '.join(names)}")
     measures = {"ours": lambda label: run_ours(args, label), "trl": lambda label: run_trl(args, label)}
+    if args.baseline_repo:
+        baseline_path = bc.checkout_import_path(args.baseline_repo, Path(tempfile.mkdtemp(prefix="chatrlhf-base-")))
+        measures["baseline"] = lambda label: run_ours(args, label, baseline_path)
+        names.append("baseline")
     runs = bc.interleave(
         {name: measures[name] for name in names}, args.repeats,
         lambda r: (f"{r['completions_per_s']} completions/s  wall {r['seconds']} s  gen {r['generation_s']} s "
                    f"({100 * r['generation_share']:.1f}%)  rss {r['peak_rss_mib']} MiB"),
     )
-    summary = {name: bc.summarize({name: results}, KEYS + (OUR_PHASES[1:] if name == "ours" else ()))[name]
+    summary = {name: bc.summarize({name: results}, KEYS + (OUR_PHASES[1:] if name != "trl" else ()))[name]
                for name, results in runs.items()}
     both = "ours" in summary and "trl" in summary
     ratios = {key: bc.ratio(summary["ours"][key], summary["trl"][key]) if both else None
               for key in ("completions_per_s", "generation_s", "peak_rss_mib")}
+    baseline = ({key: bc.ratio(summary["ours"][key], summary["baseline"][key]) for key in ("completions_per_s",
+                                                                                         "peak_rss_mib")}
+                if "ours" in summary and "baseline" in summary else None)
     return {"benchmark": "grpo", "warmup": args.warmup, "steps": args.steps, "threads": args.threads,
             "repeats": args.repeats, "systems": names, "summary": summary, "ratios_ours_over_trl": ratios,
-            "runs": runs}
+            "baseline_repo": str(args.baseline_repo) if args.baseline_repo else None,
+            "ratios_ours_over_baseline": baseline, "runs": runs}
 
 
 def report(result: dict) -> None:
@@ -119,6 +129,8 @@ def report(result: dict) -> None:
              s["completions_per_s_all"]] for k, s in summary.items()]
     bc.print_table(["system", "completions/s", "wall s", "generation s", "generation share", "peak RSS MiB",
                     "new tokens/s in generation", "completions/s runs"], rows)
+    if result.get("ratios_ours_over_baseline"):
+        print(f"\nours / baseline ({result['baseline_repo']}): {result['ratios_ours_over_baseline']}")
     ratios = result["ratios_ours_over_trl"]
     if ratios["completions_per_s"] is not None:
         print(f"\nours / TRL, completions/s: {ratios['completions_per_s']}   generation s: {ratios['generation_s']}"
@@ -139,7 +151,10 @@ def main() -> None:
     bc.add_common_args(parser, warmup=1, steps=4)
     parser.add_argument("--iterations", dest="steps", type=int, default=argparse.SUPPRESS,
                         help="the same as --steps: timed GRPO iterations")
-    parser.add_argument("--only", choices=("ours", "trl"), help="measure one side only (no ratio)")
+    parser.add_argument("--only", choices=("ours", "trl"), help="measure one side only (no TRL ratio)")
+    parser.add_argument("--baseline_repo", type=Path, default=None,
+                        help="also measure this other chatrlhf checkout (e.g. the commit before a change), "
+                             "interleaved with this one")
     args = parser.parse_args()
     bc.check_counts(args)
     if args.warmup + args.steps > MAX_ITERATIONS:

@@ -23,8 +23,7 @@ def reward_source(run: PPORun) -> str:
     parts = []
     if rewards.model_path is not None:
         parts.append(f"{rewards.model_weight} x reward model `{rewards.model_path}`")
-    if rewards.fn_spec is not None:
-        parts.append(f"{rewards.fn_weight} x function `{rewards.fn_spec}`")
+    parts += [f"{weight} x function `{spec}`" for spec, weight in zip(rewards.fn_specs, rewards.fn_weights)]
     return " + ".join(parts)
 
 

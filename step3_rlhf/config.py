@@ -134,29 +134,35 @@ class AlgorithmConfig:
 
 @dataclass(frozen=True)
 class RewardConfig:
-    """Where the reward comes from: ``model_weight`` x a reward model's score + ``fn_weight`` x a Python
-    function's value (either source may be absent, not both)."""
+    """Where the reward comes from: ``model_weight`` x a reward model's score + each of ``fn_weights`` x its
+    Python function's value (``fn_specs``, in order). Either kind may be absent, not both."""
 
     model_path: str | None = None
-    fn_spec: str | None = None
+    fn_specs: tuple[str, ...] = ()
     model_weight: float = 1.0
-    fn_weight: float = 1.0
+    fn_weights: tuple[float, ...] = ()  # one per function; empty: 1.0 each
     fn_format_credit: float = 0.0
     fn_partial_credit: float = 0.0
     # DAPO's soft overlong penalty: answers longer than this many tokens lose up to 1 (0: off).
     overlong_penalty: int = 0
 
     def __post_init__(self) -> None:
-        if self.model_path is None and self.fn_spec is None:
+        if self.model_path is None and not self.fn_specs:
             raise ConfigError("no reward source: give --reward_model_name_or_path, --reward_fn, or both")
-        for flag, value in (("--reward_model_weight", self.model_weight), ("--reward_fn_weight", self.fn_weight)):
+        if not self.fn_weights:
+            object.__setattr__(self, "fn_weights", (1.0,) * len(self.fn_specs))
+        if len(self.fn_weights) != len(self.fn_specs):
+            raise ConfigError(f"{len(self.fn_weights)} function weights for {len(self.fn_specs)} --reward_fn; give "
+                              "one weight per function")
+        for flag, value in (("--reward_model_weight", self.model_weight),
+                            *(("--reward_weights", weight) for weight in self.fn_weights)):
             if not math.isfinite(value):
                 raise ConfigError(f"{flag} {value} is not a finite number")
         for flag, value in (("--reward_fn_format_credit", self.fn_format_credit),
                             ("--reward_fn_partial_credit", self.fn_partial_credit)):
-            if value and self.fn_spec != SYNTHETIC_TASKS_FN:
+            if value and SYNTHETIC_TASKS_FN not in self.fn_specs:
                 raise ConfigError(f"{flag} applies to --reward_fn {SYNTHETIC_TASKS_FN} only (got --reward_fn "
-                                  f"{self.fn_spec})")
+                                  f"{' '.join(self.fn_specs) or 'none'})")
         if self.overlong_penalty < 0:
             raise ConfigError(f"--overlong_penalty {self.overlong_penalty} must be 0 (off) or a length in tokens")
         if not (self.fn_format_credit >= 0 and self.fn_partial_credit >= 0

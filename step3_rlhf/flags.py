@@ -228,13 +228,17 @@ def add_algorithm_args(parser: argparse.ArgumentParser) -> None:
     add("--reward_model_name_or_path", type=str, default=None,
         help="The frozen reward model. Unset: --critic_model_name_or_path, unless --reward_fn is given "
              "(then no reward model is loaded unless named here).")
-    add("--reward_fn", type=str, default=None,
+    add("--reward_fn", type=str, action="append", default=None,
         help=f"A reward function (prompt: str, response: str) -> float, called per sample: "
              f"{SYNTHETIC_TASKS_FN} (synthetic/tasks' exact checker: 1.0 right, 0.0 wrong), path/to/file.py:function "
-             "(relative to the current directory) or package.module:function.")
+             "(relative to the current directory) or package.module:function. Repeat it for several functions: "
+             "their weighted values add up, and each one's mean is logged.")
+    add("--reward_weights", type=float, nargs="+", default=None, metavar="W",
+        help="One weight per --reward_fn, in order, then the reward model's when there is one (instead of "
+             "--reward_fn_weight and --reward_model_weight).")
     add("--reward_model_weight", type=float, default=1.0,
         help="Reward = this x the reward model's score + ...")
-    add("--reward_fn_weight", type=float, default=1.0, help="... + this x the reward function's value.")
+    add("--reward_fn_weight", type=float, default=1.0, help="... + this x each reward function's value.")
     add("--reward_fn_format_credit", type=float, default=0.0,
         help=f"--reward_fn {SYNTHETIC_TASKS_FN}: reward of a wrong answer in the right answer's sentence "
              "(the checker's format with another value), below the 1.0 of a right answer.")
@@ -251,8 +255,12 @@ def explicit_flags(parser: ConfigFileParser, argv: list[str] | None, args: argpa
     namespace preset with a marker leaves the marker exactly where no flag was given.
     """
     unset = object()
-    probe = parser.parse_args(argv, argparse.Namespace(**{name: unset for name in vars(args)}))
-    return frozenset(name for name, value in vars(probe).items() if value is not unset) | parser.config_overrides
+    # A repeatable flag appends to what the namespace holds, so it starts from None (argparse's own start).
+    appending = {action.dest for action in parser._actions if isinstance(action, argparse._AppendAction)}
+    probe = parser.parse_args(argv, argparse.Namespace(**{name: None if name in appending else unset
+                                                          for name in vars(args)}))
+    return frozenset(name for name, value in vars(probe).items()
+                     if value is not unset and not (name in appending and value is None)) | parser.config_overrides
 
 
 def inert_flags(args: argparse.Namespace) -> tuple[str, ...]:
@@ -312,10 +320,11 @@ def run_settings(args: argparse.Namespace, given: frozenset[str] = frozenset()) 
         scale_rewards=args.scale_rewards, kl_mode=args.kl_mode, entropy_coef=args.entropy_coef,
         loss_aggregation=args.loss_aggregation, importance_sampling_level=args.importance_sampling_level,
         dynamic_sampling=args.dynamic_sampling, dynamic_sampling_max_batches=args.dynamic_sampling_max_batches)
+    model_path = args.reward_model_name_or_path or (None if args.reward_fn else args.critic_model_name_or_path)
+    fn_specs = tuple(absolute_spec(spec) for spec in args.reward_fn or ())
+    model_weight, fn_weights = reward_weights(args, given, len(fn_specs), model_path is not None)
     rewards = RewardConfig(
-        model_path=args.reward_model_name_or_path or (None if args.reward_fn else args.critic_model_name_or_path),
-        fn_spec=absolute_spec(args.reward_fn) if args.reward_fn else None,
-        model_weight=args.reward_model_weight, fn_weight=args.reward_fn_weight,
+        model_path=model_path, fn_specs=fn_specs, model_weight=model_weight, fn_weights=fn_weights,
         fn_format_credit=args.reward_fn_format_credit, fn_partial_credit=args.reward_fn_partial_credit,
         overlong_penalty=args.overlong_penalty)
     critic = None
@@ -323,7 +332,7 @@ def run_settings(args: argparse.Namespace, given: frozenset[str] = frozenset()) 
         critic = trained("critic")
     else:
         warn_unused_critic_flags(algorithm.name, given, critic_names_reward_model=(
-            args.reward_model_name_or_path is None and args.reward_fn is None))
+            args.reward_model_name_or_path is None and not args.reward_fn))
     # Without a critic, the reward model runs as the actor does (ZeRO-3 or not), as it always has.
     reward_flags = "critic" if critic is not None else "actor"
     reward = (frozen("reward", reward_flags, rewards.model_path, args.offload_reward_model)
@@ -369,9 +378,28 @@ def run_settings(args: argparse.Namespace, given: frozenset[str] = frozenset()) 
         eot_token=args.eot_token,
     )
     validate(run, args)
-    if rewards.fn_spec is not None:
-        run.reward_fn = RewardFunction.load(rewards.fn_spec, rewards.fn_format_credit, rewards.fn_partial_credit)
+    run.reward_fns = tuple(RewardFunction.load(spec, rewards.fn_format_credit, rewards.fn_partial_credit)
+                           for spec in rewards.fn_specs)
     return run
+
+
+def reward_weights(args: argparse.Namespace, given: frozenset[str], functions: int,
+                   has_model: bool) -> tuple[float, tuple[float, ...]]:
+    """The reward model's weight and each function's: from --reward_weights when given, else
+    --reward_model_weight and --reward_fn_weight (the same for every function)."""
+    if args.reward_weights is None:
+        return args.reward_model_weight, (args.reward_fn_weight,) * functions
+    clashing = sorted(f"--{name}" for name in ("reward_fn_weight", "reward_model_weight") if name in given)
+    if clashing:
+        raise ConfigError(f"--reward_weights and {' and '.join(clashing)} both set weights; give only "
+                          "--reward_weights")
+    sources = [f"{functions} --reward_fn"] + (["the reward model"] if has_model else [])
+    if len(args.reward_weights) != functions + has_model:
+        raise ConfigError(f"--reward_weights has {len(args.reward_weights)} weights for {' and '.join(sources)}; "
+                          f"give {functions + has_model}: one per --reward_fn in order, then the reward model's"
+                          if has_model else f"give {functions}: one per --reward_fn in order")
+    weights = tuple(args.reward_weights)
+    return (weights[functions] if has_model else args.reward_model_weight), weights[:functions]
 
 def validate(run: PPORun, args: argparse.Namespace) -> None:
     """Batch arithmetic and flag combinations DeepSpeed-Chat rejects, checked before any model loads."""

@@ -112,6 +112,11 @@ class RewardFunction:
                               "(prompt: str, response: str) -> float")
         return cls(spec, fn)
 
+    @property
+    def short_name(self) -> str:
+        """The name without its folders (``rewards.py:score`` for ``/home/me/rewards.py:score``), for metric keys."""
+        return os.path.basename(self.name)
+
     def scores(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
         """The function's value for every (prompt, response), as a float32 vector."""
         values = []

@@ -48,7 +48,7 @@ class PPORun:
     iteration: IterationSettings
     rewards: RewardConfig
     algorithm: AlgorithmConfig = AlgorithmConfig()
-    reward_fn: RewardFunction | None = None
+    reward_fns: tuple[RewardFunction, ...] = ()
     unsupervised: UnsupervisedData = UnsupervisedData()
     eval_prompts: int = 64
     enable_tensorboard: bool = False
@@ -111,7 +111,7 @@ class PPORun:
         logger = MetricsLogger(self.enable_tensorboard, self.tensorboard_path, "step3_ppo")
         trainer = PPOTrainer(
             engines, tokenizer, self.generation, self.ppo, self.iteration, self.loop, logger,
-            rewards=self.rewards, reward_fn=self.reward_fn, algorithm=self.algorithm,
+            rewards=self.rewards, reward_fns=self.reward_fns, algorithm=self.algorithm,
             reward_mean=stats.mean if stats else 0.0, reward_std=stats.std if stats else 1.0,
             unsupervised=self._unsupervised(tokenizer), actor_zero_stage=self.actor.engine.zero_stage,
             fp32_loss=self.actor.engine.compute_fp32_loss,

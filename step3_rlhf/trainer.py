@@ -76,7 +76,7 @@ class PPOTrainer:
         logger: MetricsLogger,
         *,
         rewards: RewardConfig,
-        reward_fn: RewardFunction | None = None,
+        reward_fns: tuple[RewardFunction, ...] = (),
         algorithm: AlgorithmConfig | None = None,
         reward_mean: float = 0.0,
         reward_std: float = 1.0,
@@ -92,7 +92,7 @@ class PPOTrainer:
         self.loop = loop
         self.logger = logger
         self.rewards = rewards
-        self.reward_fn = reward_fn
+        self.reward_fns = reward_fns
         self.algorithm = algorithm or AlgorithmConfig()
         self.kl = KLController(ppo.kl_ctl, ppo.target_kl, ppo.kl_horizon)
         self.reward_mean, self.reward_std = reward_mean, max(reward_std, 1e-6)
@@ -128,7 +128,7 @@ class PPOTrainer:
     def score(self, rollout: Rollout, prompts: list[str], answers: list[str],
               stats: IterationStats | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The reward of each sample, raw and as PPO takes it (the model score normalised with
-        ``--normalize_reward``): ``--reward_model_weight`` x model score + ``--reward_fn_weight`` x function."""
+        ``--normalize_reward``): the model's weight x its score + each function's weight x its value."""
         raw = normalised = None
         if self.engines.reward is not None:
             model = self.reward_scores(rollout)
@@ -141,13 +141,14 @@ class PPOTrainer:
             normalised = weight * ((model - self.reward_mean) / self.reward_std if self.ppo.normalize_reward else model)
             if stats is not None:
                 stats.add(nonfinite_rewards=float((~finite).sum()), reward_model_mean=float(model.mean()))
-        if self.reward_fn is not None:
-            values = self.reward_fn.scores(prompts, answers).to(self.target)
-            part = self.rewards.fn_weight * values
+        for fn, weight in zip(self.reward_fns, self.rewards.fn_weights):
+            values = fn.scores(prompts, answers).to(self.target)
+            part = weight * values
             raw = part if raw is None else raw + part
             normalised = part if normalised is None else normalised + part
             if stats is not None:
-                stats.add(reward_fn_mean=float(values.mean()))
+                key = "reward_fn_mean" if len(self.reward_fns) == 1 else f"reward_fn_mean/{fn.short_name}"
+                stats.add(**{key: float(values.mean())})
         return raw, normalised
 
     @torch.no_grad()

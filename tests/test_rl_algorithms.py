@@ -184,7 +184,7 @@ def test_algorithm_defaults_and_checks():
     with pytest.raises(ConfigError, match="--scale_rewards applies to --algorithm grpo only"):
         AlgorithmConfig(name="rloo", num_samples_per_prompt=2, scale_rewards="none")
     with pytest.raises(ConfigError, match="--reward_fn_format_credit applies to --reward_fn synthetic_tasks"):
-        RewardConfig(fn_spec="/x.py:f", fn_format_credit=0.5)
+        RewardConfig(fn_specs=("/x.py:f",), fn_format_credit=0.5)
     with pytest.raises(ConfigError, match="no reward source"):
         RewardConfig()
 
@@ -246,7 +246,7 @@ def test_synthetic_tasks_reward_and_its_format_credit():
     sums = [" 3 plus 4 is 7.", " 3 plus 4 is 17.", " 3 plus 4 is 8.", " seven"]
     assert partial.scores([ADD_PROMPT] * 4, sums).tolist() == pytest.approx([1.0, 0.1 + 0.4 / 2, 0.1, 0.0])
     with pytest.raises(ConfigError, match="add up to less than the 1.0"):
-        RewardConfig(fn_spec="synthetic_tasks", fn_format_credit=0.5, fn_partial_credit=0.5)
+        RewardConfig(fn_specs=("synthetic_tasks",), fn_format_credit=0.5, fn_partial_credit=0.5)
 
 
 def test_a_broken_reward_function_names_itself_and_the_sample(tmp_path):
@@ -328,7 +328,7 @@ def test_a_reward_file_given_relative_to_the_working_directory(sft_model, tmp_pa
                     "--per_device_generation_batch_size", "2", "--per_device_training_batch_size", "4",
                     "--max_prompt_seq_len", "48", "--max_answer_seq_len", "6", "--max_steps", "1",
                     "--eval_prompts", "0", "--data_output_path", data_cache])
-    assert run.rewards.fn_spec == f"{rewards_dir / 'my_rewards.py'}:score"
+    assert run.rewards.fn_specs == (f"{rewards_dir / 'my_rewards.py'}:score",)
     monkeypatch.chdir(elsewhere)
     run.run()
     calls = [json.loads(line) for line in (rewards_dir / "calls.jsonl").read_text().splitlines()]

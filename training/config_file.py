@@ -71,6 +71,9 @@ def converted(parser: argparse.ArgumentParser, action: argparse.Action, key: str
             raise ConfigFileError(f"{key!r} is a switch: give true or false, not {value!r}")
         # The option's own name (no_bf16_to_fp32_loss: true) means the flag was given.
         return value if key == action.dest else (action.const if value else action.default)
+    if isinstance(action, argparse._AppendAction):  # a repeatable flag: one value or a list of them
+        items = value if isinstance(value, list) else [value]
+        return [converted(parser, _one_value(action), key, item) for item in items]
     takes_list = action.nargs in ("+", "*")
     if isinstance(value, list) and not takes_list:
         raise ConfigFileError(f"{key!r} takes one value, not the list {value!r}")
@@ -83,6 +86,11 @@ def converted(parser: argparse.ArgumentParser, action: argparse.Action, key: str
         return parser._get_values(action, [str(item) for item in items])
     except argparse.ArgumentError as exc:
         raise ConfigFileError(f"{key!r}: {exc.message}") from exc
+
+
+def _one_value(action: argparse.Action) -> argparse.Action:
+    """A repeatable option's single occurrence, converted as a plain option would be."""
+    return argparse.Action(action.option_strings, action.dest, type=action.type, choices=action.choices)
 
 
 def config_values(parser: argparse.ArgumentParser, path: str) -> dict[str, Any]:
@@ -135,9 +143,17 @@ class ConfigFileParser(argparse.ArgumentParser):
         self.config_overrides = frozenset(dest for dest, value in values.items() if value != built_in[dest])
         self.set_defaults(**values)
         try:
-            return super().parse_known_args(argv, namespace)
+            parsed, rest = super().parse_known_args(argv, namespace)
         finally:
             self.set_defaults(**built_in)
+        for action in self._actions:
+            # A repeatable flag appends to the file's list; given on the command line, it replaces the list.
+            from_file = values.get(action.dest)
+            if isinstance(action, argparse._AppendAction) and from_file is not None:
+                given = getattr(parsed, action.dest)
+                if given is not from_file:
+                    setattr(parsed, action.dest, given[len(from_file):])
+        return parsed, rest
 
 
 def run_record(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
