@@ -12,7 +12,7 @@ from the step's directory, which appends to ``training.log`` in the step's outpu
     OUTPUT/ablation-models/<actor>-<method>     step 1 trained further on step 2's chosen answers, as many updates
                                                 as DPO or step 3 made: the likelihood-only ablation in the report
 
-``--step3-algorithm grpo|rloo|reinforce_pp`` switches step 3's algorithm; with ``--reward-fn`` (e.g.
+``--step3-algorithm grpo|rloo|reinforce_pp|rejection_sampling`` switches step 3's algorithm; with ``--reward-fn`` (e.g.
 ``synthetic_tasks``, the exact checker) step 3 trains on that function and needs no reward model, so the
 default steps become 1 and 3 and step 3 runs the family's ``run_<size>_verifier.sh``.
 

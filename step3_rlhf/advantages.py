@@ -36,6 +36,14 @@ def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     return (groups - others).flatten()
 
 
+def best_of_group(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """1.0 for the best-rewarded answer of each prompt (the first of equals), 0.0 for the others."""
+    groups = _groups(rewards, group_size)
+    best = torch.zeros_like(groups)
+    best[torch.arange(groups.shape[0], device=groups.device), groups.argmax(1)] = 1.0
+    return best.flatten()
+
+
 def flat_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     """Per prompt: True when its samples all got the same reward (GRPO and RLOO learn nothing from them)."""
     groups = _groups(rewards, group_size)

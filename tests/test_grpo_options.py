@@ -1,5 +1,6 @@
-"""The GRPO family's options from DAPO, Dr. GRPO and GSPO: dynamic sampling, the overlong penalty, the constant
-loss normaliser and the sequence-level ratio; each against hand-computed numbers, then through a whole run."""
+"""The critic-free family's options from DAPO, Dr. GRPO and GSPO (dynamic sampling, the overlong penalty, the
+constant loss normaliser, the sequence-level ratio) and rejection sampling; each against hand-computed numbers,
+then through a whole run."""
 from __future__ import annotations
 
 import json
@@ -108,3 +109,33 @@ def test_grpo_with_every_option_trains_and_logs_what_it_drew_and_dropped(sft_mod
         assert 1 <= step["dynamic_batches_drawn"] <= 3
         assert step["dynamic_groups_filled"] <= 2 * step["dynamic_batches_drawn"]
         assert -1.0 <= step["overlong_penalty"] <= 0.0
+
+
+def test_rejection_sampling_weighs_the_best_answer_of_each_prompt_alone():
+    from chatrlhf.step3_rlhf.advantages import best_of_group
+
+    rewards = torch.tensor([0.2, 0.9, 0.1, 0.5, 0.5, 0.0])  # two prompts of three answers; a tie in the second
+    assert best_of_group(rewards, 3).tolist() == [0.0, 1.0, 0.0, 1.0, 0.0, 0.0]
+
+
+def test_rejection_sampling_fine_tunes_on_the_chosen_answers(sft_model, tmp_path, data_cache):
+    """One round: the first update's policy loss is minus the chosen answers' token log-probs over every answer
+    token of the micro-batch (the ratio is 1), so the chosen answers become more likely."""
+    from safetensors.torch import load_file
+
+    from chatrlhf.training.model_card import CARD_FILE
+
+    out = tmp_path / "raft"
+    assert ppo_main(["--algorithm", "rejection_sampling", "--reward_fn", "synthetic_tasks",
+                     "--num_samples_per_prompt", "4", "--actor_model_name_or_path", sft_model,
+                     "--output_dir", str(out), "--per_device_generation_batch_size", "2",
+                     "--per_device_training_batch_size", "8", "--max_prompt_seq_len", "48",
+                     "--max_answer_seq_len", "8", "--max_steps", "2", "--eval_prompts", "0", "--kl_ctl", "0",
+                     "--num_warmup_steps", "0", "--actor_learning_rate", "1e-3",
+                     "--data_output_path", data_cache]) == 0
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert len(history) == 2 and all(step["actor_loss"] <= 0 for step in history)  # -A x ratio, A in {0, 1}
+    assert "critic_loss" not in history[0] and "flat_groups" in history[0]
+    assert "RLHF with Rejection sampling" in (out / "actor" / CARD_FILE).read_text()
+    before, after = load_file(f"{sft_model}/model.safetensors"), load_file(out / "actor" / "model.safetensors")
+    assert any(not before[k].equal(after[k]) for k in before.keys() & after.keys())

@@ -5,7 +5,7 @@ Adding an algorithm: a module defining an ``Algorithm`` instance, and a ``regist
 """
 from __future__ import annotations
 
-from chatrlhf.step3_rlhf.algorithms import grpo, ppo, reinforce_pp, rloo
+from chatrlhf.step3_rlhf.algorithms import grpo, ppo, reinforce_pp, rejection_sampling, rloo
 from chatrlhf.step3_rlhf.algorithms.base import AdvantageSettings, Algorithm
 
 DEFAULT = "ppo"
@@ -29,5 +29,6 @@ register(ppo.ALGORITHM)
 register(grpo.ALGORITHM)
 register(rloo.ALGORITHM)
 register(reinforce_pp.ALGORITHM)
+register(rejection_sampling.ALGORITHM)
 
 __all__ = ["DEFAULT", "REGISTRY", "AdvantageSettings", "Algorithm", "names", "register"]
