@@ -32,20 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     from chatrlhf.step1_sft.run import SFTRun
-    from chatrlhf.training.compat_flags import LAUNCHER_FLAGS, notify_inert_flags
-    from chatrlhf.training.config_file import run_record
-    from chatrlhf.training.validation import run_cli
+    from chatrlhf.training.compat_flags import LAUNCHER_FLAGS
+    from chatrlhf.training.validation import run_step_command
 
-    notify_inert_flags(parser, args, LAUNCHER_FLAGS)
-
-    def body() -> int:
-        SFTRun.from_args(args).run(run_record(args, argv))
-        return 0
-
-    return run_cli("chatrlhf sft", body)
+    return run_step_command("chatrlhf sft", build_parser(), argv, lambda args: SFTRun.from_args(args),
+                            LAUNCHER_FLAGS)
 
 
 if __name__ == "__main__":

@@ -47,20 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     from chatrlhf.step2_dpo.run import DPORun
-    from chatrlhf.training.compat_flags import LAUNCHER_FLAGS, notify_inert_flags
-    from chatrlhf.training.config_file import run_record
-    from chatrlhf.training.validation import run_cli
+    from chatrlhf.training.compat_flags import LAUNCHER_FLAGS
+    from chatrlhf.training.validation import run_step_command
 
-    notify_inert_flags(parser, args, LAUNCHER_FLAGS)
-
-    def body() -> int:
-        DPORun.from_args(args).run(run_record(args, argv))
-        return 0
-
-    return run_cli("chatrlhf dpo", body)
+    return run_step_command("chatrlhf dpo", build_parser(), argv, lambda args: DPORun.from_args(args),
+                            LAUNCHER_FLAGS)
 
 
 if __name__ == "__main__":

@@ -48,20 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     from chatrlhf.step2_reward.run import RewardRun
-    from chatrlhf.training.compat_flags import LAUNCHER_FLAGS, notify_inert_flags
-    from chatrlhf.training.config_file import run_record
-    from chatrlhf.training.validation import run_cli
+    from chatrlhf.training.compat_flags import LAUNCHER_FLAGS
+    from chatrlhf.training.validation import run_step_command
 
-    notify_inert_flags(parser, args, ("num_padding_at_beginning", "no_fused_kernels", *LAUNCHER_FLAGS))
-
-    def body() -> int:
-        RewardRun.from_args(args).run(run_record(args, argv))
-        return 0
-
-    return run_cli("chatrlhf reward", body)
+    return run_step_command("chatrlhf reward", build_parser(), argv, lambda args: RewardRun.from_args(args),
+                            ("num_padding_at_beginning", "no_fused_kernels", *LAUNCHER_FLAGS))
 
 
 if __name__ == "__main__":

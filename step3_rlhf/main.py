@@ -18,20 +18,13 @@ from chatrlhf.step3_rlhf.flags import build_parser, explicit_flags, inert_flags,
 
 
 def main(argv: list[str] | None = None) -> int:
+    from chatrlhf.training.validation import run_step_command
+
     parser = build_parser()
     args = parser.parse_args(argv)
     given = explicit_flags(parser, argv, args)
-    from chatrlhf.training.compat_flags import notify_inert_flags
-    from chatrlhf.training.config_file import run_record
-    from chatrlhf.training.validation import run_cli
-
-    notify_inert_flags(parser, args, inert_flags(args))
-
-    def body() -> int:
-        run_settings(args, given).run(run_record(args, argv))
-        return 0
-
-    return run_cli("chatrlhf ppo", body)
+    return run_step_command("chatrlhf ppo", parser, argv, lambda parsed: run_settings(parsed, given),
+                            inert_flags(args))
 
 
 if __name__ == "__main__":

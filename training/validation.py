@@ -5,6 +5,7 @@ without a traceback and exits non-zero, and nothing the user had is touched.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Callable
@@ -86,3 +87,20 @@ def run_cli(prog: str, body: Callable[[], int]) -> int:
         return 2
     finally:
         release_locks()
+
+
+def run_step_command(prog: str, parser: argparse.ArgumentParser, argv: list[str] | None,
+                     settings: Callable[[argparse.Namespace], object], inert: tuple[str, ...]) -> int:
+    """A training step's ``main``: parse ``argv``, one notice per flag in ``inert`` that changes nothing here,
+    then build the run from the flags (``settings``) and run it, saving the flags and command line with it."""
+    from chatrlhf.training.compat_flags import notify_inert_flags
+    from chatrlhf.training.config_file import run_record
+
+    args = parser.parse_args(argv)
+    notify_inert_flags(parser, args, inert)
+
+    def body() -> int:
+        settings(args).run(run_record(args, argv))
+        return 0
+
+    return run_cli(prog, body)
