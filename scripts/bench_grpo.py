@@ -94,13 +94,13 @@ def measure(args: argparse.Namespace) -> dict:
         bc.bench_script("bench_trl_grpo.py")
     bc.bench_script("bench_rewards.py")
     bc.ensure_workload()
-    print(f"{args.warmup} warm-up + {args.steps} timed GRPO iterations of {PROMPTS} prompts x {GROUP} samples x "
-          f"{ANSWER_LEN} new tokens, {args.threads} threads, {args.repeats} repeat(s): {', '.join(names)}")
     measures = {"ours": lambda label: run_ours(args, label), "trl": lambda label: run_trl(args, label)}
     if args.baseline_repo:
         baseline_path = bc.checkout_import_path(args.baseline_repo, Path(tempfile.mkdtemp(prefix="chatrlhf-base-")))
         measures["baseline"] = lambda label: run_ours(args, label, baseline_path)
         names.append("baseline")
+    print(f"{args.warmup} warm-up + {args.steps} timed GRPO iterations of {PROMPTS} prompts x {GROUP} samples x "
+          f"{ANSWER_LEN} new tokens, {args.threads} threads, {args.repeats} repeat(s): {', '.join(names)}")
     runs = bc.interleave(
         {name: measures[name] for name in names}, args.repeats,
         lambda r: (f"{r['completions_per_s']} completions/s  wall {r['seconds']} s  gen {r['generation_s']} s "
