@@ -45,12 +45,12 @@ from types import SimpleNamespace
 
 import torch
 
-from chatrlhf.step2_dpo.losses import LossConfig, orpo_loss, preference_loss
 from chatrlhf.step3_rlhf.advantages import broadcast
 from chatrlhf.step3_rlhf.config import AlgorithmConfig, PPOConfig
 from chatrlhf.step3_rlhf.experience import Experience
 from chatrlhf.step3_rlhf.kl_control import KLController
 from chatrlhf.step3_rlhf.trainer import IterationStats, PPOTrainer
+from chatrlhf.training.preference_losses import LossConfig, orpo_loss, preference_loss
 from chatrlhf.utils.model.lm_forward import token_logprobs
 
 TOLERANCE = 1e-6

@@ -14,9 +14,9 @@ configure_accelerator()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from chatrlhf.step2_dpo.losses import DEFAULT_SIMPO_GAMMA, LOSS_TYPES
     from chatrlhf.training import cli_args
     from chatrlhf.training.cli_parser import new_parser
+    from chatrlhf.training.preference_losses import DEFAULT_SIMPO_GAMMA, LOSS_TYPES
 
     parser = new_parser("chatrlhf dpo", __doc__.splitlines()[0], config_file=True)
     cli_args.add_data_args(parser, sft_only=False)

@@ -12,10 +12,10 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM
 
-from chatrlhf.step2_dpo.losses import LossConfig, preference_loss
 from chatrlhf.step2_dpo.main import build_parser
 from chatrlhf.step2_dpo.main import main as dpo_main
 from chatrlhf.step2_dpo.reference import pair_sums
+from chatrlhf.training.preference_losses import LossConfig, preference_loss
 from chatrlhf.training.validation import ConfigError
 from chatrlhf.utils.data.collators import PairCollator
 from chatrlhf.utils.model.lm_forward import answer_logprobs
@@ -375,7 +375,7 @@ def test_logp_accuracy_counts_ties_half():
 
 def test_an_empty_eval_set_says_so_instead_of_reporting_metrics(capsys):
     from chatrlhf.step2_dpo.dpo_task import DPOTask
-    from chatrlhf.step2_dpo.losses import LossConfig
+    from chatrlhf.training.preference_losses import LossConfig
 
     assert DPOTask(LossConfig()).evaluate(None, []) == {}
     assert "held-out set is empty" in capsys.readouterr().out

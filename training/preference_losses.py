@@ -1,4 +1,5 @@
-"""DPO and its family as pure functions: per-pair losses and implicit rewards from sequence log-probs.
+"""DPO and its family as pure functions: per-pair losses and implicit rewards from sequence log-probs. Shared
+by DPO (step 2) and the preference-based algorithms of step 3, which may not import each other.
 
 ``h`` below is the policy's log-ratio of chosen over rejected minus the reference's,
 ``(log π(y_c) - log π(y_r)) - (log π_ref(y_c) - log π_ref(y_r))``, with sequence log-probs summed over the
