@@ -1,7 +1,7 @@
 """Peer benchmark, step 1: our SFT against TRL 1.16's SFTTrainer on the shared CPU workload.
 
 Runs TRL's three options (padded, packing=True, and its length grouping, train_sampling_strategy=
-"group_by_length") with the shared bench_trl.py and our step 1 (padded per batch, and --group_by_length) in
+"group_by_length") with the shared bench_trl.py and our step 1 (padded per batch, --group_by_length, --packing) in
 the same session, each measurement a fresh process, repeats interleaved, all timed alike: the wall clock
 from the end of optimizer step `warmup` to the end of the last step, non-pad tokens of those steps. Ratios
 are against the best of TRL's options. Also measures the machine's fp32 matmul rate, so that the
@@ -30,7 +30,9 @@ SYSTEMS = {
     "trl_grouped": "TRL 1.16 SFTTrainer, group_by_length",
     "ours_padded": "chatrlhf step 1, padded per batch",
     "ours_grouped": "chatrlhf step 1, --group_by_length",
+    "ours_packed": "chatrlhf step 1, --packing",
 }
+OURS = ("ours_padded", "ours_grouped", "ours_packed")
 
 
 def measure_matmul(threads: int, seconds: float) -> dict:
@@ -74,6 +76,7 @@ def measure(args: argparse.Namespace) -> dict:
         "trl_grouped": lambda label: bc.run_trl_stage("sft_grouped", args, label),
         "ours_padded": lambda label: bc.run_ours_step(module, data, "10,0,0", args, label),
         "ours_grouped": lambda label: bc.run_ours_step(module, data, "10,0,0", args, label, ["--group_by_length"]),
+        "ours_packed": lambda label: bc.run_ours_step(module, data, "10,0,0", args, label, ["--packing"]),
     }
 
     def describe(r: dict) -> str:
@@ -90,9 +93,11 @@ def measure(args: argparse.Namespace) -> dict:
     best_trl = max(trl_options, key=lambda k: summary[k]["tokens_per_s"])
     ratios = {
         f"{ours}_vs_{ref}": bc.ratio(summary[ours]["tokens_per_s"], summary[ref]["tokens_per_s"])
-        for ours in ("ours_padded", "ours_grouped") for ref in trl_options
+        for ours in OURS for ref in trl_options
     }
-    ratios |= {f"{ours}_vs_trl_best": ratios[f"{ours}_vs_{best_trl}"] for ours in ("ours_padded", "ours_grouped")}
+    ratios |= {f"{ours}_vs_trl_best": ratios[f"{ours}_vs_{best_trl}"] for ours in OURS}
+    ratios["ours_packed_vs_ours_grouped"] = bc.ratio(summary["ours_packed"]["tokens_per_s"],
+                                                     summary["ours_grouped"]["tokens_per_s"])
     return {"benchmark": "sft", "warmup": args.warmup, "steps": args.steps, "threads": args.threads,
             "repeats": args.repeats, "params": workload["params"], "matmul_gflops": gflops, "trl_best": best_trl,
             "summary": summary, "ratios_tokens_per_s": ratios, "runs": runs}
@@ -107,7 +112,9 @@ def report(result: dict) -> None:
     bc.print_table(["system", "tokens/s (non-pad)", "steps/s", "peak RSS MiB", "% matmul", "tokens/s runs"], rows)
     ratios = result["ratios_tokens_per_s"]
     print(f"\nours / TRL's best ({SYSTEMS[result['trl_best']]}), non-pad tokens/s: padded "
-          f"{ratios['ours_padded_vs_trl_best']}, grouped {ratios['ours_grouped_vs_trl_best']}\n")
+          f"{ratios['ours_padded_vs_trl_best']}, grouped {ratios['ours_grouped_vs_trl_best']}, packed "
+          f"{ratios['ours_packed_vs_trl_best']}; packed / TRL packing=True {ratios['ours_packed_vs_trl_packed']}; "
+          f"packed / grouped {ratios['ours_packed_vs_ours_grouped']}\n")
 
 
 def main() -> None:

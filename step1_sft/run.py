@@ -50,10 +50,10 @@ class SFTRun(StepRun):
     def collator(self, tokenizer) -> SFTCollator:
         return SFTCollator(tokenizer.pad_token_id, self.train_on_prompt)
 
-    def task(self):
+    def task(self, hidden_states):
         from chatrlhf.step1_sft.sft_task import SFTTask
 
-        return SFTTask(self.engine.compute_fp32_loss)
+        return SFTTask(self.engine.compute_fp32_loss, hidden_states=hidden_states)
 
     def card_method(self) -> str:
         return ("Step 1, supervised fine-tuning: next-token cross-entropy on the responses"

@@ -8,16 +8,20 @@ import torch
 
 from chatrlhf.training.metrics_log import report_empty_eval
 from chatrlhf.utils.model.lm_forward import causal_lm_loss
+from chatrlhf.utils.model.packing import HiddenStates
 
 
 @dataclass
 class SFTTask:
     fp32_loss: bool = False
     loss_is_token_nll: bool = True
+    hidden_states: HiddenStates | None = None
+    """The backbone's forward under ``--packing``; None: the padded one."""
 
     def loss(self, engine, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         loss, _ = causal_lm_loss(
-            engine.module, batch["input_ids"], batch["attention_mask"], batch["labels"], fp32_loss=self.fp32_loss
+            engine.module, batch["input_ids"], batch["attention_mask"], batch["labels"], fp32_loss=self.fp32_loss,
+            hidden_states=self.hidden_states,
         )
         return loss, {}
 
@@ -29,7 +33,8 @@ class SFTTask:
         total, count = 0.0, 0
         for batch in batches:
             loss, n = causal_lm_loss(
-                engine.module, batch["input_ids"], batch["attention_mask"], batch["labels"], fp32_loss=True
+                engine.module, batch["input_ids"], batch["attention_mask"], batch["labels"], fp32_loss=True,
+                hidden_states=self.hidden_states,
             )
             total += float(loss) * n
             count += n

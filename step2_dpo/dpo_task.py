@@ -15,6 +15,7 @@ from chatrlhf.training.metrics_log import report_empty_eval
 from chatrlhf.training.pair_metrics import ScoredPairs, pair_metrics
 from chatrlhf.training.preference_losses import LossConfig, PairLoss, preference_loss
 from chatrlhf.utils import device
+from chatrlhf.utils.model.packing import HiddenStates
 
 # pair_metrics' names for scores, as DPO's rewards.
 REWARD_NAMES = {"accuracy": "reward_accuracy", "margin": "reward_margin", "chosen_score": "chosen_reward",
@@ -36,9 +37,11 @@ class DPOTask:
     reference: LiveReference | None = None
     fp32: bool = True
     loss_is_token_nll: bool = False
+    hidden_states: HiddenStates | None = None
+    """The backbone's forward under ``--packing`` (policy and live reference); None: the padded one."""
 
     def _split(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        sums, counts = pair_sums(model, batch, fp32=self.fp32)
+        sums, counts = pair_sums(model, batch, fp32=self.fp32, hidden_states=self.hidden_states)
         logps = self.config.sequence_logps(sums, counts)
         half = logps.shape[0] // 2
         return logps[:half], logps[half:]

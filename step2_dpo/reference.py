@@ -26,15 +26,18 @@ from chatrlhf.utils import device
 from chatrlhf.utils.data.fingerprint import hash_text, weights_fingerprint
 from chatrlhf.utils.data.tokenized import StepData
 from chatrlhf.utils.model.lm_forward import answer_logprobs
+from chatrlhf.utils.model.packing import HiddenStates
 
 REF_CACHE_VERSION = 1
 REF_COLUMNS = ("ref_chosen_logp", "ref_rejected_logp")
 
 
-def pair_sums(model: nn.Module, batch: dict, *, fp32: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_sums(model: nn.Module, batch: dict, *, fp32: bool,
+              hidden_states: HiddenStates | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed answer log-probs and answer token counts of a ``PairCollator`` batch (chosen rows, then rejected)."""
     prompt_len = batch["prompt_len"].repeat(2)
-    return answer_logprobs(model, batch["input_ids"], batch["attention_mask"], prompt_len, fp32=fp32)
+    return answer_logprobs(model, batch["input_ids"], batch["attention_mask"], prompt_len, fp32=fp32,
+                           hidden_states=hidden_states)
 
 
 @contextmanager

@@ -156,10 +156,14 @@ class DPORun(StepRun):
     def collator(self, tokenizer) -> PairCollator:
         return PairCollator(tokenizer.pad_token_id)
 
-    def task(self):
+    def task(self, hidden_states):
         from chatrlhf.step2_dpo.dpo_task import DPOTask
 
-        return DPOTask(self.loss, self.live_reference, fp32=self.fp32_loss)
+        return DPOTask(self.loss, self.live_reference, fp32=self.fp32_loss, hidden_states=hidden_states)
+
+    def frozen_models(self) -> list:
+        live = self.live_reference
+        return [live.model] if live is not None and live.model is not None else []
 
     def card_method(self) -> str:
         reference = {"none": "no reference model", "precomputed": "reference log-probs computed once before training",

@@ -13,13 +13,16 @@ from chatrlhf.step2_reward.tied_lm_head import tied_lm_logits
 from chatrlhf.training.metrics_log import report_empty_eval
 from chatrlhf.training.pair_metrics import ScoredPairs, pair_metrics, pairwise_loss
 from chatrlhf.utils import device
+from chatrlhf.utils.model.packing import HiddenStates
 from chatrlhf.utils.model.reward_model import backbone_hidden, score_head, sequence_scores
 from chatrlhf.utils.model.reward_stats import RewardStats
 
 
-def pair_forward(model, batch: dict, *, fp32: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The chosen and rejected sequence scores of a ``PairCollator`` batch, and the backbone's hidden states."""
-    hidden = backbone_hidden(model, batch["input_ids"], batch["attention_mask"])
+def pair_forward(model, batch: dict, *, fp32: bool = False,
+                 hidden_states: HiddenStates = backbone_hidden) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The chosen and rejected sequence scores of a ``PairCollator`` batch, and the backbone's hidden states
+    (``hidden_states``: the packed forward under ``--packing``)."""
+    hidden = hidden_states(model, batch["input_ids"], batch["attention_mask"])
     scores = sequence_scores(score_head(model)(hidden).squeeze(-1), batch["attention_mask"])
     if fp32:
         scores = scores.float()
@@ -27,9 +30,10 @@ def pair_forward(model, batch: dict, *, fp32: bool = False) -> tuple[torch.Tenso
     return scores[:half], scores[half:], hidden
 
 
-def pair_scores(model, batch: dict, *, fp32: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_scores(model, batch: dict, *, fp32: bool = False,
+                hidden_states: HiddenStates = backbone_hidden) -> tuple[torch.Tensor, torch.Tensor]:
     """The chosen and rejected sequence scores of a ``PairCollator`` batch."""
-    chosen, rejected, _ = pair_forward(model, batch, fp32=fp32)
+    chosen, rejected, _ = pair_forward(model, batch, fp32=fp32, hidden_states=hidden_states)
     return chosen, rejected
 
 
@@ -42,7 +46,7 @@ def chosen_lm_loss(model, hidden: torch.Tensor, batch: dict) -> torch.Tensor:
     return F.cross_entropy(logits.float(), targets[keep])
 
 
-def score_batches(model, batches, *, fp32: bool = True) -> ScoredPairs:
+def score_batches(model, batches, *, fp32: bool = True, hidden_states: HiddenStates = backbone_hidden) -> ScoredPairs:
     """Score ``batches`` without gradients and gather the results of every rank (all ranks must call this)."""
     chosen: list[float] = []
     rejected: list[float] = []
@@ -50,7 +54,7 @@ def score_batches(model, batches, *, fp32: bool = True) -> ScoredPairs:
     mistakes: list[str] = []
     with torch.no_grad():
         for batch in batches:
-            good, bad = pair_scores(model, batch, fp32=fp32)
+            good, bad = pair_scores(model, batch, fp32=fp32, hidden_states=hidden_states)
             chosen += good.tolist()
             rejected += bad.tolist()
             tasks += batch.get("task") or [""] * len(good)
@@ -79,9 +83,16 @@ class RewardTask:
     center_rewards_coef: float = 0.0
     lm_loss_coef: float = 0.0
     loss_is_token_nll: bool = False
+    hidden_states: HiddenStates | None = None
+    """The backbone's forward under ``--packing``; None: the padded one."""
+
+    @property
+    def _hidden_states(self) -> HiddenStates:
+        return self.hidden_states or backbone_hidden
 
     def loss(self, engine, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        chosen, rejected, hidden = pair_forward(engine.module, batch, fp32=self.fp32_loss)
+        chosen, rejected, hidden = pair_forward(engine.module, batch, fp32=self.fp32_loss,
+                                                hidden_states=self._hidden_states)
         margin = batch["margin"] if self.use_margin else None
         loss = pairwise_loss(chosen, rejected, margin, self.center_rewards_coef)
         with torch.no_grad():
@@ -99,7 +110,7 @@ class RewardTask:
     def evaluate(self, engine, batches: list[dict]) -> dict[str, float]:
         """Metrics over all ranks' batches at once, so every rank reports the same keys and values; none (and a
         notice) when the held-out set is empty."""
-        scored = score_batches(engine.module, batches)
+        scored = score_batches(engine.module, batches, hidden_states=self._hidden_states)
         return pair_metrics(scored) if scored.chosen else report_empty_eval()
 
     def count_tokens(self, batch: dict) -> tuple[int, int]:

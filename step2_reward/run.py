@@ -90,10 +90,11 @@ class RewardRun(StepRun):
     def collator(self, tokenizer) -> PairCollator:
         return PairCollator(tokenizer.pad_token_id)
 
-    def task(self):
+    def task(self, hidden_states):
         from chatrlhf.step2_reward.reward_task import RewardTask
 
-        return RewardTask(self.fp32_loss, self.use_margin, self.center_rewards_coef, self.lm_loss_coef)
+        return RewardTask(self.fp32_loss, self.use_margin, self.center_rewards_coef, self.lm_loss_coef,
+                          hidden_states=hidden_states)
 
     def card_method(self) -> str:
         loss = "-log sigmoid(r_chosen - r_rejected" + (" - margin)" if self.use_margin else ")")

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from chatrlhf.utils.model.cpu_fast.packed_rows import PackedRows, pack_rows, packed_hidden
+from chatrlhf.utils.model.cpu_fast.packed_rows import packed_hidden
+from chatrlhf.utils.model.packing import PackedRows, pack_rows
 
 Head = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]
 

@@ -162,6 +162,7 @@ def training_rows() -> list[Row]:
         R("--log_interval", "3", at("loop.log_interval")),
         *reliability_rows(),
         R("--group_by_length", None, at("loop.group_by_length")),  # training/samplers.py
+        R("--packing", None, at("loop.packing")),  # training/step_runner.py -> training/packing.py
     ]
 
 

@@ -100,6 +100,7 @@ CPU_FAST_USERS = {
     "chatrlhf.step3_rlhf.packed_answers",  # its rows packed end to end
     "chatrlhf.utils.model.generation",  # chat and compare's decoding
     "chatrlhf.training.loop",  # the metrics' record of which shortcuts ran
+    "chatrlhf.training.packing",  # --packing's row-by-row attention, steps 1 and 2
 }
 
 

@@ -229,7 +229,7 @@ def test_lora_only_optimize_reference_is_the_policy_with_adapters_off(sft_model,
             if "lora_B" in name:
                 param.normal_(0, 0.5)
     batch = PairCollator(tokenizer.pad_token_id)([pairs.train[i] for i in range(3)])
-    task = run.task()
+    task = run.task(None)
     policy.train()
     ref_chosen, ref_rejected = task._reference_logps(policy, batch)
     assert policy.training
@@ -253,7 +253,7 @@ def test_reference_free_losses_load_no_reference(loss_type, sft_model, tokenizer
     run = _run(["--model_name_or_path", sft_model, "--output_dir", str(tmp_path / "out"), "--loss_type", loss_type])
     assert run.reference_kind == "none"
     run.build_model(sft_model, tokenizer)
-    assert loads == [sft_model] and run.live_reference is None and run.task().reference is None
+    assert loads == [sft_model] and run.live_reference is None and run.task(None).reference is None
     assert run.prepare_data(pairs, sft_model, tokenizer) is pairs
 
 

@@ -102,6 +102,10 @@ def add_training_args(parser: argparse.ArgumentParser, *, learning_rate: float) 
     group.add_argument("--eval_iters", type=int, default=0, help="Evaluate on at most N batches (0: all).")
     group.add_argument("--group_by_length", action="store_true",
                        help="Batch samples of similar length together: far less padding, faster steps.")
+    group.add_argument("--packing", action="store_true",
+                       help="Lay each batch's samples end to end in one row, positions restarting per sample, so "
+                            "no work goes to padding; the batches and the loss stay the unpacked run's (TRL's "
+                            "padding-free packing). Checked against the padded forward on the model first.")
 
 
 def add_schedule_args(group, *, num_warmup_steps: int) -> None:
@@ -257,6 +261,7 @@ def loop_settings(args: argparse.Namespace, output_dir: str) -> LoopSettings:
         seed=args.seed,
         per_device_eval_batch_size=args.per_device_eval_batch_size,
         group_by_length=args.group_by_length,
+        packing=args.packing,
         save_total_limit=args.save_total_limit,
         resume=args.resume,
         resume_from=args.resume_from,

@@ -63,6 +63,8 @@ class LoopSettings:
     seed: int = 1234
     per_device_eval_batch_size: int = 16
     group_by_length: bool = False
+    packing: bool = False
+    """``--packing``: each batch's rows laid end to end in the forward (``training/packing.py``)."""
     save_total_limit: int = 0
     resume: bool = False
     resume_from: str | None = None

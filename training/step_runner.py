@@ -11,10 +11,12 @@ from chatrlhf.training.engine import init_train_engine
 from chatrlhf.training.loop import Trainer, TrainResult, make_loader, total_optimizer_steps
 from chatrlhf.training.metrics_log import MetricsLogger, print_rank0
 from chatrlhf.training.model_card import ModelCard, eval_results, tokens_seen
+from chatrlhf.training.packing import choose_packed_forward
 from chatrlhf.training.run_frame import RunFrame, begin_run
 from chatrlhf.utils import device
 from chatrlhf.utils.data.config import DataConfig
 from chatrlhf.utils.data.tokenized import CUT_REASONS, StepData, build_step_data, sample_lengths
+from chatrlhf.utils.model.packing import HiddenStates
 from chatrlhf.utils.model.resolve import resolve_model
 
 
@@ -69,8 +71,13 @@ class StepRun:
     def collator(self, tokenizer):
         raise NotImplementedError
 
-    def task(self):
+    def task(self, hidden_states: HiddenStates | None):
+        """The step's loss and evaluation; ``hidden_states`` is the forward ``--packing`` chose (None: padded)."""
         raise NotImplementedError
+
+    def frozen_models(self) -> list:
+        """Models the task runs besides the trained one (DPO's reference): ``--packing`` must fit them too."""
+        return []
 
     def card_method(self) -> str:
         """How this step trains, for the model card."""
@@ -132,7 +139,10 @@ class StepRun:
         logger = MetricsLogger(self.engine.enable_tensorboard, self.engine.tensorboard_path, self.engine.job_name)
         # ZeRO-3 leaves each rank an empty placeholder per parameter; ds_numel keeps the full size.
         num_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
-        trainer = Trainer(engine, self.task(), train_loader, eval_loader, self.loop, logger, num_params)
+        forward = choose_packed_forward([engine.module, *self.frozen_models()], self.loop.packing)
+        self.info["forward"] = forward.name
+        trainer = Trainer(engine, self.task(forward.hidden_states), train_loader, eval_loader, self.loop, logger,
+                          num_params)
         batches = {"data": os.path.basename(data.info["cache_dir"]), "seed": self.loop.seed,
                    "batch size": self.engine.micro_batch_size, "group by length": self.loop.group_by_length,
                    "gradient accumulation": self.engine.gradient_accumulation_steps, "ranks": device.world_size()}

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -24,29 +23,12 @@ from transformers import PretrainedConfig
 
 from chatrlhf.utils.model.cpu_fast.last_layer import outputs_at, shared_kv
 from chatrlhf.utils.model.cpu_fast.shortcuts import assert_same, fits, left_padded_prompts, shortcut, tiny_model
+from chatrlhf.utils.model.packing import PackedRows, backbone_of, pack_rows, unpack
 from chatrlhf.utils.model.unwrap import base_model
 from chatrlhf.utils.model.zero3 import lockstep_needed
 
 ATTENTION = "chatrlhf_packed_rows"
 FAMILIES = ("opt", "llama")
-
-
-@dataclass(frozen=True)
-class PackedRows:
-    """The real tokens of a (B, W) batch as one (1, N) sequence; row ``r`` is ``spans[r] = (start, end)``."""
-
-    input_ids: torch.Tensor
-    position_ids: torch.Tensor
-    spans: list[tuple[int, int]]
-
-
-def pack_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> PackedRows:
-    real = attention_mask != 0
-    lengths = real.sum(1).tolist()
-    ends = torch.tensor(lengths).cumsum(0).tolist()
-    positions = (real.long().cumsum(1) - 1)[real]
-    return PackedRows(input_ids[real].unsqueeze(0), positions.unsqueeze(0),
-                      [(end - length, end) for length, end in zip(lengths, ends)])
 
 
 class SpanQueries:
@@ -131,6 +113,16 @@ def packed_hidden(model: nn.Module, rows: PackedRows, ranges: list[tuple[int, in
         hidden = backbone(input_ids=rows.input_ids, position_ids=rows.position_ids, use_cache=False,
                           packed_spans=rows.spans)[0]
     return hidden[0] if trimmed else queries.select(hidden)[0]
+
+
+def span_packed_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """``packing.HiddenStates`` on CPU: the batch's rows packed end to end, attention computed row by row (no
+    N x N mask), put back in the padded layout (``--packing`` in steps 1 and 2)."""
+    rows = pack_rows(input_ids, attention_mask)
+    with _span_attention_installed(base_model(model).config):
+        hidden = backbone_of(model)(input_ids=rows.input_ids, position_ids=rows.position_ids, use_cache=False,
+                                    packed_spans=rows.spans)[0]
+    return unpack(hidden, attention_mask)
 
 
 @shortcut("packed_rows", library="transformers")
