@@ -21,10 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     from chatrlhf.training.validation import run_step_command
 
     parser = build_parser()
-    args = parser.parse_args(argv)
-    given = explicit_flags(parser, argv, args)
-    return run_step_command("chatrlhf ppo", parser, argv, lambda parsed: run_settings(parsed, given),
-                            inert_flags(args))
+    return run_step_command("chatrlhf ppo", parser, argv,
+                            lambda args: run_settings(args, explicit_flags(parser, argv, args)), inert_flags)
 
 
 if __name__ == "__main__":

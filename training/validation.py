@@ -90,14 +90,16 @@ def run_cli(prog: str, body: Callable[[], int]) -> int:
 
 
 def run_step_command(prog: str, parser: argparse.ArgumentParser, argv: list[str] | None,
-                     settings: Callable[[argparse.Namespace], object], inert: tuple[str, ...]) -> int:
-    """A training step's ``main``: parse ``argv``, one notice per flag in ``inert`` that changes nothing here,
-    then build the run from the flags (``settings``) and run it, saving the flags and command line with it."""
+                     settings: Callable[[argparse.Namespace], object],
+                     inert: tuple[str, ...] | Callable[[argparse.Namespace], tuple[str, ...]]) -> int:
+    """A training step's ``main``: parse ``argv`` (once), one notice per flag in ``inert`` (or in what it gives
+    for the parsed flags) that changes nothing here, then build the run from the flags (``settings``) and run
+    it, saving the flags and command line with it."""
     from chatrlhf.training.compat_flags import notify_inert_flags
     from chatrlhf.training.config_file import run_record
 
     args = parser.parse_args(argv)
-    notify_inert_flags(parser, args, inert)
+    notify_inert_flags(parser, args, inert(args) if callable(inert) else inert)
 
     def body() -> int:
         settings(args).run(run_record(args, argv))
