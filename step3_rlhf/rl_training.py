@@ -52,16 +52,14 @@ class WholeRollout:
 
 @dataclass
 class RLTraining:
-    """``trainer`` over the prompts of ``loader`` for ``iterations`` iterations, evaluated on ``eval_set``."""
+    """``trainer`` over the prompts of ``loader`` for ``iterations`` iterations, evaluated on ``eval_set``; epochs,
+    seed and save interval are the trainer's ``LoopSettings``."""
 
     trainer: PPOTrainer
     loader: object
     iterations: int
     eval_set: object
     eval_prompts: int
-    epochs: int
-    seed: int
-    save_interval: int
     # Held-out metrics by moment ("start", "end"); the start is kept in every checkpoint.
     evaluations: dict[str, dict] = field(default_factory=dict)
     resumed: dict | None = None
@@ -86,11 +84,12 @@ class RLTraining:
         if "start" not in self.evaluations:
             self.evaluations["start"] = self.held_out()
         trainer, settings = self.trainer, self.trainer.iteration_settings
-        with training_session(self.iterations, trainer.steps, "ppo", self.save_interval, on_save) as (bar, step_end):
+        loop = trainer.loop
+        with training_session(self.iterations, trainer.steps, "ppo", loop.save_interval, on_save) as (bar, step_end):
             if trainer.steps >= self.iterations:
                 return self.result()
             pool, stats = self._new_pool(), IterationStats()
-            for epoch, batches in resumable_epochs(self.loader, self.epochs, self.resumed):
+            for epoch, batches in resumable_epochs(self.loader, loop.num_train_epochs, self.resumed):
                 for index, batch in batches:
                     if not pool.drawn:
                         start = (epoch, index, rng_state())
@@ -183,7 +182,7 @@ class RLTraining:
         result = self._answer_metrics(batches, replace(trainer.generation, temperature=0.0), "")
         rng_devices = [device.local_device()] if device.has_cuda() else []
         with torch.random.fork_rng(devices=rng_devices):
-            torch.manual_seed(self.seed)
+            torch.manual_seed(trainer.loop.seed)
             result.update(self._answer_metrics(batches * EVAL_SAMPLES, trainer.generation, "sampled_"))
         print_rank0(f"[held-out] {format_metrics(result)}")
         return result

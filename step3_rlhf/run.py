@@ -122,8 +122,7 @@ class PPORun:
                    "training batch size": it.per_device_training_batch_size,
                    "generation batches": self.ppo.generation_batches,
                    "gradient accumulation": it.gradient_accumulation_steps, "ranks": device.world_size()}
-        training = RLTraining(trainer, loader, iterations, data.eval, self.eval_prompts, self.loop.num_train_epochs,
-                              self.loop.seed, self.loop.save_interval)
+        training = RLTraining(trainer, loader, iterations, data.eval, self.eval_prompts)
         frame = RunFrame(self.loop, batches, engines.trained(), logger, unit="iteration")
 
         def save(result: TrainResult) -> None:
