@@ -21,6 +21,7 @@ from chatrlhf.step3_rlhf.roles import FrozenRole, TrainedRole
 from chatrlhf.step3_rlhf.run import PPORun
 from chatrlhf.training import cli_args
 from chatrlhf.training.config import EngineSettings, LoopSettings, LoraSettings, OptimSettings
+from chatrlhf.training.config_file import is_repeatable, parser_options
 from chatrlhf.training.metrics_log import print_rank0
 from chatrlhf.training.run_setup import require_output_dir
 from chatrlhf.training.validation import ConfigError, check_data_flags, check_length, check_model_path
@@ -256,7 +257,7 @@ def explicit_flags(parser: ConfigFileParser, argv: list[str] | None, args: argpa
     """
     unset = object()
     # A repeatable flag appends to what the namespace holds, so it starts from None (argparse's own start).
-    appending = {action.dest for action in parser._actions if isinstance(action, argparse._AppendAction)}
+    appending = {action.dest for action in parser_options(parser) if is_repeatable(action)}
     probe = parser.parse_args(argv, argparse.Namespace(**{name: None if name in appending else unset
                                                           for name in vars(args)}))
     return frozenset(name for name, value in vars(probe).items()

@@ -51,10 +51,20 @@ def read_mapping(path: str) -> dict[str, Any]:
     return data
 
 
+def parser_options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """A parser's options: argparse keeps them only in its private ``_actions``, read here alone."""
+    return list(parser._actions)
+
+
+def is_repeatable(action: argparse.Action) -> bool:
+    """Whether the option appends each use to a list (``action="append"``, e.g. ``--reward_fn``)."""
+    return isinstance(action, argparse._AppendAction)
+
+
 def option_names(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     """Each name a file may use for an option: its destination and its long option strings without dashes."""
     names: dict[str, argparse.Action] = {}
-    for action in parser._actions:
+    for action in parser_options(parser):
         if action.dest in (argparse.SUPPRESS, "config") or action.default is argparse.SUPPRESS:
             continue
         names[action.dest] = action
@@ -71,7 +81,7 @@ def converted(parser: argparse.ArgumentParser, action: argparse.Action, key: str
             raise ConfigFileError(f"{key!r} is a switch: give true or false, not {value!r}")
         # The option's own name (no_bf16_to_fp32_loss: true) means the flag was given.
         return value if key == action.dest else (action.const if value else action.default)
-    if isinstance(action, argparse._AppendAction):  # a repeatable flag: one value or a list of them
+    if is_repeatable(action):  # one value or a list of them
         items = value if isinstance(value, list) else [value]
         return [converted(parser, _one_value(action), key, item) for item in items]
     takes_list = action.nargs in ("+", "*")
@@ -146,10 +156,10 @@ class ConfigFileParser(argparse.ArgumentParser):
             parsed, rest = super().parse_known_args(argv, namespace)
         finally:
             self.set_defaults(**built_in)
-        for action in self._actions:
+        for action in parser_options(self):
             # A repeatable flag appends to the file's list; given on the command line, it replaces the list.
             from_file = values.get(action.dest)
-            if isinstance(action, argparse._AppendAction) and from_file is not None:
+            if is_repeatable(action) and from_file is not None:
                 given = getattr(parsed, action.dest)
                 if given is not from_file:
                     setattr(parsed, action.dest, given[len(from_file):])
