@@ -8,6 +8,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("chatrlhf.step1_sft.main", "Step 1: supervised fine-tuning"),
     "reward": ("chatrlhf.step2_reward.main", "Step 2: reward model training"),
     "dpo": ("chatrlhf.step2_dpo.main", "Step 2 alternative: DPO (and IPO, SimPO, ORPO, ...) of the SFT model"),
+    "kto": ("chatrlhf.step2_kto.main", "Step 2 alternative: KTO of the SFT model on unpaired good/bad completions"),
     "ppo": ("chatrlhf.step3_rlhf.main", "Step 3: online RL (PPO, GRPO, RLOO, REINFORCE++)"),
     "e2e": ("chatrlhf.applications.e2e_rlhf", "Run steps 1-3 end to end and write a report"),
     "chat": ("chatrlhf.applications.chat", "Chat with a model in the terminal"),
@@ -20,8 +21,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 def usage() -> str:
     lines = ["usage: chatrlhf <command> [flags]", "", "commands:"]
     lines += [f"  {name:<8} {text}" for name, (_, text) in SUBCOMMANDS.items()]
-    lines.append("\n`chatrlhf <command> --help` lists a command's flags and their defaults. sft, reward, dpo, ppo and "
-                 "e2e also\ntake --config FILE.yaml|json; flags on the command line override the file.")
+    lines.append("\n`chatrlhf <command> --help` lists a command's flags and their defaults. sft, reward, dpo, kto, ppo "
+                 "and e2e also\ntake --config FILE.yaml|json; flags on the command line override the file.")
     return "\n".join(lines)
 
 

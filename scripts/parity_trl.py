@@ -1,4 +1,5 @@
-"""Parity check: our DPO-family losses and GRPO/RLOO advantages and losses against TRL 1.16's, on identical inputs.
+"""Parity check: our DPO-family and KTO losses and GRPO/RLOO advantages and losses against TRL 1.16's, on identical
+inputs.
 
 Why: TRL is the implementation most users compare against; a definition that drifts from it unnoticed is either a
 bug or a choice that must be written down. Each row feeds both sides the same float64 inputs and reports the
@@ -20,15 +21,18 @@ head returns (per-token log-probs, zero where the label is -100); for ``CPOTrain
 fixed logits. GRPO's and RLOO's advantages come from their ``_generate_and_score_completions`` with ``_generate`` and
 ``_calculate_rewards`` replaced by stand-ins that return fixed completions and rewards. Losses come from
 ``DPOTrainer._compute_loss``, ``CPOTrainer.get_batch_loss_metrics`` / ``cpo_loss``,
-``ORPOTrainer.get_batch_loss_metrics`` / ``odds_ratio_loss``, and ``GRPOTrainer._compute_loss`` /
-``RLOOTrainer._compute_loss``. Two rows call a smaller TRL piece because no TRL trainer computes the loss whole:
+``ORPOTrainer.get_batch_loss_metrics`` / ``odds_ratio_loss``, ``GRPOTrainer._compute_loss`` /
+``RLOOTrainer._compute_loss``, and ``KTOTrainer._compute_loss`` (its stand-in model answers the matched and the
+mismatched KL rows with their own log-probs; the KL term and the rewards are what it logs). Two rows call a
+smaller TRL piece because no TRL trainer computes the loss whole:
 cDPO (sigmoid with label smoothing, which TRL 1.16's ``DPOTrainer`` dropped) is ``CPOTrainer.cpo_loss`` on the
 policy-minus-reference log-ratios, and ORPO's odds-ratio term alone is ``odds_ratio_loss`` on
 ``get_batch_logps``' averages. TRL's advantages are per answer; ours sit on every answer token, so TRL's are spread
 over the answer mask before they are compared. TRL's ``nanstd`` takes Bessel's factor in float32, hence GRPO's
 group-scaled advantages agree to about 1e-8, not to float64 rounding.
 
-Our side: the DPO family through ``LossConfig.sequence_logps`` and ``preference_loss`` on log-probs summed over
+Our side: KTO through ``kto_loss`` and ``reference_point`` on log-probs summed over the completion tokens as
+``KTOTask`` does; the DPO family through ``LossConfig.sequence_logps`` and ``preference_loss`` on log-probs summed over
 the answer tokens as ``DPOTask`` does (in float64 here; ``answer_logprobs`` itself sums in float32, which would
 round past 1e-6), and step 3 through ``PPOTrainer._finish``, ``_critic_free_advantages`` and ``_actor_loss`` on a
 trainer made the same way, with two micro-batches so the advantages cross them.
@@ -45,6 +49,7 @@ from types import SimpleNamespace
 
 import torch
 
+from chatrlhf.step2_kto.kto_loss import KTOConfig, kto_loss, reference_point
 from chatrlhf.step3_rlhf.advantages import broadcast
 from chatrlhf.step3_rlhf.config import AlgorithmConfig, PPOConfig
 from chatrlhf.step3_rlhf.experience import Experience
@@ -63,6 +68,8 @@ CLIP_LOW, CLIP_HIGH = 0.2, 0.28
 RLOO_REWARD_CLIP = 1.0  # below some rewards, so the clip is exercised
 PAIRS, PAIR_WIDTH, VOCAB = 6, 12, 7
 PROMPTS, GROUP, PROMPT_WIDTH, ANSWER_WIDTH = 4, 4, 3, 8
+KTO_LABELS = (True, False, True, True, False, False, True)
+KTO_WEIGHTS = (1.33, 0.75)
 PAD = 0
 
 # What one side of a check returns: the loss first, then what it logs (rewards) or nothing.
@@ -272,6 +279,104 @@ def dpo_rows(trl: SimpleNamespace, batch: PairBatch) -> list[Row]:
     return rows
 
 
+# ----- KTO
+
+
+class RowsLM:
+    """A model with TRL's fused LM head whose per-token log-probs depend on which rows it is given: the matched or
+    the mismatched (KL) ones, told apart by the ``input_ids`` tensor itself."""
+
+    training = True
+    is_gradient_checkpointing = False
+
+    def __init__(self, by_rows: dict[int, torch.Tensor], output_cls: type) -> None:
+        self.by_rows, self.output_cls = by_rows, output_cls
+
+    def __call__(self, input_ids: torch.Tensor, labels: torch.Tensor, **_) -> object:
+        return FusedLM(self.by_rows[id(input_ids)], self.output_cls)(labels=labels)
+
+
+@dataclass
+class UnpairedBatch:
+    """Labelled completions, right-padded, and their mismatched rows (same shapes); reference sums per row."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    completion_mask: torch.Tensor
+    kl_input_ids: torch.Tensor
+    kl_completion_mask: torch.Tensor
+    labels: torch.Tensor
+    logps: torch.Tensor  # the policy's per-token log-probs of the matched rows (what the gradient is taken of)
+    kl_logps: torch.Tensor
+    ref: torch.Tensor
+    ref_kl: torch.Tensor
+
+
+def unpaired_batch(gen: torch.Generator) -> UnpairedBatch:
+    rows = len(KTO_LABELS)
+
+    def masks() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        prompt_len = torch.randint(2, 5, (rows,), generator=gen)
+        length = prompt_len + torch.randint(2, PAIR_WIDTH - 4, (rows,), generator=gen)
+        positions = torch.arange(PAIR_WIDTH)
+        attention = (positions < length[:, None]).long()
+        ids = torch.randint(1, VOCAB, (rows, PAIR_WIDTH), generator=gen) * attention
+        return ids, attention, attention * (positions >= prompt_len[:, None]).long()
+
+    ids, attention, completion = masks()
+    kl_ids, _, kl_completion = masks()
+
+    def token_logps() -> torch.Tensor:
+        return -2 * torch.rand(rows, PAIR_WIDTH - 1, generator=gen, dtype=torch.float64)
+
+    ref = -torch.rand(rows, generator=gen, dtype=torch.float64) * 6 - 8
+    return UnpairedBatch(ids, attention, completion, kl_ids, kl_completion, torch.tensor(KTO_LABELS), token_logps(),
+                         token_logps(), ref, ref - 1)
+
+
+def ours_kto(config: KTOConfig, batch: UnpairedBatch, logps: torch.Tensor) -> Sided:
+    """What ``KTOTask.loss`` computes: the mean weighted loss, the reference point, the mean desirable and
+    undesirable rewards."""
+    sums = (logps * batch.completion_mask[:, 1:]).sum(1)
+    kl = None
+    if config.estimates_kl:
+        kl = reference_point((batch.kl_logps * batch.kl_completion_mask[:, 1:]).sum(1), batch.ref_kl)
+    out = kto_loss(config, sums, batch.ref, batch.labels, kl)
+    return out.losses.mean(), out.kl, out.rewards[batch.labels].mean(), out.rewards[~batch.labels].mean()
+
+
+def trl_kto(trl: SimpleNamespace, config: KTOConfig, batch: UnpairedBatch, logps: torch.Tensor) -> Sided:
+    inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
+              "completion_mask": batch.completion_mask, "label": batch.labels, "ref_logps": batch.ref}
+    if config.estimates_kl:
+        inputs.update(KL_input_ids=batch.kl_input_ids, KL_attention_mask=(batch.kl_input_ids > 0).long(),
+                      KL_completion_mask=batch.kl_completion_mask, ref_KL_logps=batch.ref_kl)
+    model = RowsLM({id(batch.input_ids): logps, id(batch.kl_input_ids): batch.kl_logps}, trl.FusedCausalLMOutput)
+    trainer = bare(trl.KTOTrainer, model=model, accelerator=trl.accelerator, beta=config.beta,
+                   loss_type=config.loss_type, desirable_weight=config.desirable_weight,
+                   undesirable_weight=config.undesirable_weight, calculate_KL=config.estimates_kl,
+                   precompute_ref_logps=True, aux_loss_enabled=False, _metrics=metrics_store(),
+                   _total_train_tokens=0, _tp_size=1)
+    loss = trainer._compute_loss(model, inputs, return_outputs=False)
+    logged = trainer._metrics["train"]
+    return loss, logged["kl"][0], logged["rewards/chosen"][0], logged["rewards/rejected"][0]
+
+
+def kto_rows(trl: SimpleNamespace, batch: UnpairedBatch) -> list[Row]:
+    rows = []
+    below = replace(batch, ref_kl=batch.ref_kl + 40)  # the mismatched log-ratio is negative: z0 clamps to 0
+    for name, config, inputs in (
+            ("kto", KTOConfig("kto", BETA), batch),
+            (f"kto desirable_weight={KTO_WEIGHTS[0]} undesirable_weight={KTO_WEIGHTS[1]}",
+             KTOConfig("kto", BETA, *KTO_WEIGHTS), batch),
+            ("kto, KL estimate below 0 (clamped)", KTOConfig("kto", BETA), below),
+            ("kto apo_zero_unpaired", KTOConfig("apo_zero_unpaired", BETA), batch)):
+        rows.append(Row(f"{name} (loss, KL term, rewards)",
+                        compare(lambda x, c=config, b=inputs: ours_kto(c, b, x),
+                                lambda x, c=config, b=inputs: trl_kto(trl, c, b, x), inputs.logps)))
+    return rows
+
+
 # ----- GRPO and RLOO
 
 
@@ -334,7 +439,9 @@ def our_trainer(algorithm: str, kl_estimator: str, kl_coef: float,
     ppo = PPOConfig(kl_ctl=kl_coef, kl_estimator=kl_estimator, cliprange=CLIP_LOW, cliprange_high=CLIP_HIGH,
                     clip_reward_value=clip_reward_value)
     return bare(PPOTrainer, algorithm=AlgorithmConfig(name=algorithm, num_samples_per_prompt=GROUP, **settings),
-                ppo=ppo, kl=KLController(kl_coef))
+                ppo=ppo, kl=KLController(kl_coef),
+                # Read by ``_actor_loss`` for dr_grpo's constant normaliser, which no row here uses.
+                generation=SimpleNamespace(max_answer_seq_len=ANSWER_WIDTH))
 
 
 def our_advantages(trainer: PPOTrainer, data: Rollout) -> torch.Tensor:
@@ -451,7 +558,7 @@ def load_trl() -> SimpleNamespace | None:
     try:
         import trl
         from accelerate import Accelerator
-        from trl import DPOTrainer, GRPOTrainer, RLOOTrainer
+        from trl import DPOTrainer, GRPOTrainer, KTOTrainer, RLOOTrainer
         from trl.experimental.cpo import CPOTrainer
         from trl.experimental.orpo import ORPOTrainer
         from trl.trainer.utils import FusedCausalLMOutput
@@ -460,7 +567,8 @@ def load_trl() -> SimpleNamespace | None:
               f"{__file__}'s docstring)", file=sys.stderr)
         return None
     return SimpleNamespace(DPOTrainer=DPOTrainer, CPOTrainer=CPOTrainer, ORPOTrainer=ORPOTrainer,
-                           GRPOTrainer=GRPOTrainer, RLOOTrainer=RLOOTrainer, FusedCausalLMOutput=FusedCausalLMOutput,
+                           GRPOTrainer=GRPOTrainer, RLOOTrainer=RLOOTrainer, KTOTrainer=KTOTrainer,
+                           FusedCausalLMOutput=FusedCausalLMOutput,
                            accelerator=Accelerator(cpu=True), version=trl.__version__)
 
 
@@ -469,7 +577,7 @@ def main() -> int:
     if trl is None:
         return 2
     gen = torch.Generator().manual_seed(SEED)
-    rows = dpo_rows(trl, pair_batch(gen)) + step3_rows(trl, rollout(gen))
+    rows = dpo_rows(trl, pair_batch(gen)) + kto_rows(trl, unpaired_batch(gen)) + step3_rows(trl, rollout(gen))
     width = max(len(row.name) for row in rows)
     print(f"TRL {trl.version}, torch {torch.__version__}, float64, tolerance {TOLERANCE:g}\n")
     print(f"{'check':<{width}}  {'max abs diff':>12}  status  note")

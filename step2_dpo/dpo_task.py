@@ -10,10 +10,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from chatrlhf.step2_dpo.reference import LiveReference, pair_sums
+from chatrlhf.step2_dpo.reference import pair_sums
 from chatrlhf.training.metrics_log import report_empty_eval
 from chatrlhf.training.pair_metrics import ScoredPairs, pair_metrics
 from chatrlhf.training.preference_losses import LossConfig, PairLoss, preference_loss
+from chatrlhf.training.reference_model import LiveReference
 from chatrlhf.utils import device
 from chatrlhf.utils.model.packing import HiddenStates
 

@@ -1,5 +1,5 @@
-"""DPO's reference: a frozen model scored every step, the LoRA policy with its adapters off, or log-probs
-computed once before training and cached on disk.
+"""DPO's reference log-probs: pair scoring, and log-probs computed once before training and cached on disk (the
+live reference, a frozen model or the LoRA policy with its adapters off, is ``training/reference_model.py``).
 
 The cache of precomputed log-probs is keyed by the tokenised data's own cache key and a hash of the
 reference's weights: the data key names no model, so a retrained SFT model in the same folder must not
@@ -8,22 +8,17 @@ read the old model's log-probs.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 
 import datasets
 import torch
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from chatrlhf.training.config import EngineSettings
-from chatrlhf.training.engine import init_eval_engine
 from chatrlhf.training.loop import to_device
 from chatrlhf.training.metrics_log import print_rank0
 from chatrlhf.training.saving import atomic_dir
 from chatrlhf.utils import device
-from chatrlhf.utils.data.fingerprint import hash_text, weights_fingerprint
+from chatrlhf.utils.data.fingerprint import hash_text
 from chatrlhf.utils.data.tokenized import StepData
 from chatrlhf.utils.model.lm_forward import answer_logprobs
 from chatrlhf.utils.model.packing import HiddenStates
@@ -38,52 +33,6 @@ def pair_sums(model: nn.Module, batch: dict, *, fp32: bool,
     prompt_len = batch["prompt_len"].repeat(2)
     return answer_logprobs(model, batch["input_ids"], batch["attention_mask"], prompt_len, fp32=fp32,
                            hidden_states=hidden_states)
-
-
-@contextmanager
-def adapters_off(policy: nn.Module) -> Iterator[nn.Module]:
-    """The LoRA policy with its adapters off and dropout off: the model it started from (``--only_optimize_lora``)."""
-    was_training = policy.training
-    policy.eval()
-    try:
-        with policy.disable_adapter():
-            yield policy
-    finally:
-        policy.train(was_training)
-
-
-@dataclass
-class LiveReference:
-    """The reference scored every step: a frozen model, or (``model`` None) the policy with its adapters off."""
-
-    model: nn.Module | None = None
-
-    @contextmanager
-    def scoring(self, policy: nn.Module) -> Iterator[nn.Module]:
-        if self.model is not None:
-            yield self.model
-            return
-        with adapters_off(policy) as reference:
-            yield reference
-
-
-def load_reference(path: str, tokenizer, options, engine: EngineSettings, offload: bool) -> tuple[nn.Module, str]:
-    """The frozen reference and the hash of its weights.
-
-    Under ZeRO-3 it is sharded like the policy; ``offload`` (``--offload_reference_model``) keeps its
-    parameters on the CPU through ZeRO-3 parameter offload, whatever the policy's stage. Otherwise it is a plain
-    module on the device.
-    """
-    from chatrlhf.utils.model.loading import load_causal_lm
-
-    model = load_causal_lm(path, tokenizer, options)
-    identity = weights_fingerprint(model)
-    if engine.zero_stage == 3 or offload:
-        settings = EngineSettings(zero_stage=3, offload=offload, dtype=engine.dtype,
-                                  micro_batch_size=engine.micro_batch_size)
-        return init_eval_engine(model, settings).module, identity
-    model.requires_grad_(False)
-    return model.to(device.local_device()).eval(), identity
 
 
 def ref_cache_dir(data: StepData, reference_identity: str, fp32: bool) -> str:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
-from chatrlhf.step2_dpo.reference import LiveReference
 from chatrlhf.training import cli_args
 from chatrlhf.training.lora import apply_lora
 from chatrlhf.training.metrics_log import print_rank0
 from chatrlhf.training.model_card import ModelCard
 from chatrlhf.training.preference_losses import LossConfig
+from chatrlhf.training.reference_model import LiveReference
 from chatrlhf.training.run_setup import require_output_dir
 from chatrlhf.training.saving import save_hf_model
 from chatrlhf.training.step_runner import ModelSettings, StepRun
@@ -127,7 +127,7 @@ class DPORun(StepRun):
         return resolved
 
     def _load_reference(self, path: str, tokenizer):
-        from chatrlhf.step2_dpo.reference import load_reference
+        from chatrlhf.training.reference_model import load_reference
 
         return load_reference(self._reference_path(path, tokenizer), tokenizer, self.model_options(), self.engine,
                               self.reference.offload)

@@ -5,12 +5,13 @@ import argparse
 import importlib
 
 PARSERS = ("chatrlhf.step1_sft.main", "chatrlhf.step1_sft.prompt_eval", "chatrlhf.step2_reward.main",
-           "chatrlhf.step2_reward.rw_eval", "chatrlhf.step2_dpo.main", "chatrlhf.step3_rlhf.main",
+           "chatrlhf.step2_reward.rw_eval", "chatrlhf.step2_dpo.main", "chatrlhf.step2_kto.main",
+           "chatrlhf.step3_rlhf.main",
            "chatrlhf.applications.e2e_rlhf", "chatrlhf.applications.chat", "chatrlhf.applications.compare",
            "chatrlhf.applications.data_report", "chatrlhf.applications.memory_cli")
 # The training commands (steps 1-3 and the e2e runner): they take --config.
 CONFIG_COMMANDS = ("chatrlhf.step1_sft.main", "chatrlhf.step2_reward.main", "chatrlhf.step2_dpo.main",
-                   "chatrlhf.step3_rlhf.main", "chatrlhf.applications.e2e_rlhf")
+                   "chatrlhf.step2_kto.main", "chatrlhf.step3_rlhf.main", "chatrlhf.applications.e2e_rlhf")
 
 
 def build(module: str) -> argparse.ArgumentParser:

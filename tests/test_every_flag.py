@@ -209,6 +209,17 @@ TABLE: dict[str, list[Row]] = {
         R("--print_loss", None, at("loop.print_loss")),
         *deepspeed_rows(),
     ],
+    "kto": [
+        # KTO reads no margins: --margin_column is refused rather than ignored.
+        *data_rows(sft_only=False, margin=refusal), *model_rows(eot=True), *training_rows(),
+        R("--loss_type", "apo_zero_unpaired", at("loss.loss_type")),  # KTOTask, UnpairedCollator
+        R("--beta", "0.2", at("loss.beta")),
+        R("--desirable_weight", "1.3", at("loss.desirable_weight")),
+        R("--undesirable_weight", "0.7", at("loss.undesirable_weight")),
+        R("--offload_reference_model", None, at("offload_reference")),  # training/reference_model.load_reference
+        R("--print_loss", None, at("loop.print_loss")),
+        *deepspeed_rows(),
+    ],
     "ppo": [
         *data_rows(sft_only=False),
         R("--unsupervised_dataset_name", "{tmp}/unsup.txt", at("unsupervised.name")),  # step3_rlhf/unsupervised.py
@@ -355,6 +366,7 @@ COMMANDS = {
     "reward": Command("chatrlhf.step2_reward.main", "chatrlhf.step2_reward.run:RewardRun.from_args",
                       ("--output_dir", "{tmp}/out")),
     "dpo": Command("chatrlhf.step2_dpo.main", "chatrlhf.step2_dpo.run:DPORun.from_args", ("--output_dir", "{tmp}/out")),
+    "kto": Command("chatrlhf.step2_kto.main", "chatrlhf.step2_kto.run:KTORun.from_args", ("--output_dir", "{tmp}/out")),
     "ppo": Command("chatrlhf.step3_rlhf.main", "chatrlhf.step3_rlhf.main:run_settings", ("--output_dir", "{tmp}/out")),
     "e2e": Command("chatrlhf.applications.e2e_rlhf", "", ("--output-dir", "{tmp}/e2e")),
 }

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1]
-STEPS = ("step1_sft", "step2_reward", "step2_dpo", "step3_rlhf")
+STEPS = ("step1_sft", "step2_reward", "step2_dpo", "step2_kto", "step3_rlhf")
 LAYERS = ("utils", "training", *STEPS, "applications")
 TOP = "applications"  # the layer of the top-level modules (``cli``) too: nothing imports them
 ALLOWED = {"utils": {"utils"}, "training": {"utils", "training"},

@@ -184,8 +184,9 @@ def test_answer_log_probs_of_a_real_model_are_the_answer_tokens_of_a_full_forwar
 
 def test_precomputed_reference_log_probs_match_the_live_reference_and_key_on_its_weights(
         sft_model, tokenizer, pairs, tmp_path):
-    from chatrlhf.step2_dpo.reference import load_reference, precomputed_reference, ref_cache_dir
+    from chatrlhf.step2_dpo.reference import precomputed_reference, ref_cache_dir
     from chatrlhf.training.config import EngineSettings
+    from chatrlhf.training.reference_model import load_reference
     from chatrlhf.utils.data.fingerprint import weights_fingerprint
     from chatrlhf.utils.data.tokenized import StepData
 

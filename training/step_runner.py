@@ -64,6 +64,10 @@ class StepRun:
     def build_model(self, path: str, tokenizer):
         raise NotImplementedError
 
+    def build_data(self, tokenizer) -> StepData:
+        """The step's tokenised data (KTO's unpaired rows instead of pairs)."""
+        return build_step_data(self.data, self.step, tokenizer)
+
     def prepare_data(self, data: StepData, path: str, tokenizer) -> StepData:
         """The data as the task needs it, once the model is built (DPO adds precomputed reference log-probs)."""
         return data
@@ -123,7 +127,7 @@ class StepRun:
         started = begin_run(self.loop.seed)
         path = resolve_model(self.model.name_or_path, self.data)
         tokenizer = self.load_tokenizer(path)
-        data = build_step_data(self.data, self.step, tokenizer)
+        data = self.build_data(tokenizer)
         self._report_data(data)
         model = self.build_model(path, tokenizer)
         data = self.prepare_data(data, path, tokenizer)

@@ -70,6 +70,35 @@ class PairCollator:
 
 
 @dataclass
+class UnpairedCollator:
+    """KTO: one row per labelled completion; with ``kl`` also the mismatched rows KTO's reference point is estimated
+    from, row i's prompt followed by row i-1's completion (the last row's for the first), as TRL builds them.
+
+    The mismatched rows keep the prompt and cut the completion's end to ``max_len``. ``pair`` (the index of the
+    pair a row came from, -1 for none) and the ``task``/``mistake`` labels ride along for held-out metrics.
+    """
+
+    pad_id: int
+    max_len: int
+    kl: bool = True
+
+    def __call__(self, rows: list[dict]) -> dict:
+        ids, mask = pad_sequences([r["input_ids"] for r in rows], self.pad_id)
+        batch = {"input_ids": ids, "attention_mask": mask,
+                 "prompt_len": torch.tensor([r["prompt_len"] for r in rows], dtype=torch.long),
+                 "label": torch.tensor([bool(r["label"]) for r in rows]),
+                 "pair": torch.tensor([r["pair"] for r in rows], dtype=torch.long),
+                 "task": [r["task"] for r in rows], "mistake": [r["mistake"] for r in rows]}
+        if self.kl:
+            prompts = [list(r["input_ids"][: r["prompt_len"]]) for r in rows]
+            completions = [list(r["input_ids"][r["prompt_len"]:]) for r in rows]
+            shifted = completions[-1:] + completions[:-1]
+            kl_ids, kl_mask = pad_sequences([(p + c)[: self.max_len] for p, c in zip(prompts, shifted)], self.pad_id)
+            batch.update(kl_input_ids=kl_ids, kl_attention_mask=kl_mask)
+        return batch
+
+
+@dataclass
 class PromptCollator:
     """Step 3: prompts left-padded so generation continues every row from the same position."""
 

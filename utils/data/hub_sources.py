@@ -449,6 +449,35 @@ class LmqgQagJaquad(_Jaquad):
         return " " + sample["paragraph"]
 
 
+def _turns(messages: Any) -> str:
+    """TRL's conversational messages (a list of role/content dicts, or plain text) as an HH transcript."""
+    if isinstance(messages, str):
+        return messages
+    roles = {"user": "Human", "assistant": "Assistant", "system": "System"}
+    return "".join(f"\n\n{roles.get(m['role'], m['role'].title())}: {m['content']}" for m in messages)
+
+
+class TrlLibKtoMix14k(HubSource):
+    """TRL's KTO mix: unpaired rows of a conversational prompt, one completion and a boolean ``label`` (desirable),
+    with a test split. The prompt's turns become an HH transcript ending in ``Assistant:``."""
+
+    dataset_name = "trl-lib/kto-mix-14k"
+    dataset_name_clean = "trl_lib_kto_mix_14k"
+    eval_splits = ("test",)
+
+    def get_prompt(self, sample: Sample) -> str | None:
+        return _turns(sample["prompt"]) + "\n\nAssistant:"
+
+    def get_chosen(self, sample: Sample) -> str | None:
+        completion = sample["completion"]
+        text = completion if isinstance(completion, str) else "".join(m["content"] for m in completion)
+        return " " + text.lstrip()
+
+    def sample_meta(self, sample: Sample) -> dict:
+        """The completion's label; ``utils/data/unpaired.record_label`` refuses one that is not a boolean."""
+        return {"label": sample["label"]}
+
+
 HUB_SOURCES: dict[str, type[PromptRawDataset]] = {
     cls.dataset_name: cls
     for cls in (
@@ -467,6 +496,7 @@ HUB_SOURCES: dict[str, type[PromptRawDataset]] = {
         CohereMiraclJaQueries2212,
         LmqgQgJaquad,
         LmqgQagJaquad,
+        TrlLibKtoMix14k,
     )
 }
 

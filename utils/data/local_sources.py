@@ -1,9 +1,9 @@
 """Local sources: DeepSpeed-Chat's ``local/jsonfile`` folder, and any JSON, JSON lines, CSV or parquet file.
 
 The schema is read off the columns, so common public formats load without code: prompt/chosen/rejected
-pairs, prompt/response SFT rows, HH-RLHF's chosen/rejected transcripts and Alpaca's
-instruction/input/output. Every broken record is reported with its file, line and field, because a
-user with a 100,000-line file needs to know exactly where to look.
+pairs, prompt/response SFT rows, prompt/completion/label unpaired rows (KTO), HH-RLHF's chosen/rejected
+transcripts and Alpaca's instruction/input/output. Every broken record is reported with its file, line and
+field, because a user with a 100,000-line file needs to know exactly where to look.
 """
 from __future__ import annotations
 
@@ -28,16 +28,19 @@ JSONFILE_NAME = "local/jsonfile"
 SUFFIXES = (".jsonl.gz", ".json.gz", ".jsonl", ".json", ".csv", ".parquet")
 ASSISTANT_TURN = "\n\nAssistant:"
 RESPONSE_COLUMNS = ("response", "completion")
+LABEL_COLUMN = "label"  # beside a prompt and a response: unpaired rows, true for a desirable completion (KTO)
+LABEL_TEXTS = {"true": True, "false": False}  # a label as a CSV cell
 MAPPING_HINT = (
     "Map the columns with --prompt_column and --response_column (SFT rows) or --prompt_column, --chosen_column "
     "and --rejected_column (preference pairs); recognised layouts are prompt/chosen/rejected, "
-    "prompt/response (or completion), chosen/rejected HH-RLHF transcripts and instruction/input/output (Alpaca)."
+    "prompt/response (or completion), prompt/completion/label (KTO), chosen/rejected HH-RLHF transcripts and "
+    "instruction/input/output (Alpaca)."
 )
 
 
 @dataclass(frozen=True)
 class Schema:
-    """What a file's rows hold: ``kind`` is pairs, sft, transcripts, alpaca or prompts (step 3 only).
+    """What a file's rows hold: ``kind`` is pairs, unpaired, sft, transcripts, alpaca or prompts (step 3 only).
 
     ``columns`` maps role to column.
     """
@@ -77,6 +80,8 @@ def detect_schema(columns: Iterable[str], mapping: Any, where: str) -> Schema:
         return Schema("pairs", {"prompt": prompt, "chosen": chosen, "rejected": rejected, **margin})
     if chosen and rejected:
         return Schema("transcripts", {"chosen": chosen, "rejected": rejected, **margin})
+    if prompt and response and LABEL_COLUMN in found:
+        return Schema("unpaired", {"prompt": prompt, "completion": response, "label": LABEL_COLUMN})
     if prompt and response:
         return Schema("sft", {"prompt": prompt, "response": response})
     if "instruction" in found and (response or "output" in found):
@@ -205,6 +210,12 @@ def _validate(row: _Row, schema: Schema) -> tuple[dict | None, str]:
                 return None, problem
             sample[role] = margin
             continue
+        if role == "label":
+            label, problem = _label(value, column)
+            if problem:
+                return None, problem
+            sample[role] = label
+            continue
         if value is None and role in schema.optional:
             value = ""
         if column not in row.values and value is None:
@@ -232,6 +243,17 @@ def _number(value: Any, column: str) -> tuple[float, str]:
     if not math.isfinite(number):
         return 0.0, f"field {column!r} holds {value!r}, expected a finite number"
     return number, ""
+
+
+def _label(value: Any, column: str) -> tuple[bool, str]:
+    """A desirable/undesirable label from a JSON/parquet boolean or a CSV cell ``true``/``false``, or why not."""
+    if isinstance(value, bool):
+        return value, ""
+    if value is None:
+        return False, f"field {column!r} is missing or null, expected true (desirable) or false (undesirable)"
+    if isinstance(value, str) and value.strip().lower() in LABEL_TEXTS:
+        return LABEL_TEXTS[value.strip().lower()], ""
+    return False, f"field {column!r} holds {value!r}, expected true (desirable) or false (undesirable)"
 
 
 def load_file(path: str, options: SourceOptions) -> tuple[Schema, list[dict], list[tuple[str, str]]]:
@@ -314,6 +336,8 @@ class _LocalSource(PromptRawDataset):
             return prompt, None, None
         if kind == "sft":
             return prompt, fit_response(prompt, sample["response"]), None
+        if kind == "unpaired":
+            return prompt, fit_response(prompt, sample["completion"]), None
         return prompt, fit_response(prompt, sample["chosen"]), fit_response(prompt, sample["rejected"])
 
     def get_prompt(self, sample: dict) -> str:
@@ -326,8 +350,9 @@ class _LocalSource(PromptRawDataset):
         return self._parts(sample)[2]
 
     def sample_meta(self, sample: dict) -> dict:
-        """The pair's margin when the file has a margin column (step 2's ``--use_margin``)."""
-        return {"margin": sample["margin"]} if "margin" in sample else {}
+        """The pair's margin when the file has a margin column (step 2's ``--use_margin``), an unpaired row's
+        label (KTO)."""
+        return {key: sample[key] for key in ("margin", "label") if key in sample}
 
     def describe(self, split: str, index: int) -> str:
         """``path:line`` of a sample (line for JSON lines and CSV, index for JSON lists and parquet)."""

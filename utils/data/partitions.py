@@ -11,6 +11,7 @@ from chatrlhf.utils.data.errors import DataError
 from chatrlhf.utils.data.records import DropReport, Record
 from chatrlhf.utils.data.sources import open_source, to_records
 from chatrlhf.utils.data.splitting import parse_data_split, parse_source_spec, split_indices, weighted_take
+from chatrlhf.utils.data.unpaired import is_unpaired_source_row, record_label
 
 
 @dataclass
@@ -141,9 +142,11 @@ def _step_assignments(
 
 
 def step_records(
-    cfg: DataConfig, step: int, sources: list[SourceRecords] | None = None, tokenizer=None
+    cfg: DataConfig, step: int, sources: list[SourceRecords] | None = None, tokenizer=None, *, unpaired: bool = False
 ) -> StepRecords:
-    """The blended train and eval records of ``step`` (1, 2 or 3), from ``cfg.data_share``'s share when set."""
+    """The blended train and eval records of ``step`` (1, 2 or 3), from ``cfg.data_share``'s share when set.
+
+    ``unpaired`` (step 2 for KTO): keep labelled completions as well as pairs."""
     fractions = parse_data_split(cfg.data_split)
     if sources is None:
         sources = list(iter_sources(cfg, tokenizer))
@@ -165,7 +168,8 @@ def step_records(
         if step == 1:
             train, evals = _with_response(train, src.report), _with_response(evals, src.report)
         if step == 2:
-            train, evals = _pairs_only(train, src.report), _pairs_only(evals, src.report)
+            keep = _unpaired_rows if unpaired else _pairs_only
+            train, evals = keep(train, src.report), keep(evals, src.report)
         result.train.extend(train)
         result.eval.extend(evals)
         result.counts[src.name] = (len(train), len(evals))
@@ -182,6 +186,9 @@ DROP_HINTS = {
     "eval prompt also in train": "remove the eval records whose prompt is also in the source's train split",
     "prompt-only row in a pair source": "give step 2 pair rows only (prompt-only rows feed step 3)",
     "prompt-only row in an SFT source": "give step 1 rows with a response (prompt-only rows feed step 3)",
+    "undesirable completion in an SFT source": "give step 1 desirable completions (label true) only",
+    "unpaired row in a pair source": "give the reward model and DPO pairs (labelled completions feed KTO)",
+    "row without a label or a rejected answer": "give KTO pairs or prompt/completion/label rows",
     "prompt in a later step's partition of another source": (
         "pass --allow_cross_step_duplicates, or remove the shared prompts from the --sft_only_data_path source"),
 }
@@ -202,22 +209,41 @@ def refuse_drops(step: int, reports: list[DropReport]) -> None:
 
 
 def _pairs_only(records: list[Record], report: DropReport) -> list[Record]:
-    """Step 2 needs a rejected answer; prompt-only rows of a source are dropped and counted."""
+    """Step 2 needs a rejected answer; prompt-only and unpaired rows of a source are dropped and counted."""
     kept = []
     for record in records:
         if record.is_pair:
             kept.append(record)
+        elif record_label(record) is not None:
+            report.drop("unpaired row in a pair source", record.origin)
         else:
             report.drop("prompt-only row in a pair source", record.origin)
     return kept
 
 
+def _unpaired_rows(records: list[Record], report: DropReport) -> list[Record]:
+    """KTO trains on pairs and labelled completions; anything else (an SFT or prompt-only row) is dropped and
+    counted, and a label that is not a boolean is an error naming the record."""
+    kept = []
+    for record in records:
+        if is_unpaired_source_row(record):
+            kept.append(record)
+        else:
+            report.drop("row without a label or a rejected answer", record.origin)
+    return kept
+
+
 def _with_response(records: list[Record], report: DropReport) -> list[Record]:
-    """Step 1 learns responses; prompt-only rows (a step-3 prompt file) are dropped and counted."""
-    kept = [r for r in records if r.has_response]
+    """Step 1 learns responses: prompt-only rows (a step-3 prompt file) and completions labelled undesirable (KTO
+    data) are dropped and counted."""
+    kept = []
     for record in records:
         if not record.has_response:
             report.drop("prompt-only row in an SFT source", record.origin)
+        elif record_label(record) is False:
+            report.drop("undesirable completion in an SFT source", record.origin)
+        else:
+            kept.append(record)
     return kept
 
 

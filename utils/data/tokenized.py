@@ -22,6 +22,7 @@ from chatrlhf.utils.data.fingerprint import hash_text, source_fingerprint, token
 from chatrlhf.utils.data.partitions import StepRecords, step_records
 from chatrlhf.utils.data.records import Record
 from chatrlhf.utils.data.splitting import parse_source_spec
+from chatrlhf.utils.data.unpaired import NO_PAIR, unpair
 
 # 2: step-2 pairs carry their prompt length (DPO masks the prompt out of the log-probs).
 # 3: local pair files' margin columns fill step 2's margins; the info names the sources without margins.
@@ -187,6 +188,51 @@ def _build_step2(records: list[Record], tokenizer, cfg: DataConfig, dropped: dic
     return out
 
 
+def _build_unpaired(records: list[Record], tokenizer, cfg: DataConfig, dropped: dict) -> dict[str, list]:
+    """Step 2 for KTO: one row per labelled completion, ``prompt + completion + eos``. A pair's two rows are cut
+    as step 2 cuts the pair (``fit_pair``), so they keep the same prompt; an unpaired row as one answer."""
+    prefix = prompt_prefix_ids(tokenizer)
+    completions = unpair(records)
+    prompts = _encode(tokenizer, [r.prompt for r in records], cfg.preprocessing_num_workers)
+    answers = _encode(tokenizer, [c.text for c in completions], cfg.preprocessing_num_workers)
+    prompt_of = {id(r): ids for r, ids in zip(records, prompts)}
+    meta = _meta_columns([c.record for c in completions])
+    out: dict[str, list] = {"input_ids": [], "prompt_len": [], "label": [], "pair": [], "task": [], "mistake": []}
+    eos = tokenizer.eos_token_id
+    index = 0
+    while index < len(completions):
+        completion = completions[index]
+        prompt = prompt_of[id(completion.record)]
+        width = 1 if completion.pair == NO_PAIR else 2
+        if width == 2:
+            fitted = fit_pair(prompt, answers[index], answers[index + 1], eos, cfg.max_seq_len, dropped, prefix)
+        else:
+            fitted = _fit_single(prompt, answers[index], eos, cfg.max_seq_len, dropped, prefix)
+        for offset, sequence in enumerate(fitted.sequences if fitted else ()):
+            out["input_ids"].append(sequence)
+            out["prompt_len"].append(len(fitted.prompt))
+            out["label"].append(completions[index + offset].desirable)
+            out["pair"].append(completion.pair)
+            out["task"].append(meta["task"][index + offset])
+            out["mistake"].append(meta["mistake"][index + offset])
+        index += width
+    return out
+
+
+def _fit_single(prompt: list[int], answer: list[int], eos: int | None, max_len: int, dropped: dict[str, int],
+                prefix: list[int]) -> FittedAnswers | None:
+    """One answer as ``fit_answers`` cuts it, or None when the prompt alone fills ``max_len``; cuts are counted."""
+    fitted = fit_answers(prompt, [answer], eos, max_len, prefix)
+    if len(fitted.prompt) >= max_len:
+        count(dropped, PROMPT_TOO_LONG)
+        return None
+    if fitted.prompt_cut:
+        count(dropped, PROMPT_START_CUT)
+    if fitted.answer_cut:
+        count(dropped, ANSWER_END_CUT)
+    return fitted
+
+
 def _build_step3(records: list[Record], tokenizer, cfg: DataConfig, dropped: dict) -> dict[str, list]:
     prefix = prompt_prefix_ids(tokenizer)
     prompts = _encode(tokenizer, [r.prompt for r in records], cfg.preprocessing_num_workers)
@@ -213,16 +259,19 @@ FEATURES = {
                           "margin": datasets.Value("float32"), "task": _TEXT, "mistake": _TEXT}),
     3: datasets.Features({"prompt_ids": _IDS, "prompt": _TEXT, "chosen": _TEXT, "task": _TEXT}),
 }
+UNPAIRED_FEATURES = datasets.Features({"input_ids": _IDS, "prompt_len": datasets.Value("int32"),
+                                       "label": datasets.Value("bool"), "pair": datasets.Value("int32"),
+                                       "task": _TEXT, "mistake": _TEXT})
 
 
 def sample_lengths(dataset: datasets.Dataset, step: int) -> list[int]:
-    """Tokens per sample (step 2: the longer side of the pair), for length-grouped batching."""
-    if step == 2:
+    """Tokens per sample (step 2's pairs: the longer side), for length-grouped batching."""
+    if step == 2 and "chosen_ids" in dataset.column_names:
         return [max(len(a), len(b)) for a, b in zip(dataset["chosen_ids"], dataset["rejected_ids"])]
-    return [len(ids) for ids in dataset["input_ids" if step == 1 else "prompt_ids"]]
+    return [len(ids) for ids in dataset["prompt_ids" if step == 3 else "input_ids"]]
 
 
-def cache_key(cfg: DataConfig, step: int, tokenizer) -> str:
+def cache_key(cfg: DataConfig, step: int, tokenizer, unpaired: bool = False) -> str:
     sources = [(spec, source_fingerprint(parse_source_spec(spec)[0], cfg.seed)) for spec in cfg.data_path]
     sft_only = [(spec, source_fingerprint(spec, cfg.seed)) for spec in cfg.sft_only_data_path]
     unkeyed = {"data_path", "sft_only_data_path", "data_output_path", "preprocessing_num_workers"}
@@ -234,7 +283,7 @@ def cache_key(cfg: DataConfig, step: int, tokenizer) -> str:
     # The chat template is not part of the vocabulary, but --prompt_template model writes every prompt with it.
     chat_template = getattr(tokenizer, "chat_template", None)
     return hash_text(CACHE_VERSION, step, sources, sft_only, settings, tokenizer_fingerprint(tokenizer),
-                     chat_template)
+                     chat_template, *(("unpaired",) if unpaired else ()))
 
 
 def _refuse_length_drops(step: int, dropped: dict[str, dict[str, int]]) -> None:
@@ -249,12 +298,13 @@ def _refuse_length_drops(step: int, dropped: dict[str, dict[str, int]]) -> None:
     )
 
 
-def _build(cfg: DataConfig, step: int, tokenizer, records: StepRecords | None) -> StepData:
-    records = records or step_records(cfg, step, tokenizer=tokenizer)
+def _build(cfg: DataConfig, step: int, tokenizer, records: StepRecords | None, unpaired: bool) -> StepData:
+    records = records or step_records(cfg, step, tokenizer=tokenizer, unpaired=unpaired)
     dropped_train: dict[str, int] = {}
     dropped_eval: dict[str, int] = {}
-    train = datasets.Dataset.from_dict(BUILDERS[step](records.train, tokenizer, cfg, dropped_train), FEATURES[step])
-    evals = datasets.Dataset.from_dict(BUILDERS[step](records.eval, tokenizer, cfg, dropped_eval), FEATURES[step])
+    builder, features = (_build_unpaired, UNPAIRED_FEATURES) if unpaired else (BUILDERS[step], FEATURES[step])
+    train = datasets.Dataset.from_dict(builder(records.train, tokenizer, cfg, dropped_train), features)
+    evals = datasets.Dataset.from_dict(builder(records.eval, tokenizer, cfg, dropped_eval), features)
     if cfg.strict_data:
         _refuse_length_drops(step, {"train": dropped_train, "eval": dropped_eval})
     if len(train) == 0:
@@ -271,7 +321,7 @@ def _build(cfg: DataConfig, step: int, tokenizer, records: StepRecords | None) -
         "num_train": len(train),
         "num_eval": len(evals),
     }
-    if step == 2:
+    if step == 2 and not unpaired:
         # Sources whose pairs carry no margin (their margin column holds 0): step 2's --use_margin refuses them.
         info["sources_without_margin"] = sorted({r.source for r in records.train + records.eval
                                                  if "margin" not in r.meta})
@@ -306,15 +356,17 @@ def _load(target: str) -> StepData:
     return StepData(train, evals, info)
 
 
-def build_step_data(cfg: DataConfig, step: int, tokenizer, *, records: StepRecords | None = None) -> StepData:
+def build_step_data(cfg: DataConfig, step: int, tokenizer, *, records: StepRecords | None = None,
+                    unpaired: bool = False) -> StepData:
     """The tokenised train and eval sets of ``step``, from the cache when nothing that changes them changed.
+    ``unpaired`` (step 2 for KTO): one row per labelled completion, pairs unpaired (``utils/data/unpaired.py``).
 
     Collective: every rank calls it; local rank 0 of each node builds a missing cache before the barrier."""
-    key = cache_key(cfg, step, tokenizer)
-    target = os.path.join(cfg.data_output_path, f"step{step}_{key}")
+    key = cache_key(cfg, step, tokenizer, unpaired)
+    target = os.path.join(cfg.data_output_path, f"step{step}{'_unpaired' if unpaired else ''}_{key}")
     hit = os.path.isdir(target)
     if device.is_local_main_process() and not hit:
-        _save(_build(cfg, step, tokenizer, records), target)
+        _save(_build(cfg, step, tokenizer, records, unpaired), target)
     device.barrier()
     data = _load(target)
     data.info.update(cache_dir=target, cache_hit=hit)
