@@ -17,6 +17,7 @@ from chatrlhf.training.metrics_log import report_empty_eval
 from chatrlhf.training.reference_model import LiveReference
 from chatrlhf.utils import device
 from chatrlhf.utils.model.lm_forward import answer_logprobs
+from chatrlhf.utils.model.packing import HiddenStates
 
 
 @dataclass
@@ -31,12 +32,14 @@ class KTOTask:
     reference: LiveReference
     fp32: bool = True
     loss_is_token_nll: bool = False
+    hidden_states: HiddenStates | None = None
+    """The backbone's forward under ``--packing`` (policy and live reference); None: the padded one."""
 
     def _logps(self, model: nn.Module, batch: dict, mismatched: bool = False) -> torch.Tensor:
         """Summed completion log-probs of the batch's rows, or of its mismatched rows (same prompt lengths)."""
         prefix = "kl_" if mismatched else ""
         sums, _ = answer_logprobs(model, batch[f"{prefix}input_ids"], batch[f"{prefix}attention_mask"],
-                                  batch["prompt_len"], fp32=self.fp32)
+                                  batch["prompt_len"], fp32=self.fp32, hidden_states=self.hidden_states)
         return sums
 
     def score(self, engine, batch: dict, *, across_ranks: bool = True) -> ScoredBatch:

@@ -111,10 +111,14 @@ class KTORun(StepRun):
     def collator(self, tokenizer) -> UnpairedCollator:
         return UnpairedCollator(tokenizer.pad_token_id, self.data.max_seq_len, kl=self.loss.estimates_kl)
 
-    def task(self):
+    def task(self, hidden_states):
         from chatrlhf.step2_kto.kto_task import KTOTask
 
-        return KTOTask(self.loss, self.live_reference, fp32=self.fp32_loss)
+        return KTOTask(self.loss, self.live_reference, fp32=self.fp32_loss, hidden_states=hidden_states)
+
+    def frozen_models(self) -> list:
+        live = self.live_reference
+        return [live.model] if live is not None and live.model is not None else []
 
     def card_method(self) -> str:
         reference = ("the policy with its LoRA adapters off" if self.reference_kind == "adapters_off"

@@ -3,6 +3,7 @@ scores, log-probs), a forward that would leak across rows is refused in favour o
 run trains exactly as the unpacked run does."""
 from __future__ import annotations
 
+import importlib
 import json
 
 import pytest
@@ -99,14 +100,14 @@ def _losses(out) -> list[float]:
     return [row["loss"] for row in metrics["history"]], metrics
 
 
-@pytest.mark.parametrize("step", ["sft", "dpo"])
+@pytest.mark.parametrize("step", ["sft", "dpo", "kto"])
 def test_a_packed_run_trains_as_the_unpacked_one(step, tmp_path, data_cache, sft_model):
     """Same batches, same loss at every step (to rounding), and the run records the packed forward."""
     if step == "sft":
         from chatrlhf.step1_sft.main import main
         flags = ["--max_seq_len", "96"]
     else:
-        from chatrlhf.step2_dpo.main import main
+        main = importlib.import_module(f"chatrlhf.step2_{step}.main").main
         flags = ["--model_name_or_path", sft_model, "--max_seq_len", "128"]
     common = [*flags, "--max_steps", "4", "--per_device_train_batch_size", "4", "--data_output_path", data_cache,
               "--eval_iters", "1", "--log_interval", "1"]
