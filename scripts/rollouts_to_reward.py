@@ -1,0 +1,90 @@
+"""How many sampled answers (rollouts) step-3 runs spend to reach a training reward: the measure behind
+``--dynamic_sampling``'s claim of learning from fewer rollouts.
+
+For each baseline run (e.g. GRPO) and the run compared with it (the same seed with ``--dynamic_sampling``), the
+target is the baseline's final training reward (the mean over its last ``--window`` iterations); each run's cost
+is the number of answers it had sampled when its trailing ``--window``-iteration mean first reached the target.
+The training reward is the reward sources' mean over every answer drawn, groups dropped by dynamic sampling
+included (``reward_fn_mean``), so both runs are measured on the same thing. Held-out figures from each run's
+final evaluation are printed beside.
+
+Usage:
+  python scripts/rollouts_to_reward.py --baseline RUN_A1 RUN_A2 RUN_A3 --compared RUN_B1 RUN_B2 RUN_B3 [--window 10]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+
+def answers_per_batch(run: Path) -> int:
+    """Answers one generation batch holds on one rank: prompts x samples per prompt (from the saved flags)."""
+    args = json.loads((run / "chatrlhf_args.json").read_text())["args"]
+    return int(args["per_device_generation_batch_size"]) * int(args["num_samples_per_prompt"])
+
+
+def reward_curve(run: Path, key: str) -> tuple[list[float], list[int]]:
+    """Per iteration: the training reward, and the answers sampled up to and including it."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    args = json.loads((run / "chatrlhf_args.json").read_text())["args"]
+    per_batch = answers_per_batch(run)
+    rewards, spent, total = [], [], 0
+    for row in metrics["history"]:
+        if key not in row:
+            raise SystemExit(f"{run}/metrics.json: iteration {row.get('step')} has no {key!r}; pass --key")
+        batches = row.get("dynamic_batches_drawn", args.get("generation_batches", 1))
+        total += int(batches) * per_batch
+        rewards.append(row[key])
+        spent.append(total)
+    return rewards, spent
+
+
+def trailing_means(values: list[float], window: int) -> list[float]:
+    return [statistics.fmean(values[max(0, i + 1 - window): i + 1]) for i in range(len(values))]
+
+
+def answers_to_reach(rewards: list[float], spent: list[int], target: float, window: int) -> int | None:
+    """Answers sampled when the trailing mean first reached ``target`` (None: never)."""
+    for mean, answers in zip(trailing_means(rewards, window), spent):
+        if mean >= target:
+            return answers
+    return None
+
+
+def held_out(run: Path) -> str:
+    end = json.loads((run / "metrics.json").read_text()).get("held_out", {}).get("end", {})
+    greedy, sampled = end.get("accuracy_overall"), end.get("sampled_accuracy_overall")
+    return "-" if greedy is None else f"held-out greedy {100 * greedy:.1f}%, sampled {100 * sampled:.1f}%"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", nargs="+", type=Path, required=True)
+    parser.add_argument("--compared", nargs="+", type=Path, required=True)
+    parser.add_argument("--window", type=int, default=10)
+    parser.add_argument("--key", default="reward_fn_mean", help="the history's training-reward column")
+    args = parser.parse_args()
+    if len(args.baseline) != len(args.compared):
+        raise SystemExit("give one --compared run per --baseline run (same seeds, same order)")
+    ratios = []
+    for base, other in zip(args.baseline, args.compared):
+        base_rewards, base_spent = reward_curve(base, args.key)
+        target = statistics.fmean(base_rewards[-args.window:])
+        base_cost = answers_to_reach(base_rewards, base_spent, target, args.window)
+        rewards, spent = reward_curve(other, args.key)
+        cost = answers_to_reach(rewards, spent, target, args.window)
+        final = statistics.fmean(rewards[-args.window:])
+        print(f"{base}: target {target:.3f} reached after {base_cost} answers (of {base_spent[-1]}); {held_out(base)}")
+        print(f"{other}: {'never reached' if cost is None else f'reached after {cost} answers'} (of {spent[-1]}; "
+              f"final {final:.3f}); {held_out(other)}")
+        if cost is not None and base_cost:
+            ratios.append(cost / base_cost)
+    if ratios:
+        print(f"answers to the baseline's final reward, compared / baseline: "
+              f"{', '.join(f'{r:.2f}' for r in ratios)} (mean {statistics.fmean(ratios):.2f})")
+
+
+if __name__ == "__main__":
+    main()
