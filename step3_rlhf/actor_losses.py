@@ -3,13 +3,17 @@ PPO's clipped surrogate on advantages, which every policy-gradient algorithm tra
 preference loss on each prompt's best and worst answers against the frozen reference."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from chatrlhf.step3_rlhf.advantages import preference_pairs
-from chatrlhf.step3_rlhf.algorithms.base import LossSettings
-from chatrlhf.step3_rlhf.experience import Experience
 from chatrlhf.step3_rlhf.ppo_math import aggregate, kl_penalty, masked_mean, policy_loss
 from chatrlhf.training.preference_losses import preference_loss
+
+if TYPE_CHECKING:  # the algorithms call in here: importing them back would close a circle
+    from chatrlhf.step3_rlhf.algorithms.base import LossSettings
+    from chatrlhf.step3_rlhf.experience import Experience
 
 
 def clipped_surrogate(exp: Experience, logprobs: torch.Tensor, entropy: torch.Tensor,
