@@ -130,8 +130,10 @@ class AlgorithmConfig:
                      if value is not None]
             if given:
                 takers = " or ".join(a.name for a in algorithms.REGISTRY.values() if not a.uses_advantages)
-                raise ConfigError(f"{' and '.join(given)} apply to --algorithm {takers} only (got --algorithm "
-                                  f"{self.name}); drop them or switch the algorithm")
+                one = len(given) == 1
+                raise ConfigError(f"{' and '.join(given)} {'applies' if one else 'apply'} to --algorithm {takers} "
+                                  f"only (got --algorithm {self.name}); drop {'it' if one else 'them'} or switch the "
+                                  "algorithm")
             return
         if self.dpo_beta is None:
             object.__setattr__(self, "dpo_beta", DEFAULT_DPO_BETA)

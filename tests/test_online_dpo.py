@@ -102,8 +102,8 @@ def _settings_for(argv: list[str]):
 
 @pytest.mark.parametrize(("extra", "message"), [
     (["--algorithm", "grpo", "--num_samples_per_prompt", "2", "--dpo_beta", "0.2"],
-     "--dpo_beta apply to --algorithm online_dpo only (got --algorithm grpo)"),
-    (["--dpo_loss_type", "ipo"], "--dpo_loss_type apply to --algorithm online_dpo only (got --algorithm ppo)"),
+     "--dpo_beta applies to --algorithm online_dpo only (got --algorithm grpo)"),
+    (["--dpo_loss_type", "ipo"], "--dpo_loss_type applies to --algorithm online_dpo only (got --algorithm ppo)"),
     (["--algorithm", "online_dpo", "--dpo_beta", "0"], "--dpo_beta 0.0: must be a positive number"),
     (["--algorithm", "online_dpo", "--num_samples_per_prompt", "4", "--per_device_training_batch_size", "6",
       "--per_device_generation_batch_size", "3"],
