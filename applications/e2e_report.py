@@ -27,6 +27,9 @@ SMOOTHING = 0.6
 LAST_ITERATIONS = 10
 RL_CURVES = (("reward_mean", "reward", "reward"), ("accuracy", "checker accuracy (sampled)", "accuracy"),
              ("kl_to_ref", "KL to reference", "kl"), ("answer_length", "answer length (tokens)", "answer_length"))
+# Online DPO's figures of its best-over-worst pairs: table rows of its section (absent from the other algorithms').
+PREFERENCE_ROWS = (("dpo_loss", "DPO loss"), ("dpo_reward_accuracy", "DPO reward accuracy"),
+                   ("dpo_reward_margin", "DPO reward margin"), ("dpo_pair_share", "share of prompts with a pair"))
 
 Series = dict[str, list[tuple[int, float]]]
 
@@ -328,13 +331,16 @@ class ReportWriter:
             return []
         name = algorithm_name(algorithm)
         history = metrics.get("history") or []
+        dpo = metrics.get("dpo")
+        control = (f"DPO loss `{dpo.get('loss_type', '?')}`, beta {dpo.get('beta', '?')}" if dpo
+                   else f"final KL coefficient {_num(metrics.get('kl_coef'))}")
         lines = [f"## Step 3: {name}", "",
                  f"`{self.relative(folder)}`: {metrics.get('iterations', metrics.get('steps', 0))} {name} iterations, "
-                 f"final KL coefficient {_num(metrics.get('kl_coef'))}.", ""]
+                 f"{control}.", ""]
         if history:
             recent = history[-LAST_ITERATIONS:]
             rows = []
-            for key, label, _ in RL_CURVES:
+            for key, label in (*((key, label) for key, label, _ in RL_CURVES), *PREFERENCE_ROWS):
                 values = [h[key] for h in recent if key in h]
                 if not values and key not in history[0]:
                     continue

@@ -12,9 +12,9 @@ from the step's directory, which appends to ``training.log`` in the step's outpu
     OUTPUT/ablation-models/<actor>-<method>     step 1 trained further on step 2's chosen answers, as many updates
                                                 as DPO or step 3 made: the likelihood-only ablation in the report
 
-``--step3-algorithm grpo|rloo|reinforce_pp|rejection_sampling`` switches step 3's algorithm; with ``--reward-fn`` (e.g.
-``synthetic_tasks``, the exact checker) step 3 trains on that function and needs no reward model, so the
-default steps become 1 and 3 and step 3 runs the family's ``run_<size>_verifier.sh``.
+``--step3-algorithm grpo|rloo|reinforce_pp|rejection_sampling|online_dpo`` switches step 3's algorithm; with
+``--reward-fn`` (e.g. ``synthetic_tasks``, the exact checker) step 3 trains on that function and needs no reward
+model, so the default steps become 1 and 3 and step 3 runs the family's ``run_<size>_verifier.sh``.
 
 ``--step2-method dpo`` replaces steps 2 and 3 by DPO (``step2_dpo/``) of the step-1 model on the step-2 pairs:
 the default steps become 1 and 2, the DPO script gets the step-1 folder as its ACTOR argument (the opt family's
@@ -318,8 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "the step-1 model on the step-2 pairs into dpo-models/ (dpo; --step then defaults to "
                              "1 2).")
     parser.add_argument("--step3-algorithm", default=None, choices=algorithms.names(),
-                        help="Step 3's algorithm: PPO with a critic, or critic-free GRPO, RLOO or REINFORCE++ "
-                             "(unset: ppo).")
+                        help="Step 3's algorithm: PPO with a critic, or critic-free GRPO, RLOO, REINFORCE++, "
+                             "rejection sampling or online DPO (unset: ppo).")
     parser.add_argument("--reward-fn", action="append", default=None, metavar="NAME|FILE.py:FUNCTION",
                         help="Step 3 rewards from a function (prompt, response) -> float, e.g. synthetic_tasks (the "
                              "exact checker); repeat it for several (weights: --step3-args '--reward_weights ...'). "

@@ -82,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="The critic's LoRA rank, as chatrlhf ppo --critic_lora_dim (0: none); unset: --lora_dim, which then "
              "sizes the actor's (chatrlhf ppo --actor_lora_dim).")
     step3.add_argument(
-        "--num_samples_per_prompt", type=int, default=1,
-        help="Answers per prompt (grpo and rloo need 2 or more): the generation KV cache and experience "
+        "--num_samples_per_prompt", type=int, default=None,
+        help="Answers per prompt (grpo, rloo, rejection_sampling and online_dpo need 2 or more; unset: 2 for "
+             "online_dpo, 1 for the others): the generation KV cache and experience "
              "scoring hold --per_device_generation_batch_size x this many sequences; training micro-batches stay "
              "--per_device_train_batch_size.")
     step3.add_argument(

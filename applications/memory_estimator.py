@@ -103,8 +103,9 @@ class RunSettings:
     offload_reward_model: bool = False
     algorithm: str = algorithms.DEFAULT
     """Step 3's algorithm (``chatrlhf ppo --algorithm``): only ppo loads and trains a critic."""
-    num_samples_per_prompt: int = 1
-    """Step 3: completions per prompt; a rollout holds ``generation_batch_size`` prompts x this many."""
+    num_samples_per_prompt: int | None = None
+    """Step 3: completions per prompt; a rollout holds ``generation_batch_size`` prompts x this many. None: the
+    algorithm's default (2 for online_dpo, 1 for the others), as ``chatrlhf ppo`` takes it."""
     reward_model: ModelSpec | None = None
     """Step 3's frozen reward model (``--reward_model_name_or_path``). None: ``critic``'s model, as ``chatrlhf ppo``
     defaults it, unless ``reward_fn`` (then there is no reward model)."""
@@ -133,7 +134,7 @@ class RunSettings:
         if self.step != 3:
             step3_only = {
                 f"--algorithm {self.algorithm}": self.algorithm != algorithms.DEFAULT,
-                f"--num_samples_per_prompt {self.num_samples_per_prompt}": self.num_samples_per_prompt != 1,
+                f"--num_samples_per_prompt {self.num_samples_per_prompt}": self.num_samples_per_prompt not in (None, 1),
                 "--reward_model_name_or_path": self.reward_model is not None,
                 "--reward_fn": self.reward_fn,
                 "--critic_lora_dim": self.critic_lora_dim is not None,
@@ -146,6 +147,7 @@ class RunSettings:
         # chatrlhf ppo's own checks: a known --algorithm, and 2+ samples per prompt for grpo and rloo.
         object.__setattr__(self, "algorithm_config", AlgorithmConfig(
             name=self.algorithm, num_samples_per_prompt=self.num_samples_per_prompt))
+        object.__setattr__(self, "num_samples_per_prompt", self.algorithm_config.num_samples_per_prompt)
         zero = ZeroSettings(  # validates stage, offload and GPU counts
             stage=self.zero_stage, offload=self.offload, gpus_per_node=self.gpus_per_node, num_nodes=self.num_nodes,
             reduce_bucket_size=self.reduce_bucket_size, cpu_buffer_factor=self.cpu_buffer_factor,

@@ -1,4 +1,5 @@
-"""Advantages of the critic-free algorithms: GRPO, RLOO and REINFORCE++.
+"""Advantages of the critic-free algorithms (GRPO, RLOO, REINFORCE++, rejection sampling), and online DPO's
+best-against-worst pairs.
 
 A rollout holds the samples of each prompt in adjacent rows, so a (rows,) reward vector viewed as
 (prompts, samples per prompt) puts every group on one row.
@@ -42,6 +43,15 @@ def best_of_group(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     best = torch.zeros_like(groups)
     best[torch.arange(groups.shape[0], device=groups.device), groups.argmax(1)] = 1.0
     return best.flatten()
+
+
+def preference_pairs(rewards: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Online DPO's pairs: the rows of each prompt's best-rewarded answer (chosen) and of its worst (rejected),
+    the first of equals each; a prompt whose answers all got the same reward gives no pair."""
+    groups = _groups(rewards, group_size)
+    starts = torch.arange(groups.shape[0], device=groups.device) * group_size
+    differ = ~flat_groups(rewards, group_size)
+    return (starts + groups.argmax(1))[differ], (starts + groups.argmin(1))[differ]
 
 
 def flat_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:

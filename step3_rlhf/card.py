@@ -14,6 +14,10 @@ HELD_OUT = {"mean_reward": "held-out mean reward (greedy)", "accuracy_overall": 
             "sampled_accuracy_overall": "checker accuracy (sampled)"}
 ACTOR_LAST = {"reward_mean": "reward", "kl_to_ref": "KL to reference", "kl_coef": "KL coefficient",
               "answer_length": "answer length (tokens)"}
+# Online DPO logs no KL coefficient (beta holds it near the reference) but its pairs' figures.
+PREFERENCE_LAST = {"reward_mean": "reward", "kl_to_ref": "KL to reference",
+                   "dpo_reward_accuracy": "DPO reward accuracy", "dpo_reward_margin": "DPO reward margin",
+                   "dpo_pair_share": "share of prompts with a pair", "answer_length": "answer length (tokens)"}
 CRITIC_LAST = {"critic_loss": "critic loss", "explained_variance": "explained variance"}
 LAST = " (last iteration)"
 
@@ -33,6 +37,12 @@ def method(run: PPORun) -> str:
     kl = "a loss term" if algorithm.kl_in_loss else "a penalty in the reward"
     samples = algorithm.num_samples_per_prompt
     each = f" ({samples} answers each)" if samples > 1 else ""
+    if not algorithm.kl_weighted:
+        return (f"Step 3, RLHF with {definition.display_name}: the actor answers training prompts{each}, the "
+                f"reward ({reward_source(run)}) ranks each prompt's answers, and {definition.advantages_text} "
+                f"(`{algorithm.dpo_loss_type}`, beta {algorithm.dpo_beta}) trains the actor against the frozen "
+                "starting model; beta, not a KL penalty, holds it near that model, and prompts whose answers all "
+                "score the same are skipped.")
     return (f"Step 3, RLHF with {definition.display_name}: the actor answers training prompts{each}, the "
             f"reward ({reward_source(run)}) scores them, and a clipped policy-gradient loss (cliprange "
             f"{run.ppo.cliprange}) with {definition.advantages_text} raises the reward, with the KL to the frozen "
@@ -42,6 +52,7 @@ def method(run: PPORun) -> str:
 def settings(run: PPORun) -> dict[str, object]:
     actor, critic, gen = run.actor, run.critic, run.generation
     lora = actor.lora
+    policy_gradient = run.algorithm.kl_weighted  # online DPO has no clipped ratio and no KL penalty
     return {
         "algorithm": run.algorithm.definition.display_name,
         "reward": reward_source(run),
@@ -54,13 +65,15 @@ def settings(run: PPORun) -> dict[str, object]:
         "epochs per rollout": run.ppo.ppo_epochs,
         "prompt / answer length": f"{gen.max_prompt_seq_len} / {gen.max_answer_seq_len} tokens",
         "sampling": f"temperature {gen.temperature}, top-p {gen.top_p}, top-k {gen.top_k}",
-        "loss aggregation": run.algorithm.loss_aggregation,
-        "policy ratio": f"per {'answer (GSPO)' if run.algorithm.importance_sampling_level == 'sequence' else 'token'}",
+        "loss aggregation": run.algorithm.loss_aggregation if policy_gradient else None,
+        "policy ratio": (f"per {'answer (GSPO)' if run.algorithm.importance_sampling_level == 'sequence' else 'token'}"
+                         if policy_gradient else None),
+        "DPO loss": None if policy_gradient else f"{run.algorithm.dpo_loss_type}, beta {run.algorithm.dpo_beta}",
         "dynamic sampling": (f"on, at most {run.algorithm.dynamic_sampling_max_batches} extra generation batches"
                              if run.algorithm.dynamic_sampling else None),
         "overlong penalty": (f"from {run.rewards.overlong_penalty} tokens" if run.rewards.overlong_penalty
                              else None),
-        "KL coefficient": run.ppo.kl_ctl,
+        "KL coefficient": run.ppo.kl_ctl if policy_gradient else None,
         "target KL": run.ppo.target_kl,
         "actor LoRA": (f"rank {lora.dim} on `{lora.module_name}`" + (", adapters only" if lora.only_optimize_lora
                                                                       else "")) if lora.enabled else None,
@@ -77,7 +90,7 @@ def role_cards(run: PPORun, iterations: int, history: list[dict], held_out: dict
     out = run.loop.output_dir
     unsupervised = run.unsupervised.name if run.unsupervised.name and run.ppo.unsup_coef > 0 else None
     actor_results = eval_results([held_out.get("start") or {}, held_out.get("end") or {}], HELD_OUT)
-    actor_results += last_values(history, ACTOR_LAST, LAST)
+    actor_results += last_values(history, ACTOR_LAST if run.algorithm.kl_weighted else PREFERENCE_LAST, LAST)
 
     def card(role: str, base: str, extra_tags: tuple[str, ...], text: str, results: list) -> ModelCard:
         return ModelCard(

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from chatrlhf.step3_rlhf import algorithms
 from chatrlhf.step3_rlhf.algorithms import Algorithm
 from chatrlhf.step3_rlhf.health import HealthLimits
 from chatrlhf.training.validation import ConfigError
+
+if TYPE_CHECKING:
+    from chatrlhf.training.preference_losses import LossConfig
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
 KL_MODES = ("reward", "loss")
@@ -16,6 +20,9 @@ SCALE_REWARDS = ("group", "none")
 LOSS_AGGREGATIONS = ("token_mean", "sequence_mean", "dr_grpo")
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 SYNTHETIC_TASKS_FN = "synthetic_tasks"
+ONLINE_DPO_LOSS_TYPES = ("sigmoid", "ipo")
+"""``--dpo_loss_type`` choices: the losses of ``training/preference_losses.py`` that read the reference (TRL's)."""
+DEFAULT_DPO_BETA = 0.1
 
 
 @dataclass(frozen=True)
@@ -65,11 +72,13 @@ class AlgorithmConfig:
     is built.
 
     ``kl_mode`` None means the algorithm's own choice (``Algorithm.kl_in_loss_by_default``): GRPO puts the KL to
-    the reference into the loss, the others into the reward.
+    the reference into the loss, the others into the reward. ``num_samples_per_prompt`` None means the
+    algorithm's default (2 for online DPO, 1 for the others); ``dpo_beta`` and ``dpo_loss_type`` None mean
+    online DPO's defaults under it, and given under another algorithm they are an error.
     """
 
     name: str = algorithms.DEFAULT
-    num_samples_per_prompt: int = 1
+    num_samples_per_prompt: int | None = None
     scale_rewards: str = "group"
     kl_mode: str | None = None
     entropy_coef: float = 0.0
@@ -79,10 +88,16 @@ class AlgorithmConfig:
     # most ``dynamic_sampling_max_batches`` extra generation batches an iteration.
     dynamic_sampling: bool = False
     dynamic_sampling_max_batches: int = 4
+    dpo_beta: float | None = None
+    dpo_loss_type: str | None = None
 
     def __post_init__(self) -> None:
-        for flag, value, choices in (("--algorithm", self.name, algorithms.names()),
-                                     ("--scale_rewards", self.scale_rewards, SCALE_REWARDS),
+        if self.name not in algorithms.names():
+            raise ConfigError(f"--algorithm {self.name!r} is not one of {', '.join(algorithms.names())}")
+        if self.num_samples_per_prompt is None:
+            object.__setattr__(self, "num_samples_per_prompt", self.definition.default_samples_per_prompt)
+        self._check_preference_loss()
+        for flag, value, choices in (("--scale_rewards", self.scale_rewards, SCALE_REWARDS),
                                      ("--loss_aggregation", self.loss_aggregation, LOSS_AGGREGATIONS),
                                      ("--importance_sampling_level", self.importance_sampling_level,
                                       IMPORTANCE_SAMPLING_LEVELS)):
@@ -108,6 +123,37 @@ class AlgorithmConfig:
         if self.dynamic_sampling_max_batches < 0:
             raise ConfigError(f"--dynamic_sampling_max_batches {self.dynamic_sampling_max_batches} must be 0 or more")
 
+    def _check_preference_loss(self) -> None:
+        """Online DPO's β and loss type: its defaults under it, an error under any other algorithm."""
+        if self.definition.uses_advantages:
+            given = [flag for flag, value in (("--dpo_beta", self.dpo_beta), ("--dpo_loss_type", self.dpo_loss_type))
+                     if value is not None]
+            if given:
+                takers = " or ".join(a.name for a in algorithms.REGISTRY.values() if not a.uses_advantages)
+                one = len(given) == 1
+                raise ConfigError(f"{' and '.join(given)} {'applies' if one else 'apply'} to --algorithm {takers} "
+                                  f"only (got --algorithm {self.name}); drop {'it' if one else 'them'} or switch the "
+                                  "algorithm")
+            return
+        if self.dpo_beta is None:
+            object.__setattr__(self, "dpo_beta", DEFAULT_DPO_BETA)
+        if self.dpo_loss_type is None:
+            object.__setattr__(self, "dpo_loss_type", ONLINE_DPO_LOSS_TYPES[0])
+        if not (self.dpo_beta > 0 and math.isfinite(self.dpo_beta)):
+            raise ConfigError(f"--dpo_beta {self.dpo_beta}: must be a positive number (how tightly the policy stays "
+                              "near the reference; 0.1 is usual)")
+        if self.dpo_loss_type not in ONLINE_DPO_LOSS_TYPES:
+            raise ConfigError(f"--dpo_loss_type {self.dpo_loss_type!r} is not one of "
+                              f"{', '.join(ONLINE_DPO_LOSS_TYPES)}")
+
+    def preference_loss(self) -> LossConfig | None:
+        """Online DPO's ``LossConfig`` (None for the policy-gradient algorithms); imported here, as it loads torch."""
+        if self.definition.uses_advantages:
+            return None
+        from chatrlhf.training.preference_losses import LossConfig
+
+        return LossConfig(loss_type=self.dpo_loss_type, beta=self.dpo_beta)
+
     @property
     def definition(self) -> Algorithm:
         """The registered algorithm: its critic, defaults and advantages."""
@@ -127,9 +173,15 @@ class AlgorithmConfig:
         return "k3" if self.kl_in_loss else "k1"
 
     @property
+    def kl_weighted(self) -> bool:
+        """The KL to the reference is weighted by ``--kl_ctl`` in the reward or the loss (False for online DPO,
+        where β holds the policy near the reference)."""
+        return self.definition.uses_advantages
+
+    @property
     def advantages_need_old_logprobs(self) -> bool:
         """Critic-free advantages with the KL in the reward need every sample's old log-probs first."""
-        return not self.uses_critic and not self.kl_in_loss
+        return self.definition.uses_advantages and not self.uses_critic and not self.kl_in_loss
 
 
 @dataclass(frozen=True)

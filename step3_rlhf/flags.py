@@ -28,6 +28,7 @@ from chatrlhf.training.validation import ConfigError, check_data_flags, check_le
 from chatrlhf.utils import device
 
 if TYPE_CHECKING:
+    from chatrlhf.step3_rlhf.algorithms import Algorithm
     from chatrlhf.training.config_file import ConfigFileParser
 
 # Flags that only shape the critic: accepted, with one warning, when the algorithm trains none.
@@ -186,9 +187,11 @@ def add_algorithm_args(parser: argparse.ArgumentParser) -> None:
     """The policy-gradient algorithm and the reward sources (defaults: DeepSpeed-Chat's PPO and reward model)."""
     from chatrlhf.step3_rlhf import algorithms
     from chatrlhf.step3_rlhf.config import (
+        DEFAULT_DPO_BETA,
         IMPORTANCE_SAMPLING_LEVELS,
         KL_MODES,
         LOSS_AGGREGATIONS,
+        ONLINE_DPO_LOSS_TYPES,
         SCALE_REWARDS,
         SYNTHETIC_TASKS_FN,
     )
@@ -198,9 +201,10 @@ def add_algorithm_args(parser: argparse.ArgumentParser) -> None:
     add("--algorithm", choices=algorithms.names(), default=algorithms.DEFAULT,
         help=" ".join(f"{algorithm.name}{'' if algorithm.uses_critic else ' (no critic loaded)'}: {algorithm.summary}"
                       for algorithm in algorithms.REGISTRY.values()))
-    add("--num_samples_per_prompt", type=int, default=1,
-        help="Answers sampled per prompt (grpo and rloo need 2 or more). A rollout holds "
-             "--per_device_generation_batch_size prompts x this many answers.")
+    add("--num_samples_per_prompt", type=int, default=None,
+        help="Answers sampled per prompt (grpo, rloo, rejection_sampling and online_dpo need 2 or more; unset: 2 for "
+             "online_dpo, 1 for the others). A rollout holds --per_device_generation_batch_size prompts x this many "
+             "answers.")
     add("--scale_rewards", choices=SCALE_REWARDS, default="group",
         help="grpo only: divide each group's centred rewards by the group's std (group), or not (none: Dr. GRPO).")
     add("--kl_mode", choices=KL_MODES, default=None,
@@ -223,6 +227,12 @@ def add_algorithm_args(parser: argparse.ArgumentParser) -> None:
     add("--dynamic_sampling_max_batches", type=int, default=4,
         help="--dynamic_sampling: at most this many extra generation batches an iteration; when they run out, "
              "the dropped groups fill the rest.")
+    add("--dpo_beta", type=float, default=None,
+        help=f"online_dpo only: DPO's beta, how tightly the policy stays near the frozen reference (it takes the "
+             f"place of the KL penalty; unset: {DEFAULT_DPO_BETA}).")
+    add("--dpo_loss_type", choices=ONLINE_DPO_LOSS_TYPES, default=None,
+        help="online_dpo only: the loss of each best-over-worst pair, sigmoid (DPO's -log sigmoid(beta x the "
+             "log-ratio margin)) or ipo (the squared distance of the margin from 1 / (2 beta)); unset: sigmoid.")
     add("--overlong_penalty", type=int, default=0, metavar="LEN",
         help="DAPO's soft overlong penalty: an answer longer than LEN tokens loses (length - LEN) / "
              "(--max_answer_seq_len - LEN) of a point from its reward, a full point at the limit (0: off).")
@@ -320,7 +330,9 @@ def run_settings(args: argparse.Namespace, given: frozenset[str] = frozenset()) 
         name=args.algorithm, num_samples_per_prompt=args.num_samples_per_prompt,
         scale_rewards=args.scale_rewards, kl_mode=args.kl_mode, entropy_coef=args.entropy_coef,
         loss_aggregation=args.loss_aggregation, importance_sampling_level=args.importance_sampling_level,
-        dynamic_sampling=args.dynamic_sampling, dynamic_sampling_max_batches=args.dynamic_sampling_max_batches)
+        dynamic_sampling=args.dynamic_sampling, dynamic_sampling_max_batches=args.dynamic_sampling_max_batches,
+        dpo_beta=args.dpo_beta, dpo_loss_type=args.dpo_loss_type)
+    check_unused_flags(algorithm.definition, given)
     model_path = args.reward_model_name_or_path or (None if args.reward_fn else args.critic_model_name_or_path)
     fn_specs = tuple(absolute_spec(spec) for spec in args.reward_fn or ())
     model_weight, fn_weights = reward_weights(args, given, len(fn_specs), model_path is not None)
@@ -410,6 +422,12 @@ def validate(run: PPORun, args: argparse.Namespace) -> None:
     rollout = (f"--per_device_generation_batch_size {args.per_device_generation_batch_size} prompts x "
                f"--num_samples_per_prompt {samples} x --generation_batches {args.generation_batches} = "
                f"{episodes} completions per rank")
+    if not run.algorithm.definition.uses_advantages and args.per_device_training_batch_size % samples:
+        # Its loss pairs the answers to one prompt inside a micro-batch.
+        raise ConfigError(
+            f"--algorithm {run.algorithm.name} pairs each prompt's answers inside one training micro-batch: "
+            f"--per_device_training_batch_size {args.per_device_training_batch_size} must be a multiple of "
+            f"--num_samples_per_prompt {samples}; change one of them")
     if episodes % args.per_device_training_batch_size:
         raise ConfigError(
             f"{rollout} is not a multiple of --per_device_training_batch_size "
@@ -441,6 +459,23 @@ def validate(run: PPORun, args: argparse.Namespace) -> None:
     check_data_flags(tuple(args.data_path), (), args.data_split)
     check_length(f"--max_prompt_seq_len {args.max_prompt_seq_len} + --max_answer_seq_len {args.max_answer_seq_len}",
                  args.max_prompt_seq_len + args.max_answer_seq_len, args.actor_model_name_or_path)
+
+
+def check_unused_flags(algorithm: Algorithm, given: frozenset[str]) -> None:
+    """The given flags that mean nothing to ``algorithm``: its refused ones are an error, its ignored ones (those
+    the training scripts pass) one warning line."""
+    def listed(names: list[str]) -> str:
+        return ", ".join(f"--{name}" for name in names)
+
+    refused = sorted(name for name in given if name in algorithm.refused_flags)
+    if refused:
+        raise ConfigError(f"{listed(refused)} {'means' if len(refused) == 1 else 'mean'} nothing to --algorithm "
+                          f"{algorithm.name}, which trains with {algorithm.advantages_text}; drop "
+                          f"{'it' if len(refused) == 1 else 'them'} or choose another --algorithm")
+    ignored = sorted(name for name in given if name in algorithm.ignored_flags)
+    if ignored:
+        print_rank0(f"warning: --algorithm {algorithm.name} has no use for {listed(ignored)}; ignoring "
+                    f"{'it' if len(ignored) == 1 else 'them'}")
 
 
 def warn_unused_critic_flags(algorithm: str, given: frozenset[str], *, critic_names_reward_model: bool) -> None:

@@ -1,4 +1,5 @@
-"""Step 3: online RL (PPO with an actor, a frozen reference, a critic and a reward model; GRPO, RLOO, REINFORCE++).
+"""Step 3: online RL (PPO with an actor, a frozen reference, a critic and a reward model; GRPO, RLOO, REINFORCE++,
+rejection sampling, online DPO).
 
 Runs as ``deepspeed step3_rlhf/main.py ...``, ``python step3_rlhf/main.py ...`` or ``chatrlhf ppo ...``
 and accepts DeepSpeed-Chat's step-3 flags with the same meaning. ``--algorithm grpo|rloo|reinforce_pp``

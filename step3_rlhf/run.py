@@ -132,8 +132,12 @@ class PPORun:
         result = frame.run(training, save, record)
         summary = {"wall_time_s": time.perf_counter() - started, "iterations": result.steps,
                    "actor_updates": int(getattr(engines.actor, "global_steps", 0)), "eval_samples": EVAL_SAMPLES,
-                   "held_out": training.evaluations, "history": result.history, "kl_coef": trainer.kl.value,
+                   "held_out": training.evaluations, "history": result.history,
                    "forward_backend": trainer.backend.name}
+        if self.algorithm.kl_weighted:
+            summary["kl_coef"] = trainer.kl.value
+        else:  # online DPO: β holds the policy near the reference, as step 2's DPO records it
+            summary["dpo"] = {"loss_type": self.algorithm.dpo_loss_type, "beta": self.algorithm.dpo_beta}
         frame.finish(result, summary)
         print_rank0(f"saved {' and '.join(engines.trained())} under {self.loop.output_dir} "
                     f"({result.steps} iterations, {summary['wall_time_s']:.1f} s)")

@@ -1,5 +1,5 @@
-"""The step-3 loop: rollouts, scoring, advantages, clipped updates of the actor (and the critic under PPO),
-metrics, saving."""
+"""The step-3 loop: rollouts, scoring, advantages, updates of the actor by its algorithm's loss (and of the critic
+under PPO), metrics, saving."""
 from __future__ import annotations
 
 import time
@@ -17,14 +17,11 @@ from chatrlhf.step3_rlhf.forward_backend import choose_backend
 from chatrlhf.step3_rlhf.kl_control import KLController
 from chatrlhf.step3_rlhf.packed_answers import Head
 from chatrlhf.step3_rlhf.ppo_math import (
-    aggregate,
     explained_variance,
     gae,
     kl_penalty,
     logprobs_and_entropy,
-    masked_mean,
     overlong_penalty,
-    policy_loss,
     token_rewards,
     value_loss,
     whiten,
@@ -251,7 +248,7 @@ class PPOTrainer:
         for index, exp in enumerate(batches):
             if index >= fusable:
                 self._score_old(exp)
-        if not self.algorithm.uses_critic:
+        if not self.algorithm.uses_critic and self.algorithm.definition.uses_advantages:
             self._critic_free_advantages(batches)
         if self.ppo.whiten_advantages:
             flat_adv = torch.cat([e.advantages.flatten() for e in batches])
@@ -262,27 +259,21 @@ class PPOTrainer:
         return batches
 
     # ----- update
+    def _loss_settings(self) -> algorithms.LossSettings:
+        algorithm = self.algorithm
+        return algorithms.LossSettings(
+            cliprange=self.ppo.cliprange, clip_high=self.ppo.clip_high, aggregation=algorithm.loss_aggregation,
+            norm_length=self.generation.max_answer_seq_len,
+            sequence_level=algorithm.importance_sampling_level == "sequence", kl_in_loss=algorithm.kl_in_loss,
+            kl_coef=self.kl.value, kl_estimator=self.ppo.kl_estimator, entropy_coef=algorithm.entropy_coef,
+            samples_per_prompt=algorithm.num_samples_per_prompt, preference=algorithm.preference_loss())
+
     def _actor_loss(self, exp: Experience, logprobs: torch.Tensor, ent: torch.Tensor,
                     stats: IterationStats) -> torch.Tensor:
-        """The clipped surrogate, plus ``kl_coef`` x KL to the reference when it is in the loss, minus
-        ``--entropy_coef`` x entropy; each part averaged by ``--loss_aggregation``."""
-        mask = exp.answer_mask.to(logprobs.dtype)
-        aggregation = self.algorithm.loss_aggregation
-        norm_length = self.generation.max_answer_seq_len
-        pg_loss, pg_stats = policy_loss(logprobs, exp.old_logprobs, exp.advantages, mask, self.ppo.cliprange,
-                                        self.ppo.clip_high, aggregation, norm_length=norm_length,
-                                        sequence_level=self.algorithm.importance_sampling_level == "sequence")
-        stats.add(actor_loss=float(pg_loss.detach()), entropy=float(masked_mean(ent.detach(), mask)), **pg_stats)
-        loss = pg_loss
-        if self.algorithm.kl_in_loss:
-            kl_loss = aggregate(kl_penalty(logprobs, exp.ref_logprobs, self.ppo.kl_estimator), mask, aggregation,
-                                norm_length)
-            loss = loss + self.kl.value * kl_loss
-            stats.add(kl_loss=float(kl_loss.detach()))
-        if self.algorithm.entropy_coef:
-            loss = loss - self.algorithm.entropy_coef * aggregate(ent, mask, aggregation, norm_length)
-        if loss is not pg_loss:
-            stats.add(actor_total_loss=float(loss.detach()))
+        """The algorithm's loss on the micro-batch (``Algorithm.actor_loss``: the clipped surrogate unless it
+        trains otherwise), its figures added to the iteration's."""
+        loss, measured = self.algorithm.definition.actor_loss(exp, logprobs, ent, self._loss_settings())
+        stats.add(**measured)
         return loss
 
     def train_on(self, batches: list[Experience], stats: IterationStats) -> None:
@@ -338,8 +329,9 @@ class PPOTrainer:
             kl_to_ref=float(kl_per_seq.mean()),
             answer_length=float(lengths.mean()),
             empty_answers=float((lengths <= 1).sum()),
-            kl_coef=self.kl.value,
         )
+        if self.algorithm.kl_weighted:
+            metrics["kl_coef"] = self.kl.value
         if self.algorithm.definition.compares_answers:
             metrics["flat_groups"] = flat_group_fraction(scores, self.algorithm.num_samples_per_prompt)
         self.kl.update(metrics["kl_to_ref"], len(scores))

@@ -126,20 +126,23 @@ def test_the_ablation_matches_the_policy_steps_updates_and_can_be_skipped(fake_s
     assert "records no optimizer update of the dpo policy; pass --no-ablation" in capsys.readouterr().err
 
 
-def test_a_verifier_algorithm_runs_steps_1_and_3_without_a_reward_model(fake_steps, tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("algorithm", ["rloo", "online_dpo"])
+def test_a_verifier_algorithm_runs_steps_1_and_3_without_a_reward_model(algorithm, fake_steps, tmp_path,
+                                                                        monkeypatch) -> None:
     verifier = e2e_rlhf.STEP_DIRS[3] / "training_scripts" / "tiny" / "single_gpu" / "run_tiny_verifier.sh"
     verifier.write_text(RECORDING_SCRIPT.replace("${OUTPUT_ARG}", "$3").replace("STEP", "3v"))
     monkeypatch.setattr(e2e_rlhf, "check_step3_inputs", lambda plan: None)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mine.py").write_text("def score(prompt, response):\n    return 1.0\n")
     out = tmp_path / "out"
-    assert e2e_rlhf.main(["--output-dir", str(out), "--actor-model", "tiny-opt", "--step3-algorithm", "rloo",
+    assert e2e_rlhf.main(["--output-dir", str(out), "--actor-model", "tiny-opt", "--step3-algorithm", algorithm,
                           "--reward-fn", "mine.py:score", "--seed", "7", "--no-report"]) == 0
-    actor, rl = out / "actor-models" / "tiny-opt", out / "step3-models" / "tiny-opt-rloo"
+    actor, rl = out / "actor-models" / "tiny-opt", out / "step3-models" / f"tiny-opt-{algorithm}"
     assert calls_of(fake_steps) == [
         f"step=1 model=tiny-opt args={actor}  --seed 7",
-        f"step=3v model=unset args={actor}  {rl} --seed 7 --algorithm rloo --reward_fn {tmp_path / 'mine.py'}:score",
-        f"step=1 model={actor} args={out / 'ablation-models' / 'tiny-opt-rloo'}  --seed 7 --model_name_or_path "
+        f"step=3v model=unset args={actor}  {rl} --seed 7 --algorithm {algorithm} --reward_fn "
+        f"{tmp_path / 'mine.py'}:score",
+        f"step=1 model={actor} args={out / 'ablation-models' / f'tiny-opt-{algorithm}'}  --seed 7 --model_name_or_path "
         f"{actor} --data_share 2 --max_steps 5 --learning_rate 0.5 --lr_scheduler_type constant",
     ]
 

@@ -319,6 +319,8 @@ TABLE: dict[str, list[Row]] = {
         R("--dynamic_sampling", None, at("algorithm.dynamic_sampling"),
           "--algorithm", "grpo", "--num_samples_per_prompt", "2"),
         R("--dynamic_sampling_max_batches", "2", at("algorithm.dynamic_sampling_max_batches")),
+        R("--dpo_beta", "0.2", at("algorithm.dpo_beta"), "--algorithm", "online_dpo"),  # actor_losses.online_dpo
+        R("--dpo_loss_type", "ipo", at("algorithm.dpo_loss_type"), "--algorithm", "online_dpo"),
         R("--overlong_penalty", "100", at("rewards.overlong_penalty")),
         R("--reward_model_name_or_path", "tiny-llama", at("rewards.model_path")),
         R("--reward_fn", "synthetic_tasks", at("rewards.fn_specs")),

@@ -186,16 +186,20 @@ def test_ppo_sigkill_then_resume_is_bit_exact(tmp_path, sft_model, data_cache, s
     assert second["held_out"] == first["held_out"] and second["kl_coef"] == first["kl_coef"]
 
 
-@pytest.mark.parametrize("algorithm", ["grpo", "reinforce_pp"])
-def test_critic_free_sigkill_then_resume_is_bit_exact(algorithm, tmp_path, sft_model, data_cache, subprocess_env):
-    """Critic-free step 3 resumes exactly too: its checkpoints hold the actor alone (no critic, no reward model)."""
+@pytest.mark.parametrize(("algorithm", "own"), [("grpo", ("--target_kl", "0.1")),
+                                                ("reinforce_pp", ("--target_kl", "0.1")),
+                                                ("online_dpo", ("--dpo_beta", "0.5"))])
+def test_critic_free_sigkill_then_resume_is_bit_exact(algorithm, own, tmp_path, sft_model, data_cache,
+                                                      subprocess_env):
+    """Critic-free step 3 resumes exactly too: its checkpoints hold the actor alone (no critic, no reward model).
+    ``own``: flags of the algorithm's own (an adaptive KL controller; online DPO's beta instead)."""
     reward_file = tmp_path / "shaped.py"
     reward_file.write_text("def score(prompt, response):\n    return len(set(response)) / 10\n")
     args = ["--algorithm", algorithm, "--num_samples_per_prompt", "2", "--reward_fn", f"{reward_file}:score",
             "--actor_model_name_or_path", sft_model, "--per_device_generation_batch_size", "2",
             "--per_device_training_batch_size", "2", "--gradient_accumulation_steps", "2", "--max_prompt_seq_len", "48",
             "--max_answer_seq_len", "6", "--max_steps", "4", "--eval_prompts", "2", "--save_interval", "2",
-            "--target_kl", "0.1", "--num_warmup_steps", "0", "--actor_learning_rate", "1e-3", "--seed", "5",
+            *own, "--num_warmup_steps", "0", "--actor_learning_rate", "1e-3", "--seed", "5",
             "--data_output_path", data_cache]
 
     def grpo(out: Path, *extra: str) -> subprocess.Popen:
@@ -222,8 +226,8 @@ def test_critic_free_sigkill_then_resume_is_bit_exact(algorithm, tmp_path, sft_m
         return [{k: v for k, v in h.items() if k not in TIMING_KEYS} for h in history]
 
     assert strip(second["history"]) == strip(first["history"])
-    assert any(h["actor_loss"] != 0 for h in first["history"])
-    assert second["held_out"] == first["held_out"] and second["kl_coef"] == first["kl_coef"]
+    assert any(h.get("actor_loss", h.get("dpo_loss", 0)) != 0 for h in first["history"])
+    assert second["held_out"] == first["held_out"] and second.get("kl_coef") == first.get("kl_coef")
 
 
 def test_zero3_state_dict_holds_what_state_dict_holds():

@@ -377,7 +377,7 @@ def toy_algorithm():
 
 
 def test_the_registry_names_every_algorithm_once():
-    assert algorithms.names() == ("ppo", "grpo", "rloo", "reinforce_pp", "rejection_sampling")
+    assert algorithms.names() == ("ppo", "grpo", "rloo", "reinforce_pp", "rejection_sampling", "online_dpo")
     assert [a.name for a in algorithms.REGISTRY.values() if a.uses_critic] == [algorithms.DEFAULT]
     with pytest.raises(ValueError, match="'grpo' is already registered"):
         algorithms.register(algorithms.REGISTRY["grpo"])

@@ -5,8 +5,8 @@ Adding an algorithm: a module defining an ``Algorithm`` instance, and a ``regist
 """
 from __future__ import annotations
 
-from chatrlhf.step3_rlhf.algorithms import grpo, ppo, reinforce_pp, rejection_sampling, rloo
-from chatrlhf.step3_rlhf.algorithms.base import AdvantageSettings, Algorithm
+from chatrlhf.step3_rlhf.algorithms import grpo, online_dpo, ppo, reinforce_pp, rejection_sampling, rloo
+from chatrlhf.step3_rlhf.algorithms.base import AdvantageSettings, Algorithm, LossSettings
 
 DEFAULT = "ppo"
 """DeepSpeed-Chat's algorithm, the default of ``--algorithm``."""
@@ -30,5 +30,6 @@ register(grpo.ALGORITHM)
 register(rloo.ALGORITHM)
 register(reinforce_pp.ALGORITHM)
 register(rejection_sampling.ALGORITHM)
+register(online_dpo.ALGORITHM)
 
-__all__ = ["DEFAULT", "REGISTRY", "AdvantageSettings", "Algorithm", "names", "register"]
+__all__ = ["DEFAULT", "REGISTRY", "AdvantageSettings", "Algorithm", "LossSettings", "names", "register"]

@@ -1,5 +1,5 @@
-"""What step 3 needs to know about a policy-gradient algorithm, in one object: the flags it accepts, whether it
-trains a critic, what its card says, and how it turns a batch's rewards into advantages.
+"""What step 3 needs to know about an algorithm, in one object: the flags it accepts, whether it trains a critic,
+what its card says, how it turns a batch's rewards into advantages and which loss trains the actor.
 
 This module and the algorithm modules import torch only inside the advantage methods, so the registry loads
 without it (the e2e runner and ``chatrlhf memory`` read the names and display names before any training).
@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     import torch
 
     from chatrlhf.step3_rlhf.experience import Experience
+    from chatrlhf.training.preference_losses import LossConfig
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,28 @@ class AdvantageSettings:
     samples_per_prompt: int
     scale_rewards: bool
     """``--scale_rewards group``: divide a group's centred rewards by its std (GRPO)."""
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """The run's settings that the actor's loss reads, handed over instead of the trainer."""
+
+    cliprange: float
+    clip_high: float
+    aggregation: str
+    """``--loss_aggregation``."""
+    norm_length: int
+    """Dr. GRPO's constant divisor, ``--max_answer_seq_len``."""
+    sequence_level: bool
+    """``--importance_sampling_level sequence`` (GSPO)."""
+    kl_in_loss: bool
+    kl_coef: float
+    """Weight of the KL to the reference as a loss term (read when ``kl_in_loss``)."""
+    kl_estimator: str
+    entropy_coef: float
+    samples_per_prompt: int
+    preference: LossConfig | None = None
+    """Online DPO's loss (``--dpo_loss_type``, ``--dpo_beta``); None for the policy-gradient algorithms."""
 
 
 @dataclass(frozen=True)
@@ -49,11 +72,30 @@ class Algorithm(ABC):
     """Where the KL to the reference goes when ``--kl_mode`` is unset: the loss (True) or the reward."""
     accepts_scale_rewards: bool = False
     """Whether ``--scale_rewards`` means anything to it."""
+    uses_advantages: bool = True
+    """Its loss reads advantages (the clipped surrogate); False for a loss on the answers' rewards themselves
+    (online DPO): no advantages are computed, and ``--kl_ctl`` weighs nothing."""
+    default_samples_per_prompt: int = 1
+    """``--num_samples_per_prompt`` when unset."""
+    ignored_flags: tuple[str, ...] = ()
+    """Step-3 flags that mean nothing to it but that the training scripts pass (``--kl_ctl``): named in one warning
+    when given, as the critic's flags are under a critic-free algorithm, so adding ``--algorithm`` to a script
+    switches it."""
+    refused_flags: tuple[str, ...] = ()
+    """Step-3 flags that mean nothing to it: given, they are an error, so that none is accepted and ignored."""
 
     @abstractmethod
     def advantages(self, batches: list[Experience], settings: AdvantageSettings) -> list[torch.Tensor]:
         """Each micro-batch's advantages on its answer tokens, computed over the whole batch (a prompt's answers
         may sit in different micro-batches). Old log-probs and ``kl`` are set when ``settings.kl_coef`` is."""
+
+    def actor_loss(self, exp: Experience, logprobs: torch.Tensor, entropy: torch.Tensor,
+                   settings: LossSettings) -> tuple[torch.Tensor, dict[str, float]]:
+        """The actor's loss on one micro-batch and the figures to log of it: PPO's clipped surrogate on the
+        advantages (with the KL and entropy terms the settings ask for) unless the algorithm trains otherwise."""
+        from chatrlhf.step3_rlhf.actor_losses import clipped_surrogate
+
+        return clipped_surrogate(exp, logprobs, entropy, settings)
 
 
 def answer_masks(batches: list[Experience]) -> list[torch.Tensor]:
