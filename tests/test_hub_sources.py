@@ -127,6 +127,11 @@ CASES = [
         " 富士山は静岡県と山梨県にまたがる。標高は3776メートルである。",
         None,
     ),
+    (
+        "trl-lib/kto-mix-14k", 3, 2, "train", 1,
+        "\n\nHuman: Hi!\n\nAssistant: Hello, how can I help?\n\nHuman: Name a prime number.\n\nAssistant:",
+        " Seven is prime.", None,
+    ),
 ]
 
 
