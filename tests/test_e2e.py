@@ -147,6 +147,25 @@ def test_a_verifier_algorithm_runs_steps_1_and_3_without_a_reward_model(algorith
     ]
 
 
+@pytest.mark.parametrize(("flags", "reward_fns"), [((), ["synthetic_tasks"]),
+                                                  (("--reward_fn", "mine.py:score"), ["mine.py:score"])])
+def test_the_verifier_script_takes_the_checker_unless_given_a_reward_function(flags, reward_fns, tmp_path) -> None:
+    """``--reward_fn`` repeats, so the script's own checker must give way to one the e2e runner passes, or both
+    would score every answer."""
+    import subprocess
+
+    recorder = tmp_path / "bin" / "deepspeed"
+    recorder.parent.mkdir()
+    recorder.write_text(f'#!/bin/bash\nprintf "%s\\n" "$@" > {tmp_path / "argv"}\n')
+    recorder.chmod(0o755)
+    script = e2e_rlhf.STEP_DIRS[3] / "training_scripts" / "tiny" / "single_gpu" / "run_tiny_verifier.sh"
+    env = {"PATH": f"{recorder.parent}:/usr/bin:/bin"}
+    subprocess.run(["bash", str(script), "actor", "0", str(tmp_path / "out"), *flags], env=env, check=True,
+                   capture_output=True)
+    argv = (tmp_path / "argv").read_text().splitlines()
+    assert [argv[i + 1] for i, token in enumerate(argv) if token == "--reward_fn"] == reward_fns
+
+
 def test_model_choices_pick_the_deepspeed_chat_scripts() -> None:
     assert e2e_rlhf.parse_model("facebook/opt-1.3b") == e2e_rlhf.ModelChoice("1.3b", "opt", "1.3b",
                                                                                "facebook/opt-1.3b")

@@ -12,13 +12,18 @@ ACTOR_ZERO_STAGE=${2:-0}
 OUTPUT=${3:-./output_step3_tiny_verifier}
 MAIN="$(cd "$(dirname "$0")/../../.." && pwd)/main.py"
 mkdir -p "$OUTPUT"
+# The checker unless FLAGS name reward functions of their own: --reward_fn repeats, so both would add up.
+REWARD_FN=(--reward_fn synthetic_tasks)
+for flag in "${@:4}"; do
+   case "$flag" in --reward_fn|--reward_fn=*) REWARD_FN=() ;; esac
+done
 
 deepspeed --num_gpus 1 --master_port "${MASTER_PORT:-29500}" "$MAIN" \
    --data_path synthetic/tasks \
    --data_split 4,4,2 \
    --actor_model_name_or_path "$ACTOR_MODEL_PATH" \
    --algorithm grpo \
-   --reward_fn synthetic_tasks \
+   "${REWARD_FN[@]}" \
    --num_samples_per_prompt 16 \
    --per_device_generation_batch_size 8 \
    --per_device_training_batch_size 64 \
