@@ -2,7 +2,8 @@
 ``--dynamic_sampling``'s claim of learning from fewer rollouts.
 
 For each baseline run (e.g. GRPO) and the run compared with it (the same seed with ``--dynamic_sampling``), the
-target is the baseline's final training reward (the mean over its last ``--window`` iterations); each run's cost
+target is the baseline's training reward at ``--target_iteration`` (default its last; the mean over the
+``--window`` iterations up to it); each run's cost
 is the number of answers it had sampled when its trailing ``--window``-iteration mean first reached the target.
 The training reward is the reward sources' mean over every answer drawn, groups dropped by dynamic sampling
 included (``reward_fn_mean``), so both runs are measured on the same thing. Held-out figures from each run's
@@ -10,6 +11,7 @@ final evaluation are printed beside.
 
 Usage:
   python scripts/rollouts_to_reward.py --baseline RUN_A1 RUN_A2 RUN_A3 --compared RUN_B1 RUN_B2 RUN_B3 [--window 10]
+                                       [--target_iteration N]
 """
 from __future__ import annotations
 
@@ -65,18 +67,22 @@ def main() -> None:
     parser.add_argument("--compared", nargs="+", type=Path, required=True)
     parser.add_argument("--window", type=int, default=10)
     parser.add_argument("--key", default="reward_fn_mean", help="the history's training-reward column")
+    parser.add_argument("--target_iteration", type=int, default=0,
+                        help="the baseline iteration whose trailing mean is the target (0: its last)")
     args = parser.parse_args()
     if len(args.baseline) != len(args.compared):
         raise SystemExit("give one --compared run per --baseline run (same seeds, same order)")
     ratios = []
     for base, other in zip(args.baseline, args.compared):
         base_rewards, base_spent = reward_curve(base, args.key)
-        target = statistics.fmean(base_rewards[-args.window:])
+        end = args.target_iteration or len(base_rewards)
+        target = statistics.fmean(base_rewards[max(0, end - args.window):end])
         base_cost = answers_to_reach(base_rewards, base_spent, target, args.window)
         rewards, spent = reward_curve(other, args.key)
         cost = answers_to_reach(rewards, spent, target, args.window)
         final = statistics.fmean(rewards[-args.window:])
-        print(f"{base}: target {target:.3f} reached after {base_cost} answers (of {base_spent[-1]}); {held_out(base)}")
+        print(f"{base}: target {target:.3f} (iteration {end}) reached after {base_cost} answers (of "
+              f"{base_spent[-1]}); {held_out(base)}")
         print(f"{other}: {'never reached' if cost is None else f'reached after {cost} answers'} (of {spent[-1]}; "
               f"final {final:.3f}); {held_out(other)}")
         if cost is not None and base_cost:
