@@ -88,7 +88,7 @@ def main() -> None:
         if cost is not None and base_cost:
             ratios.append(cost / base_cost)
     if ratios:
-        print(f"answers to the baseline's final reward, compared / baseline: "
+        print(f"answers to the target, compared / baseline: "
               f"{', '.join(f'{r:.2f}' for r in ratios)} (mean {statistics.fmean(ratios):.2f})")
 
 
