@@ -106,6 +106,7 @@ MULTI_NODE_SCRIPTS = {
     "step1_sft/training_scripts/opt/multi_node/run_66b.sh": [],
     "step2_reward/training_scripts/opt/multi_node/run_350m.sh": [],
     "step2_dpo/training_scripts/opt/multi_node/run_350m.sh": [],
+    "step2_kto/training_scripts/opt/multi_node/run_350m.sh": [],
     "step3_rlhf/training_scripts/opt/multi_node/run_66b.sh": ["actor", "critic", "3", "3"],
 }
 RECORDING_DEEPSPEED = '#!/bin/sh\nprintf "%s\\0" "$@" > "$ARGS_FILE"\n'
