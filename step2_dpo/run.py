@@ -162,8 +162,7 @@ class DPORun(StepRun):
         return DPOTask(self.loss, self.live_reference, fp32=self.fp32_loss, hidden_states=hidden_states)
 
     def frozen_models(self) -> list:
-        live = self.live_reference
-        return [live.model] if live is not None and live.model is not None else []
+        return [] if self.live_reference is None else self.live_reference.frozen_models()
 
     def card_method(self) -> str:
         reference = {"none": "no reference model", "precomputed": "reference log-probs computed once before training",

@@ -117,8 +117,7 @@ class KTORun(StepRun):
         return KTOTask(self.loss, self.live_reference, fp32=self.fp32_loss, hidden_states=hidden_states)
 
     def frozen_models(self) -> list:
-        live = self.live_reference
-        return [live.model] if live is not None and live.model is not None else []
+        return [] if self.live_reference is None else self.live_reference.frozen_models()
 
     def card_method(self) -> str:
         reference = ("the policy with its LoRA adapters off" if self.reference_kind == "adapters_off"

@@ -32,6 +32,10 @@ class LiveReference:
 
     model: nn.Module | None = None
 
+    def frozen_models(self) -> list[nn.Module]:
+        """The separate model this reference runs, if any: ``--packing`` checks its forward too."""
+        return [] if self.model is None else [self.model]
+
     @contextmanager
     def scoring(self, policy: nn.Module) -> Iterator[nn.Module]:
         if self.model is not None:
