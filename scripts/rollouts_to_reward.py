@@ -47,11 +47,12 @@ def trailing_means(values: list[float], window: int) -> list[float]:
     return [statistics.fmean(values[max(0, i + 1 - window): i + 1]) for i in range(len(values))]
 
 
-def answers_to_reach(rewards: list[float], spent: list[int], target: float, window: int) -> int | None:
-    """Answers sampled when the trailing mean first reached ``target`` (None: never)."""
-    for mean, answers in zip(trailing_means(rewards, window), spent):
+def answers_to_reach(rewards: list[float], spent: list[int], target: float, window: int) -> tuple[int, int] | None:
+    """Answers sampled, and the iteration (1-based), when the trailing mean first reached ``target`` (None: never).
+    The iteration is the update count: dynamic sampling spends more answers an update to waste fewer updates."""
+    for iteration, (mean, answers) in enumerate(zip(trailing_means(rewards, window), spent), start=1):
         if mean >= target:
-            return answers
+            return answers, iteration
     return None
 
 
@@ -72,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     if len(args.baseline) != len(args.compared):
         raise SystemExit("give one --compared run per --baseline run (same seeds, same order)")
-    ratios = []
+    ratios, update_ratios = [], []
     for base, other in zip(args.baseline, args.compared):
         base_rewards, base_spent = reward_curve(base, args.key)
         end = args.target_iteration or len(base_rewards)
@@ -81,15 +82,24 @@ def main() -> None:
         rewards, spent = reward_curve(other, args.key)
         cost = answers_to_reach(rewards, spent, target, args.window)
         final = statistics.fmean(rewards[-args.window:])
-        print(f"{base}: target {target:.3f} (iteration {end}) reached after {base_cost} answers (of "
-              f"{base_spent[-1]}); {held_out(base)}")
-        print(f"{other}: {'never reached' if cost is None else f'reached after {cost} answers'} (of {spent[-1]}; "
-              f"final {final:.3f}); {held_out(other)}")
+        print(f"{base}: target {target:.3f} (iteration {end}) {reached(base_cost)} (of {base_spent[-1]}); "
+              f"{held_out(base)}")
+        print(f"{other}: {reached(cost)} (of {spent[-1]}; final {final:.3f}); {held_out(other)}")
+        same_updates = min(end, len(rewards))
+        print(f"  at iteration {same_updates} (as many updates): baseline "
+              f"{trailing_means(base_rewards, args.window)[same_updates - 1]:.3f}, compared "
+              f"{trailing_means(rewards, args.window)[same_updates - 1]:.3f}")
         if cost is not None and base_cost:
-            ratios.append(cost / base_cost)
-    if ratios:
-        print(f"answers to the target, compared / baseline: "
-              f"{', '.join(f'{r:.2f}' for r in ratios)} (mean {statistics.fmean(ratios):.2f})")
+            ratios.append(cost[0] / base_cost[0])
+            update_ratios.append(cost[1] / base_cost[1])
+    for name, values in (("answers", ratios), ("iterations", update_ratios)):
+        if values:
+            print(f"{name} to the target, compared / baseline: "
+                  f"{', '.join(f'{r:.2f}' for r in values)} (mean {statistics.fmean(values):.2f})")
+
+
+def reached(cost: tuple[int, int] | None) -> str:
+    return "never reached" if cost is None else f"reached after {cost[0]} answers, iteration {cost[1]}"
 
 
 if __name__ == "__main__":
