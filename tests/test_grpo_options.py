@@ -139,3 +139,33 @@ def test_rejection_sampling_fine_tunes_on_the_chosen_answers(sft_model, tmp_path
     assert "RLHF with Rejection sampling" in (out / "actor" / CARD_FILE).read_text()
     before, after = load_file(f"{sft_model}/model.safetensors"), load_file(out / "actor" / "model.safetensors")
     assert any(not before[k].equal(after[k]) for k in before.keys() & after.keys())
+
+
+def _fake_run(folder, rewards, drawn=None):
+    """A step-3 output folder as rollouts_to_reward.py reads it: saved flags and a per-iteration history."""
+    folder.mkdir()
+    args = {"per_device_generation_batch_size": 2, "num_samples_per_prompt": 4}
+    (folder / "chatrlhf_args.json").write_text(json.dumps({"args": args}))
+    history = [{"step": i + 1, "accuracy": r, **({} if drawn is None else {"dynamic_batches_drawn": drawn[i]})}
+               for i, r in enumerate(rewards)]
+    (folder / "metrics.json").write_text(json.dumps({"history": history}))
+    return folder
+
+
+def test_rollouts_to_reward_counts_every_generation_batch_a_run_drew(tmp_path):
+    """Dynamic sampling's extra batches count as answers spent: 8 answers a batch, 2 batches an iteration."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    base = _fake_run(tmp_path / "grpo", [0.1, 0.2, 0.3, 0.4])
+    dynamic = _fake_run(tmp_path / "dyn", [0.25, 0.35, 0.5], drawn=[2, 2, 3])
+    script = Path(__file__).resolve().parents[1] / "scripts" / "rollouts_to_reward.py"
+    out = subprocess.run([sys.executable, str(script), "--baseline", str(base), "--compared", str(dynamic),
+                          "--window", "1", "--target_iteration", "3", "--key", "accuracy"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "target 0.300 (iteration 3) reached after 24 answers, iteration 3" in out
+    assert "reached after 32 answers, iteration 2 (of 56; final 0.500)" in out
+    assert "at iteration 3 (as many updates): baseline 0.300, compared 0.500" in out
+    assert "answers to the target, compared / baseline: 1.33" in out
+    assert "iterations to the target, compared / baseline: 0.67" in out
