@@ -388,7 +388,7 @@ def test_grpo_on_the_checker_sits_beside_ppo_in_the_report(e2e_run, data_cache, 
     monkeypatch.setenv("RL_STEPS", "2")
     assert e2e_rlhf.main([
         "--step", "3", "--output-dir", str(out), "--actor-model", "tiny-opt", "--step3-algorithm", "grpo",
-        "--reward-fn", "synthetic_tasks", "--report-prompts", "10", "--report-examples", "2",
+        "--reward-fn", "synthetic_tasks", "--no-ablation", "--report-prompts", "10", "--report-examples", "2",
         f"--step3-args=--data_output_path {data_cache} --eval_prompts 8 --per_device_generation_batch_size 4 "
         "--num_samples_per_prompt 4 --per_device_training_batch_size 16 --max_answer_seq_len 16",
     ]) == 0
